@@ -1,0 +1,42 @@
+# The two commands of the README: `make demo` and `make test`. Both bootstrap everything and are idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-stamp
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_CHDIR_TO_TRIAL_DIR := 0
+export MLFLOW_DISABLE_TELEMETRY := true
+export HF_HUB_OFFLINE := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test test-fast venv system-deps lock ui clean-outputs
+
+demo: venv system-deps  ## run the whole DVC pipeline on params.yaml (default: Fashion-MNIST, CPU)
+	dvc repro
+
+test: venv system-deps  ## the whole test suite (slow end-to-end tests use the smoke profile)
+	python -m pytest -q
+
+test-fast: venv system-deps
+	python -m pytest -q -m "not slow"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q -r requirements.lock
+	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+system-deps:
+	@scripts/system-deps.sh
+
+lock:  ## re-resolve requirements.in into the pinned requirements.lock
+	$(PYTHON) -m venv /tmp/sphereard-lock-venv
+	/tmp/sphereard-lock-venv/bin/python -m pip install -q -r requirements.in
+	/tmp/sphereard-lock-venv/bin/python -m pip freeze --exclude-editable > requirements.lock
+
+ui: venv  ## MLflow UI on the repo's store, bound to 127.0.0.1
+	mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts

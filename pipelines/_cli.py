@@ -1,0 +1,32 @@
+"""Shared entry-point plumbing: parse --params, validate the whole file first, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable
+
+from sphereard.config import DEFAULT_PARAMS_FILE, Params, load_params
+from sphereard.errors import UserError
+
+USER_ERROR_EXIT = 2
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def stage_main(description: str, run: Callable[[Params, argparse.Namespace], None],
+               add_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """Run one stage: validate params.yaml (or --params) as a whole, then call `run(params, args)`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="params file (default: %(default)s)")
+    if add_args:
+        add_args(parser)
+    args = parser.parse_args()
+    logging.basicConfig(level=os.environ.get("SPHEREARD_LOG_LEVEL", "INFO"), format=LOG_FORMAT)
+    try:
+        params = load_params(args.params)
+        run(params, args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)

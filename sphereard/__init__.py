@@ -1,0 +1,3 @@
+"""sphereard: continuous-token autoregressive image generation on hyperspherical latents (SphereAR)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,111 @@
+"""Autoregressive sampling with CFG and projection after CFG (SphereAR Sec. 3.3, Algorithm in App.).
+
+For each raster position k: the transformer gives cond_k (cached decoding), the diffusion head
+integrates the guided velocity v = v_u + w_k (v_c - v_u) from noise to a token, the token is
+projected (`sphere`: N_R) and fed back. With guidance the conditional and unconditional (null
+class) streams run as one batch of 2B; both heads see the same x_t. With w = 1 the null stream is
+skipped altogether, which is exactly plain conditional sampling.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sphereard.ar.cfg import CFG_SCHEDULES, cfg_combine, cfg_scale_at
+from sphereard.ar.diffusion_head import DiffusionHead
+from sphereard.ar.flow import PAPER_FINAL_STEP, SAMPLERS, VelocityFn, integrate
+from sphereard.ar.projection import PROJECTIONS, project_tokens
+from sphereard.ar.transformer import ARTransformer
+from sphereard.errors import UserError
+
+
+def _check_args(transformer: ARTransformer, labels, num_tokens, cfg_scale, cfg_schedule, sampler,
+                steps, final_step, projection) -> None:
+    if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise UserError(f"labels: expected a 1-D integer tensor, got {tuple(labels.shape)} {labels.dtype}")
+    if labels.numel() and not bool(((labels >= 0) & (labels <= transformer.null_class)).all()):
+        raise UserError(f"labels: must be class ids in [0, {transformer.num_classes}] "
+                        f"({transformer.num_classes} = null class)")
+    if not 1 <= num_tokens <= transformer.num_tokens:
+        raise UserError(f"num_tokens={num_tokens}: must be in [1, {transformer.num_tokens}]")
+    if not (math.isfinite(cfg_scale) and cfg_scale >= 0):
+        raise UserError(f"cfg_scale={cfg_scale!r}: must be a finite number >= 0 (1 = no guidance)")
+    if cfg_schedule not in CFG_SCHEDULES:
+        raise UserError(f"cfg_schedule={cfg_schedule!r}: must be one of {', '.join(CFG_SCHEDULES)}")
+    if sampler not in SAMPLERS:
+        raise UserError(f"sampler={sampler!r}: must be one of {', '.join(SAMPLERS)}")
+    if steps < 1:
+        raise UserError(f"steps={steps}: must be >= 1")
+    if not 0.0 <= final_step < 1.0:
+        raise UserError(f"final_step={final_step}: must be in [0, 1)")
+    if projection not in PROJECTIONS:
+        raise UserError(f"projection={projection!r}: must be one of {', '.join(PROJECTIONS)}")
+
+
+def guided_velocity(head: DiffusionHead, c_emb: torch.Tensor, w: float, guided: bool) -> VelocityFn:
+    """v(x, t) for B tokens; c_emb (B, W) or, if guided, (2B, W) = [conditional; unconditional]."""
+
+    def v_fn(x: torch.Tensor, t: float) -> torch.Tensor:  # x (B, d)
+        x_in = torch.cat([x, x]) if guided else x
+        t_in = torch.full((x_in.shape[0],), t, device=x.device)
+        v = head.velocity(x_in, t_in, c_emb).float()
+        if not guided:
+            return v
+        v_cond, v_uncond = v.chunk(2)
+        return cfg_combine(v_cond, v_uncond, w)
+
+    return v_fn
+
+
+@torch.no_grad()
+def generate(
+    transformer: ARTransformer,
+    head: DiffusionHead,
+    labels: torch.Tensor,
+    *,
+    num_tokens: int | None = None,
+    cfg_scale: float = 1.0,
+    cfg_schedule: str = "linear",
+    sampler: str = "euler_maruyama",
+    steps: int = 100,
+    final_step: float = PAPER_FINAL_STEP,
+    projection: str = "sphere",
+    radius: float | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    return_norms: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Sample token sequences z (B, L, d) for class labels (B,) on labels.device.
+
+    num_tokens: L (default: the full grid; fewer = a raster prefix). radius: R for `sphere`
+    (default sqrt(d)). generator/seed: noise source (a generator wins; neither = global RNG).
+    return_norms: also return ||z_k|| (B, L) of each token after CFG, before projection.
+    The linear schedule ramps over the full grid length N: w_k = 1 + (w - 1) k / N.
+    """
+    N = transformer.num_tokens
+    L = N if num_tokens is None else num_tokens
+    _check_args(transformer, labels, L, cfg_scale, cfg_schedule, sampler, steps, final_step, projection)
+    labels = labels.long()
+    device, B, d = labels.device, labels.shape[0], transformer.token_dim
+    R = math.sqrt(d) if radius is None else radius
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    guided = cfg_scale != 1.0
+    if guided:
+        labels = torch.cat([labels, torch.full_like(labels, transformer.null_class)])
+    cond, state = transformer.prefill(labels)  # (B or 2B, D)
+    tokens, norms = [], []
+    for k in range(L):
+        c_emb = head.condition(cond, torch.full((cond.shape[0],), k, device=device))
+        v_fn = guided_velocity(head, c_emb, cfg_scale_at(k, N, cfg_scale, cfg_schedule), guided)
+        x0 = torch.randn(B, d, device=device, generator=generator)
+        z_k = integrate(sampler, v_fn, x0, steps, final_step, generator)  # (B, d) after CFG
+        norms.append(z_k.norm(dim=-1))
+        z_k = project_tokens(z_k, projection, R)
+        tokens.append(z_k)
+        if k + 1 < L:
+            cond = transformer.step(torch.cat([z_k, z_k]) if guided else z_k, state)
+    z = torch.stack(tokens, dim=1)  # (B, L, d)
+    return (z, torch.stack(norms, dim=1)) if return_norms else z

@@ -1,0 +1,178 @@
+"""Posterior heads of the hybrid VAE: spherical (S-VAE), gaussian_norm and gaussian (SphereAR Sec. 3.1, App. B).
+
+All three share one interface over per-token parameter tensors params (B, L, P):
+  params_dim        P for a latent_dim d
+  parameterise(raw) raw encoder output (B, L, P) -> params (B, L, P), the tensor that is cached
+  sample(params)    z (B, L, d), reparameterised
+  mode(params)      z (B, L, d), deterministic (posterior mode, on the sphere where it applies)
+  kl(params)        (B,) KL in nats **per token**, averaged over the L tokens of each image
+
+Layouts: spherical [mu (unit, d) | kappa (1)], kappa = softplus(raw) + 1, latent = R * x with
+x ~ PowerSpherical(mu, kappa), KL to the uniform distribution on S^{d-1} (exact, no R term);
+gaussian_norm [mean (d) | logvar (d)], z = N_R(mean + std * eps), KL of the Gaussian to N(0, I);
+gaussian      [mean (d) | logvar (d)], z = mean + std * eps, KL to N(0, I).
+
+KL normalisation: per-token KL (summed over the d channels for the Gaussians) and averaged over
+tokens, as the official S-VAE does before weighting it by 0.004; batch-mean it for the loss.
+The AR stage caches `params` per image and calls `sample_from_params` every training step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.distributions import kl_divergence
+
+from sphereard.distributions import DiagonalGaussian, GaussianThenNormalize, HypersphericalUniform, PowerSpherical
+from sphereard.errors import UserError
+from sphereard.geometry import project_to_sphere
+
+KAPPA_MIN = 1.0  # kappa = softplus(raw) + 1 (paper / official S-VAE)
+
+
+def default_radius(latent_dim: int) -> float:
+    """R = sqrt(d) (SphereAR Sec. 4.1): the radius of a standard Gaussian's typical set."""
+    return math.sqrt(latent_dim)
+
+
+class Posterior:
+    """Base class: holds the latent dim d and the sphere radius R."""
+
+    name = "base"
+    on_sphere = True  # whether latents have constant norm R
+
+    def __init__(self, latent_dim: int, radius: float | None = None):
+        assert latent_dim >= 2, "latent_dim must be >= 2 (a sphere S^{d-1} needs d >= 2)"
+        self.latent_dim = latent_dim
+        self.radius = float(default_radius(latent_dim) if radius is None else radius)
+        assert self.radius > 0, "radius R must be positive"
+
+    @property
+    def params_dim(self) -> int:
+        raise NotImplementedError
+
+    def parameterise(self, raw: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, params: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def mode(self, params: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def kl(self, params: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _check(self, params: torch.Tensor) -> None:
+        assert params.shape[-1] == self.params_dim, (
+            f"{self.name} posterior params must have last dim {self.params_dim} (latent_dim {self.latent_dim})")
+
+
+class SphericalPosterior(Posterior):
+    """S-VAE: Power Spherical posterior, uniform prior on S^{d-1}, latent R * x (Sec. 3.1)."""
+
+    name = "spherical"
+
+    @property
+    def params_dim(self) -> int:
+        return self.latent_dim + 1
+
+    def parameterise(self, raw: torch.Tensor) -> torch.Tensor:
+        self._check(raw)
+        mu = project_to_sphere(raw[..., :-1], 1.0)  # (B, L, d), unit norm
+        kappa = F.softplus(raw[..., -1:]) + KAPPA_MIN  # (B, L, 1)
+        return torch.cat([mu, kappa], dim=-1)
+
+    def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(params)
+        mu = project_to_sphere(params[..., :-1], 1.0)  # re-normalise: cached params may be rounded
+        return mu, params[..., -1]  # mu (B, L, d), kappa (B, L)
+
+    def distribution(self, params: torch.Tensor) -> PowerSpherical:
+        mu, kappa = self.split(params)
+        return PowerSpherical(mu, kappa, validate_args=False)
+
+    def sample(self, params: torch.Tensor) -> torch.Tensor:
+        return self.radius * self.distribution(params).rsample()
+
+    def mode(self, params: torch.Tensor) -> torch.Tensor:
+        return self.radius * self.split(params)[0]
+
+    def kl(self, params: torch.Tensor) -> torch.Tensor:
+        prior = HypersphericalUniform(self.latent_dim, device=params.device, dtype=params.dtype)
+        return kl_divergence(self.distribution(params), prior).mean(dim=-1)  # (B, L) -> (B,)
+
+
+class GaussianPosterior(Posterior):
+    """Diagonal Gaussian posterior, KL to N(0, I), no normalisation (the unconstrained baseline)."""
+
+    name = "gaussian"
+    on_sphere = False
+
+    @property
+    def params_dim(self) -> int:
+        return 2 * self.latent_dim
+
+    def parameterise(self, raw: torch.Tensor) -> torch.Tensor:
+        self._check(raw)
+        g = DiagonalGaussian(*raw.chunk(2, dim=-1))  # clamps logvar to a finite range
+        return torch.cat([g.mean, g.logvar], dim=-1)
+
+    def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(params)
+        mean, logvar = params.chunk(2, dim=-1)
+        return mean, logvar  # (B, L, d) each
+
+    def distribution(self, params: torch.Tensor):
+        return DiagonalGaussian(*self.split(params))
+
+    def sample(self, params: torch.Tensor) -> torch.Tensor:
+        return self.distribution(params).rsample()
+
+    def mode(self, params: torch.Tensor) -> torch.Tensor:
+        return self.distribution(params).mode()
+
+    def kl(self, params: torch.Tensor) -> torch.Tensor:
+        return self.distribution(params).kl_to_standard_normal().mean(dim=-1)  # (B, L) -> (B,)
+
+
+class GaussianNormPosterior(GaussianPosterior):
+    """Diagonal Gaussian sample, then N_R onto the radius-R sphere; Gaussian KL (App. B baseline)."""
+
+    name = "gaussian_norm"
+    on_sphere = True
+
+    def distribution(self, params: torch.Tensor) -> GaussianThenNormalize:
+        return GaussianThenNormalize(*self.split(params), radius=self.radius)
+
+
+POSTERIOR_CLASSES: dict[str, type[Posterior]] = {
+    cls.name: cls for cls in (SphericalPosterior, GaussianNormPosterior, GaussianPosterior)
+}
+
+
+def build_posterior(kind: str, latent_dim: int, radius: float | None = None) -> Posterior:
+    """Posterior head by name: spherical | gaussian_norm | gaussian."""
+    if kind not in POSTERIOR_CLASSES:
+        raise UserError(f"posterior={kind!r}: must be one of {', '.join(POSTERIOR_CLASSES)}")
+    return POSTERIOR_CLASSES[kind](latent_dim, radius)
+
+
+def latent_dim_from_params(kind: str, params_dim: int) -> int:
+    """Invert params_dim: d + 1 (spherical) or 2d (gaussians)."""
+    if kind == "spherical":
+        return params_dim - 1
+    assert params_dim % 2 == 0, "Gaussian posterior params hold [mean | logvar], so P must be even"
+    return params_dim // 2
+
+
+def sample_from_params(kind: str, params: torch.Tensor, radius: float | None = None,
+                       mode: bool = False) -> torch.Tensor:
+    """Fresh latent z (..., d) from cached posterior params (..., P); `mode=True` gives the mode.
+
+    `radius` defaults to sqrt(d) and is ignored by the plain gaussian posterior.
+    """
+    post = build_posterior(kind, latent_dim_from_params(kind, params.shape[-1]), radius)
+    return post.mode(params) if mode else post.sample(params)

@@ -1,0 +1,115 @@
+"""Tokenizer architectures and the preset registry (`create_tokenizer`, like DiT's `DiT_models`).
+
+| preset     | image | C | patch | tokens | CNN channels      | enc/dec layers | width | heads | mlp  | regs | d  | params   | MFLOP/img (fwd+bwd) |
+|------------|-------|---|-------|--------|-------------------|----------------|-------|-------|------|------|----|----------|---------------------|
+| svae-paper | 256   | 3 | 16    | 16x16  | 64,64,128,256,512 | 6 / 12         | 512   | 8     | 1536 | 4    | 16 | 75.39M   | -                   |
+| fmnist-s   | 32    | 1 | 4     | 8x8    | 8,16,64           | 2 / 3          | 64    | 4     | 192  | 4    | 16 | 0.397M   | 184                 |
+| fmnist-xs  | 32    | 1 | 4     | 8x8    | 8,16,32           | 1 / 1          | 32    | 2     | 64   | 2    | 8  | 0.068M   | 40                  |
+| emoji-s    | 32    | 3 | 4     | 8x8    | 16,32,96          | 2 / 3          | 96    | 4     | 256  | 4    | 16 | 0.897M   | 462                 |
+
+(params with the spherical head; the Gaussian heads add (d - 1) * (width + 1). fmnist-xs has no
+extra decoder residual units, the others one per up-stage.)
+The paper preset follows the S-VAE facts (Sec. 4.1; official code): heads = width / 64, SwiGLU
+hidden 8w/3 rounded up to 256, one residual down-block per encoder stage, one up-block plus one
+plain residual unit per decoder stage, transposed-conv upsampling, a 3x3 grid conv before the
+decoder ViT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sphereard.config_schema import from_dict, require
+from sphereard.errors import UserError
+from sphereard.tokenizer.cnn import gn_groups
+
+ROPE_HEAD_MULTIPLE = 4  # 2D RoPE rotates pairs on two axes
+
+
+@dataclass
+class TokenizerArch:
+    """Architecture of the hybrid CNN + ViT VAE (SphereAR Sec. 4.1)."""
+
+    image_size: int = 256
+    in_channels: Literal[1, 3] = 3
+    patch_size: int = 16
+    cnn_channels: list[int] = field(default_factory=lambda: [64, 64, 128, 256, 512])
+    enc_layers: int = 6
+    dec_layers: int = 12
+    width: int = 512
+    heads: int = 8
+    num_registers: int = 4
+    latent_dim: int = 16
+    mlp_hidden: int | None = None  # None: 8w/3 rounded up to a multiple of 256
+    enc_extra_units: int = 0  # plain residual units after each down-block
+    dec_extra_units: int = 1  # plain residual units after each up-block
+    upsample: Literal["transpose", "nearest"] = "transpose"
+
+    def __post_init__(self):
+        stages = len(self.cnn_channels) - 1
+        require(self.in_channels in (1, 3), "in_channels", self.in_channels, "must be 1 or 3")
+        require(len(self.cnn_channels) >= 2, "cnn_channels", self.cnn_channels,
+                "needs at least 2 entries (conv_in width, then one per stride-2 stage)")
+        require(self.patch_size == 2 ** stages, "patch_size", self.patch_size,
+                f"must equal 2 ** (len(cnn_channels) - 1) = {2 ** stages}: one stride-2 CNN stage per channel step")
+        require(self.image_size % self.patch_size == 0, "image_size", self.image_size,
+                f"must be divisible by patch_size={self.patch_size}")
+        for c in self.cnn_channels:
+            require(c > 0 and c % gn_groups(c) == 0, "cnn_channels", self.cnn_channels,
+                    "each must be positive and divisible by its GroupNorm groups min(32, c // 4)")
+        require(self.cnn_channels[-1] == self.width, "width", self.width,
+                f"must equal cnn_channels[-1]={self.cnn_channels[-1]} (the CNN output is the ViT input)")
+        require(self.heads > 0 and self.width % self.heads == 0, "heads", self.heads,
+                f"must divide width={self.width}")
+        require((self.width // max(self.heads, 1)) % ROPE_HEAD_MULTIPLE == 0, "heads", self.heads,
+                f"head dim width / heads must be a multiple of {ROPE_HEAD_MULTIPLE} for 2D RoPE")
+        require(self.enc_layers >= 1, "enc_layers", self.enc_layers, "must be >= 1")
+        require(self.dec_layers >= 1, "dec_layers", self.dec_layers, "must be >= 1")
+        require(self.num_registers >= 0, "num_registers", self.num_registers, "must be >= 0")
+        require(self.latent_dim >= 2, "latent_dim", self.latent_dim, "must be >= 2 (sphere S^{d-1})")
+        require(self.mlp_hidden is None or self.mlp_hidden > 0, "mlp_hidden", self.mlp_hidden,
+                "must be positive or null")
+        require(self.enc_extra_units >= 0, "enc_extra_units", self.enc_extra_units, "must be >= 0")
+        require(self.dec_extra_units >= 0, "dec_extra_units", self.dec_extra_units, "must be >= 0")
+        require(self.upsample in ("transpose", "nearest"), "upsample", self.upsample,
+                "must be 'transpose' or 'nearest'")
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size ** 2
+
+
+TOKENIZER_PRESETS: dict[str, TokenizerArch] = {
+    "svae-paper": TokenizerArch(),
+    "fmnist-s": TokenizerArch(
+        image_size=32, in_channels=1, patch_size=4, cnn_channels=[8, 16, 64],
+        enc_layers=2, dec_layers=3, width=64, heads=4, num_registers=4, latent_dim=16, mlp_hidden=192),
+    "fmnist-xs": TokenizerArch(
+        image_size=32, in_channels=1, patch_size=4, cnn_channels=[8, 16, 32],
+        enc_layers=1, dec_layers=1, width=32, heads=2, num_registers=2, latent_dim=8, mlp_hidden=64,
+        dec_extra_units=0),
+    "emoji-s": TokenizerArch(
+        image_size=32, in_channels=3, patch_size=4, cnn_channels=[16, 32, 96],
+        enc_layers=2, dec_layers=3, width=96, heads=4, num_registers=4, latent_dim=16, mlp_hidden=256),
+}
+
+
+def tokenizer_arch(name: str, **overrides) -> TokenizerArch:
+    """Preset `name` with fields replaced by `overrides` (validated again)."""
+    if name not in TOKENIZER_PRESETS:
+        raise UserError(f"tokenizer.preset={name!r}: unknown preset (known: {', '.join(TOKENIZER_PRESETS)})")
+    # from_dict rejects unknown keys and wrong types, naming `tokenizer.overrides.<key>`
+    return from_dict(TokenizerArch, {**dataclasses.asdict(TOKENIZER_PRESETS[name]), **overrides}, "tokenizer.overrides")
+
+
+def create_tokenizer(name: str, posterior: str = "spherical", radius: float | None = None, **overrides):
+    """Build a HybridVAE from preset `name` (+ arch overrides); wrap in `with torch.device(...)` to place it."""
+    from sphereard.tokenizer.vae import HybridVAE
+
+    return HybridVAE(tokenizer_arch(name, **overrides), posterior=posterior, radius=radius)

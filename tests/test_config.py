@@ -1,0 +1,114 @@
+"""Whole-file params validation: unknown keys, wrong types, out-of-range values, profiles."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sphereard.config import Params, as_dict, load_params, parse_params
+from sphereard.errors import UserError
+from sphereard.profiles import available_profiles, deep_merge, materialise, render
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def with_change(path: str, value):
+    data = as_dict(Params())
+    *parents, leaf = path.split(".")
+    node = data
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return data
+
+
+def test_committed_params_yaml_is_the_default_profile():
+    assert yaml.safe_load((REPO / "params.yaml").read_text()) == materialise("default")
+
+
+@pytest.mark.parametrize("name", available_profiles())
+def test_every_profile_is_valid(name):
+    params = parse_params(materialise(name))
+    assert params.profile == name
+
+
+def test_paper_profiles_use_paper_presets():
+    b = parse_params(materialise("imagenet256-sphereAR-B"))
+    assert (b.tokenizer.preset, b.generator.preset) == ("svae-paper", "SphereAR-B")
+    assert b.data.image_size == 256 and b.sampling.cfg_scale == 4.5
+    assert b.generator.train.batch_size == 512 and b.generator.train.optim.warmup_steps == 20_000
+
+
+@pytest.mark.parametrize(
+    "path, value, expected",
+    [
+        ("tokenizer.radius", -1.0, "tokenizer.radius=-1.0: must be positive"),
+        ("tokenizer.radius", 0, "tokenizer.radius=0.0: must be positive"),
+        ("sampling.cfg_scale", -0.5, "sampling.cfg_scale=-0.5: must be >= 0"),
+        ("sampling.cfg_schedule", "cubic", "sampling.cfg_schedule='cubic': must be one of"),
+        ("data.image_size", "big", "data.image_size='big': expected an integer"),
+        ("data.channels", 2, "data.channels=2: must be one of"),
+        ("generator.train.optim.lr", 0, "generator.train.optim.lr=0.0: must be positive"),
+        ("tokenizer.posteriors", ["spherical", "vmf"], "tokenizer.posteriors[1]='vmf': must be one of"),
+        ("generator.train.batch_size", 7, None),
+    ],
+)
+def test_bad_values_name_key_and_value(path, value, expected):
+    data = with_change(path, value)
+    if path == "generator.train.batch_size":
+        data["generator"]["train"]["ray"]["num_workers"] = 2
+        expected = "generator.train.batch_size=7: must be divisible by ray.num_workers=2"
+    with pytest.raises(UserError) as err:
+        parse_params(data)
+    assert str(err.value).startswith(expected), str(err.value)
+
+
+def test_unknown_key_is_named():
+    data = as_dict(Params())
+    data["sampling"]["cfg_scal"] = 2.0
+    with pytest.raises(UserError, match=r"^sampling\.cfg_scal: unknown key"):
+        parse_params(data)
+
+
+def test_image_size_not_divisible_by_patch_size():
+    data = as_dict(Params())
+    data["data"]["image_size"] = 30
+    data["tokenizer"]["overrides"] = {"image_size": 30}
+    with pytest.raises(UserError, match="image_size"):
+        parse_params(data)
+
+
+def test_tokenizer_must_fit_data():
+    data = with_change("data.image_size", 64)
+    with pytest.raises(UserError, match=r"^tokenizer\.preset='fmnist-s': image_size 32 must equal data\.image_size 64"):
+        parse_params(data)
+
+
+def test_deep_merge_replaces_lists_and_merges_maps():
+    merged = deep_merge({"a": {"b": 1, "c": [1, 2]}, "d": 1}, {"a": {"c": [3]}, "e": 2})
+    assert merged == {"a": {"b": 1, "c": [3]}, "d": 1, "e": 2}
+
+
+def test_unknown_profile_lists_available():
+    with pytest.raises(UserError, match="profile='nope': unknown profile"):
+        materialise("nope")
+
+
+def test_render_round_trips(tmp_path):
+    out = tmp_path / "p.yaml"
+    out.write_text(render("smoke"))
+    assert load_params(out).tokenizer.preset == "fmnist-xs"
+
+
+def test_stage_cli_rejects_bad_file_with_one_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(with_change("tokenizer.radius", -2.0)))
+    proc = subprocess.run([sys.executable, "-m", "pipelines.prepare", "--params", str(bad)],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: tokenizer.radius=-2.0: must be positive (or null = sqrt(latent_dim))"]
+    missing = subprocess.run([sys.executable, "-m", "pipelines.prepare", "--params", str(tmp_path / "none.yaml")],
+                             cwd=REPO, capture_output=True, text=True)
+    assert missing.returncode == 2 and "none.yaml: params file not found" in missing.stderr
