@@ -50,7 +50,9 @@ class DataConfig:
 
 @dataclass
 class RayConfig:
-    """Ray Train scaling: local Ray by default; RAY_ADDRESS joins an existing cluster."""
+    """Ray Train scaling: local Ray by default; RAY_ADDRESS joins an existing cluster.
+
+    num_workers 0 runs the loop in-process (Ray Train's local mode: no cluster start-up)."""
 
     num_workers: int = 1
     use_gpu: bool = False
@@ -59,7 +61,7 @@ class RayConfig:
     storage: str = "outputs/ray"
 
     def __post_init__(self):
-        require(self.num_workers >= 1, "num_workers", self.num_workers, "must be >= 1")
+        require(self.num_workers >= 0, "num_workers", self.num_workers, "must be >= 0 (0 = in-process)")
         require(self.cpus_per_worker >= 1, "cpus_per_worker", self.cpus_per_worker, "must be >= 1")
         require(self.max_failures >= -1, "max_failures", self.max_failures, "must be >= -1 (-1 = unlimited)")
 
@@ -106,7 +108,7 @@ class TrainLoopConfig:
         for name in ("steps", "batch_size", "log_every", "sample_every", "ckpt_every"):
             require(getattr(self, name) > 0, name, getattr(self, name), "must be positive")
         require(self.num_loader_workers >= 0, "num_loader_workers", self.num_loader_workers, "must be >= 0")
-        require(self.batch_size % self.ray.num_workers == 0, "batch_size", self.batch_size,
+        require(self.batch_size % max(1, self.ray.num_workers) == 0, "batch_size", self.batch_size,
                 f"must be divisible by ray.num_workers={self.ray.num_workers}")
 
 
@@ -134,14 +136,18 @@ class TokenizerConfig:
     posteriors: list[Posterior] = field(default_factory=lambda: list(POSTERIORS))
     radius: float | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    eval_images: int = 2000
     out: str = "outputs/tokenizer"
-    train: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
+    train: TokenizerTrainConfig = field(default_factory=lambda: TokenizerTrainConfig(
+        steps=1000, batch_size=64, sample_every=250, disc_start=100_000,
+        optim=OptimConfig(lr=5e-4, min_lr=5e-5, warmup_steps=100, ema_decay=0.99)))
 
     def __post_init__(self):
         require(len(self.posteriors) > 0, "posteriors", self.posteriors, "list at least one posterior")
         require(len(set(self.posteriors)) == len(self.posteriors), "posteriors", self.posteriors,
                 "must not repeat a posterior")
         require(self.radius is None or self.radius > 0, "radius", self.radius, "must be positive (or null = sqrt(latent_dim))")
+        require(self.eval_images > 0, "eval_images", self.eval_images, "must be positive")
 
 
 @dataclass
@@ -149,6 +155,7 @@ class EncodeConfig:
     """Latent cache of posterior parameters for image + horizontal flip (`encode@{posterior}`)."""
 
     batch_size: int = 256
+    dtype: Literal["float16", "float32"] = "float16"
     out: str = "data/latents"
 
     def __post_init__(self):
@@ -162,7 +169,9 @@ class GeneratorConfig:
     preset: str = "fmnist-s"
     overrides: dict[str, Any] = field(default_factory=dict)
     out: str = "outputs/generator"
-    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    train: TrainLoopConfig = field(default_factory=lambda: TrainLoopConfig(
+        steps=1500, batch_size=64, sample_every=500,
+        optim=OptimConfig(lr=1e-3, min_lr=1e-5, warmup_steps=100, ema_decay=0.995)))
 
 
 @dataclass
@@ -252,6 +261,7 @@ class SweepConfig:
 class TrackingConfig:
     """MLflow: sqlite store inside the repo unless MLFLOW_TRACKING_URI is set."""
 
+    enabled: bool = True
     experiment: str = "sphereard"
     store: str = "mlflow.db"
     artifacts: str = "mlartifacts"
@@ -312,6 +322,17 @@ def validate_cross_block(params: Params) -> None:
             f"grid_size {gen.grid_size} must equal the tokenizer grid {grid}")
     require(gen.token_dim == tok.latent_dim, "generator.preset", params.generator.preset,
             f"token_dim {gen.token_dim} must equal the tokenizer latent_dim {tok.latent_dim}")
+
+
+def absolute_paths(params: Params) -> Params:
+    """A copy whose data/output paths are absolute: Ray workers may run in another directory."""
+    def resolve(block):
+        return dataclasses.replace(block, out=str(Path(block.out).resolve()))
+
+    return dataclasses.replace(
+        params, data=resolve(params.data), tokenizer=resolve(params.tokenizer), encode=resolve(params.encode),
+        generator=resolve(params.generator), sampling=resolve(params.sampling), classifier=resolve(params.classifier),
+        evaluation=resolve(params.evaluation), sweep=resolve(params.sweep))
 
 
 def default_radius(latent_dim: int) -> float:

@@ -1,0 +1,64 @@
+"""DVC stage `encode@{posterior}`: cache the posterior parameters of every train image and of its
+horizontal flip, so AR training draws a fresh posterior sample at every step (SphereAR Sec. 4.1).
+
+    python -m pipelines.encode --posterior spherical [--params FILE]
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipelines._cli import stage_main
+from sphereard.config import POSTERIORS, Params
+from sphereard.data import ShardDataset
+from sphereard.export import load_tokenizer
+from sphereard.latents import LatentCacheWriter
+from sphereard.utils.device import default_device
+
+log = logging.getLogger("pipelines.encode")
+
+HORIZONTAL = 3  # width axis of (B, C, H, W)
+
+
+def latent_dir(params: Params, posterior: str) -> Path:
+    return Path(params.encode.out) / posterior
+
+
+@torch.no_grad()
+def encode_split(params: Params, posterior: str, device: torch.device) -> dict:
+    vae, meta = load_tokenizer(Path(params.tokenizer.out) / posterior / "model", device)
+    dataset = ShardDataset(params.data.out, "train", flip=False)
+    loader = DataLoader(dataset, batch_size=params.encode.batch_size, shuffle=False)
+    cache_meta = {"posterior": posterior, "radius": vae.radius, "on_sphere": vae.on_sphere,
+                  "latent_dim": vae.latent_dim, "grid_size": vae.grid_size, "num_classes": dataset.num_classes,
+                  "tokenizer": meta}
+    start = time.perf_counter()
+    with LatentCacheWriter(latent_dir(params, posterior), cache_meta, params.encode.dtype) as cache:
+        for images, labels in tqdm(loader, desc=f"encode {posterior}", unit="batch", mininterval=5):
+            images = images.to(device)
+            both = vae.encode_params(torch.cat([images, images.flip(HORIZONTAL)]))  # (2B, L, P)
+            plain, flipped = both.float().cpu().numpy().reshape(2, len(images), *both.shape[1:])
+            cache.write(plain, flipped, labels.numpy())
+    elapsed = time.perf_counter() - start
+    log.info("encoded %d images (+ flips) with the %s tokenizer in %.1f s (%.0f images/s) -> %s",
+             cache.rows, posterior, elapsed, 2 * cache.rows / elapsed, latent_dir(params, posterior))
+    return cache.meta
+
+
+def run(params: Params, args) -> None:
+    encode_split(params, args.posterior, default_device())
+
+
+def add_args(parser) -> None:
+    parser.add_argument("--posterior", required=True, choices=POSTERIORS)
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, run, add_args)

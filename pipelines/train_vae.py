@@ -1,0 +1,95 @@
+"""DVC stage `train_vae@{posterior}`: train one tokenizer with Ray Train, export its EMA weights,
+and measure reconstruction (PSNR, SSIM, LPIPS when its weights are local) on the held-out split.
+
+    python -m pipelines.train_vae --posterior spherical [--params FILE] [--stop-after N]
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines._cli import stage_main
+from sphereard.config import POSTERIORS, Params, absolute_paths, as_dict
+from sphereard.data import images_as_uint8
+from sphereard.eval.reconstruction import reconstruction_metrics
+from sphereard.export import export_model
+from sphereard.tokenizer import create_tokenizer, load_lpips
+from sphereard.tokenizer.inference import reconstruct
+from sphereard.tokenizer.task import TokenizerTask, tokenizer_meta
+from sphereard.tracking import image_grid, start_run
+from sphereard.train import LoopSpec, fit, load_latest
+from sphereard.utils.io import atomic_path, atomic_write_text
+
+log = logging.getLogger("pipelines.train_vae")
+
+GRID_IMAGES = 32
+EVAL_BATCH = 250
+
+
+def tokenizer_dir(params: Params, posterior: str) -> Path:
+    return Path(params.tokenizer.out) / posterior
+
+
+def export_ema(params: Params, posterior: str, ckpt_dir: Path, model_dir: Path):
+    """Rebuild the tokenizer from the last checkpoint's EMA weights and export it."""
+    tok = params.tokenizer
+    ckpt = load_latest(ckpt_dir)
+    vae = create_tokenizer(tok.preset, posterior=posterior, radius=tok.radius, **tok.overrides)
+    vae.load_state_dict(ckpt.states["ema"])
+    export_model(model_dir, vae, {**tokenizer_meta(params, posterior, vae.radius), "step": ckpt.step})
+    return vae.eval()
+
+
+def evaluate_reconstruction(params: Params, vae, out: Path, run) -> dict:
+    """Held-out reconstruction metrics + an input/reconstruction grid PNG."""
+    real, _ = images_as_uint8(params.data.out, "test", limit=params.tokenizer.eval_images)
+    start = time.perf_counter()
+    recon = reconstruct(vae, real, EVAL_BATCH, "cpu")
+    elapsed = time.perf_counter() - start
+    lpips = load_lpips(params.evaluation.lpips_weights_path) if params.evaluation.lpips_weights_path else None
+    metrics = reconstruction_metrics(real, recon, lpips=lpips)
+    metrics.update(eval_images=len(real), recon_images_per_s=len(real) / elapsed)
+    pair = torch.from_numpy(np.concatenate([real[:GRID_IMAGES], recon[:GRID_IMAGES]]))
+    with atomic_path(out / "reconstructions.png") as tmp:
+        image_grid(pair.permute(0, 3, 1, 2).float(), nrow=GRID_IMAGES // 2, value_range=(0, 255)).save(tmp)
+    run.log_artifact(out / "reconstructions.png")
+    return metrics
+
+
+def run(params: Params, args) -> None:
+    posterior = args.posterior
+    out = tokenizer_dir(params, posterior)
+    ckpt_dir, model_dir = out / "ckpt", out / "model"
+    name = f"vae-{posterior}"
+    tags = {"stage": "train_vae", "posterior": posterior, "profile": params.profile}
+    logged = {"posterior": posterior, "data": as_dict(params.data), "tokenizer": as_dict(params.tokenizer)}
+    with start_run(params.tracking, ".", name, params=logged, tags=tags) as run:
+        spec = LoopSpec(task_factory=functools.partial(TokenizerTask, absolute_paths(params), posterior),
+                        loop=params.tokenizer.train, ckpt_dir=str(ckpt_dir), seed=params.seed, run=run,
+                        stop_after=args.stop_after, config_snapshot=logged)
+        fit(spec, name)
+        if args.stop_after is not None and load_latest(ckpt_dir).step < params.tokenizer.train.steps:
+            log.info("stopped early as asked (--stop-after %d); rerun to resume", args.stop_after)
+            return
+        vae = export_ema(params, posterior, ckpt_dir, model_dir)
+        metrics = evaluate_reconstruction(params, vae, out, run)
+        run.log_metrics({f"recon/{k}": v for k, v in metrics.items()}, step=params.tokenizer.train.steps)
+        atomic_write_text(out / "metrics.json", json.dumps({"posterior": posterior, **metrics}, indent=2))
+        log.info("%s: %s", name, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+
+def add_args(parser) -> None:
+    parser.add_argument("--posterior", required=True, choices=POSTERIORS)
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="end after this many steps (checkpointed); a rerun resumes")
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, run, add_args)

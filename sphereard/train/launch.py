@@ -1,0 +1,118 @@
+"""Launch a per-worker training function with Ray Train's TorchTrainer (Train V2, Ray 2.60's default).
+
+Local Ray by default (a fresh instance, never someone else's cluster); with RAY_ADDRESS set the
+driver joins that cluster. Each call gets a unique Ray run name under `ray_cfg.storage`, so
+Ray-side state never carries over between invocations: resuming is our checkpoint dir's job.
+`num_workers: 0` is Ray Train's local mode: the function runs in this process (no Ray instance,
+no worker start-up; errors propagate as raised), for debugging and seconds-scale CPU runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.constants import V2_ENABLED_ENV_VAR, is_v2_enabled
+
+from sphereard.config import RayConfig
+from sphereard.errors import UserError
+from sphereard.train.loop import LoopSpec, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+LOCAL_OBJECT_STORE_BYTES = 100 * 1024**2  # training data never goes through the object store
+RAY_CHECKPOINTS_TO_KEEP = 2  # Ray-side checkpoints are tiny pointers into our checkpoint dir
+
+
+class TrainingError(RuntimeError):
+    """Training failed on the workers after Ray's retries (FailureConfig.max_failures)."""
+
+
+def init_ray(num_cpus_needed: int = 1) -> None:
+    """Join RAY_ADDRESS if set, else start a small local instance (no dashboard, small object store)."""
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        log.info("joined Ray cluster at %s: %s", os.environ["RAY_ADDRESS"], ray.cluster_resources())
+        return
+    # Logical CPUs: never fewer than the workers ask for, or the trainer would wait forever.
+    def quiet_state_api_warnings():  # runs in every Ray process of this job; pickled by value
+        # Without a dashboard the state API is absent and Train V2's PlacementGroupCleaner warns
+        # about it every few seconds; the cleaner only matters if the controller dies ungracefully.
+        logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, num_cpus_needed), include_dashboard=False,
+             object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+             runtime_env={"worker_process_setup_hook": quiet_state_api_warnings})
+
+
+def unique_run_name(run_name: str) -> str:
+    """`train_vae@spherical` -> `train_vae@spherical-20250101-120000-1a2b3c` (Ray needs one per run)."""
+    return f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def _unwrap(err: BaseException) -> BaseException:
+    while (cause := getattr(err, "cause", None)) is not None and cause is not err:  # RayTaskError
+        err = cause
+    return err
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The workers' own exception inside Ray's WorkerGroupError: a UserError if any rank raised one."""
+    failures = {rank: _unwrap(e) for rank, e in (getattr(err, "worker_failures", None) or {}).items()}
+    if not failures:
+        return _unwrap(err)
+    return next((e for e in failures.values() if isinstance(e, UserError)), failures[min(failures)])
+
+
+def run_training(train_fn: Callable[[dict], None], fn_config: dict, ray_cfg: RayConfig,
+                 run_name: str) -> ray.train.Result:
+    """Run `train_fn(fn_config)` on `ray_cfg.num_workers` workers; returns Ray's Result.
+
+    Raises UserError when a worker raised one (bad input stays a one-line error), else TrainingError
+    (local mode, num_workers 0: the function's own exception)."""
+    if not is_v2_enabled():  # read once, when ray.train is first imported
+        raise UserError(f"{V2_ENABLED_ENV_VAR}={os.environ[V2_ENABLED_ENV_VAR]}: sphereard needs Ray Train V2 (unset it)")
+    if ray_cfg.num_workers > 0:
+        init_ray(ray_cfg.num_workers * ray_cfg.cpus_per_worker)
+    name = unique_run_name(run_name)
+    trainer = TorchTrainer(
+        train_fn,
+        train_loop_config=fn_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=ray_cfg.num_workers, use_gpu=ray_cfg.use_gpu,
+                                               resources_per_worker={"CPU": ray_cfg.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=str(Path(ray_cfg.storage).resolve()),
+            failure_config=ray.train.FailureConfig(max_failures=ray_cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=RAY_CHECKPOINTS_TO_KEEP)),
+    )
+    log.info("Ray Train run %s: %d worker(s), gpu=%s", name, ray_cfg.num_workers, ray_cfg.use_gpu)
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        cause = _root_cause(err)
+        if isinstance(cause, UserError):
+            raise UserError(str(cause)) from None
+        raise TrainingError(f"{run_name}: training failed ({type(cause).__name__}: {cause}); "
+                            "the workers' tracebacks are in the log above") from err
+    if result.error is not None:
+        raise TrainingError(f"{run_name}: training failed ({result.error})") from result.error
+    return result
+
+
+def fit(spec: LoopSpec, run_name: str) -> ray.train.Result:
+    """Run the generic loop (`loop.train_loop_per_worker`) for `spec` on Ray Train."""
+    spec = dataclasses.replace(spec, ckpt_dir=str(Path(spec.ckpt_dir).resolve()))
+    return run_training(train_loop_per_worker, {"spec": spec}, spec.loop.ray, run_name)

@@ -1,0 +1,112 @@
+"""Tokenizer stage: Ray Train with 2 CPU workers lowers the loss and resumes; the latent cache round trip."""
+
+import dataclasses
+import functools
+
+import pytest
+import torch
+
+from sphereard.config import absolute_paths, parse_params
+from sphereard.data import ShardDataset, prepare_dataset
+from sphereard.errors import UserError
+from sphereard.export import export_model, load_tokenizer
+from sphereard.latents import LATENTS_FILE, LatentDataset, read_latent_cache
+from sphereard.profiles import materialise
+from sphereard.tokenizer import create_tokenizer, reconstruction_loss
+from sphereard.tokenizer.task import TokenizerTask, tokenizer_meta
+from sphereard.train import LoopSpec, fit, load_latest
+
+FP16_ATOL = 2e-3  # cache stores float16; params are O(1) (mu, logvar) or O(10) (kappa, relative)
+
+
+@pytest.fixture(scope="module")
+def smoke_params(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tok_stage")
+    data = materialise("smoke")
+    data["data"]["out"] = str(root / "shards")
+    data["data"]["max_per_class"] = 8
+    data["tokenizer"]["out"] = str(root / "tokenizer")
+    data["encode"]["out"] = str(root / "latents")
+    params = absolute_paths(parse_params(data))
+    prepare_dataset(params.data, params.data.out)
+    return params
+
+
+def with_train(params, **changes):
+    tok = params.tokenizer
+    train = dataclasses.replace(tok.train, **changes)
+    return dataclasses.replace(params, tokenizer=dataclasses.replace(tok, train=train))
+
+
+def fixed_batch_loss(params, state=None):
+    torch.manual_seed(0)
+    vae = create_tokenizer(params.tokenizer.preset, posterior="spherical")
+    if state is not None:
+        vae.load_state_dict(state)
+    x = torch.stack([ShardDataset(params.data.out, "train")[i][0] for i in range(32)])
+    with torch.no_grad():
+        return reconstruction_loss(vae(x, sample=False)["recon"], x).item()
+
+
+@pytest.mark.slow
+def test_two_ray_workers_lower_the_loss_and_resume_at_the_saved_step(smoke_params, tmp_path):
+    steps = 16
+    ray_cfg = dataclasses.replace(smoke_params.tokenizer.train.ray, num_workers=2)
+    params = with_train(smoke_params, steps=steps, ckpt_every=4, log_every=4, sample_every=steps,
+                        disc_start=8, ray=ray_cfg)
+    ckpt_dir = tmp_path / "ckpt"
+    spec = LoopSpec(task_factory=functools.partial(TokenizerTask, params, "spherical"), loop=params.tokenizer.train,
+                    ckpt_dir=str(ckpt_dir), seed=0, stop_after=8)
+    fit(spec, "test-vae-2workers")
+    assert load_latest(ckpt_dir).step == 8  # interrupted after 8 of 16 steps
+    fit(dataclasses.replace(spec, stop_after=None), "test-vae-2workers")
+    final = load_latest(ckpt_dir)
+    assert final.step == steps
+    assert final.meta["world_size"] == 2
+    assert {"model", "ema", "optimizer", "disc", "disc_optimizer"} <= set(final.states)
+    before, after = fixed_batch_loss(params), fixed_batch_loss(params, final.states["model"])
+    assert after < 0.8 * before, (before, after)
+
+
+def test_encode_round_trip_reproduces_encoder_output(smoke_params):
+    from pipelines.encode import encode_split, latent_dir
+
+    for posterior in ("spherical", "gaussian"):
+        torch.manual_seed(1)
+        vae = create_tokenizer(smoke_params.tokenizer.preset, posterior=posterior).eval()
+        model_dir = f"{smoke_params.tokenizer.out}/{posterior}/model"
+        export_model(model_dir, vae, tokenizer_meta(smoke_params, posterior, vae.radius))
+        meta = encode_split(smoke_params, posterior, torch.device("cpu"))
+        params, labels, read_meta = read_latent_cache(latent_dir(smoke_params, posterior))
+        dataset = ShardDataset(smoke_params.data.out, "train")
+        assert meta["rows"] == len(dataset) == params.shape[0]
+        assert read_meta["posterior"] == posterior and read_meta["radius"] == pytest.approx(vae.radius)
+        x = torch.stack([dataset[i][0] for i in range(len(dataset))])
+        loaded, _ = load_tokenizer(model_dir)
+        with torch.no_grad():
+            expected = loaded.encode_params(x)
+            expected_flip = loaded.encode_params(x.flip(3))
+        scale = expected.abs().amax(dim=(0, 1)).clamp_min(1.0)  # per-channel magnitude (kappa can be large)
+        assert torch.allclose(params[:, 0].float() / scale, expected / scale, atol=FP16_ATOL)
+        assert torch.allclose(params[:, 1].float() / scale, expected_flip / scale, atol=FP16_ATOL)
+        assert torch.equal(labels, torch.as_tensor(dataset.labels))
+        item, label = LatentDataset(latent_dir(smoke_params, posterior))[0]
+        assert item.shape == (vae.num_tokens, vae.params_dim) and item.dtype == torch.float32
+
+
+def test_latent_cache_detects_tampering(smoke_params):
+    from pipelines.encode import latent_dir
+
+    cache = latent_dir(smoke_params, "spherical")
+    if not (cache / LATENTS_FILE).exists():
+        pytest.skip("needs the round-trip test's cache")
+    blob = bytearray((cache / LATENTS_FILE).read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (cache / LATENTS_FILE).write_bytes(bytes(blob))
+    with pytest.raises(UserError, match=r"latents\.parquet: sha256 does not match"):
+        read_latent_cache(cache)
+
+
+def test_export_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match=r"model\.json: exported model file missing"):
+        load_tokenizer(tmp_path)

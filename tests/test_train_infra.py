@@ -1,0 +1,342 @@
+"""Training infrastructure: atomic checkpoints, AdamW groups + schedule, MLflow, Ray Train DDP + resume."""
+
+import dataclasses
+import functools
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+import ray.cloudpickle
+import ray.train
+import torch
+import torch.nn.functional as F
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from sphereard.config import OptimConfig, RayConfig, TrackingConfig, TrainLoopConfig
+from sphereard.errors import UserError
+from sphereard.tracking import NullRun, git_commit, start_run
+from sphereard.train import (
+    LoopSpec,
+    TrainTask,
+    build_ema,
+    build_optimizer,
+    build_scheduler,
+    fit,
+    load_latest,
+    load_weights,
+    optimizer_step,
+    save_checkpoint,
+)
+from sphereard.train.checkpoint import LATEST_FILE
+from sphereard.train.launch import _root_cause, init_ray
+from sphereard.train.loop import StepContext, resolve_precision
+from sphereard.train.optim import param_groups
+
+NO_DECAY_PATTERNS = (r"emb", r"^input_proj\.")
+
+
+class TinyNet(nn.Module):
+    """Embedding, input projection, norm, biases and a tied head: every param-group case."""
+
+    def __init__(self, vocab=5, dim=8):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.input_proj = nn.Linear(3, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.hidden = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.emb.weight  # tied: shares storage with emb.weight
+
+    def forward(self, tokens, feats):
+        h = self.emb(tokens) + self.input_proj(feats)
+        return self.head(torch.tanh(self.hidden(self.norm(h))))
+
+
+def _train_steps(model, opt, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        tokens, feats = torch.randint(0, 5, (4,), generator=g), torch.randn(4, 3, generator=g)
+        F.cross_entropy(model(tokens, feats), tokens).backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def _assert_same(a, b):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert set(a) == set(b)
+        for k in a:
+            _assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same(x, y)
+    else:
+        assert a == b
+
+
+def test_checkpoint_round_trip_restores_weights_and_optimizer(tmp_path):
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = build_optimizer(model.named_parameters(), OptimConfig(lr=1e-2), NO_DECAY_PATTERNS)
+    _train_steps(model, opt, 3)
+    path = save_checkpoint(tmp_path, 7, {"model": model.state_dict(), "optim": opt.state_dict()}, {"note": "x"})
+    assert path == tmp_path / "step-00000007"
+    assert (tmp_path / LATEST_FILE).read_text().strip() == "step-00000007"
+
+    ckpt = load_latest(tmp_path)
+    assert ckpt.step == 7 and ckpt.meta == {"note": "x"}
+    torch.manual_seed(1)
+    model2 = TinyNet()
+    opt2 = build_optimizer(model2.named_parameters(), OptimConfig(lr=1e-2), NO_DECAY_PATTERNS)
+    model2.load_state_dict(ckpt.states["model"])
+    opt2.load_state_dict(ckpt.states["optim"])
+    _assert_same(opt2.state_dict(), opt.state_dict())  # int keys, tuples (betas), step tensors
+    _assert_same(load_weights(tmp_path, "model"), model.state_dict())
+    # continuing from the restored state matches continuing the original exactly
+    _train_steps(model, opt, 2, seed=5)
+    _train_steps(model2, opt2, 2, seed=5)
+    _assert_same(model2.state_dict(), model.state_dict())
+
+
+def test_failed_save_keeps_previous_checkpoint_and_prunes(tmp_path):
+    weights = {"w": torch.arange(6.0).reshape(2, 3)}
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, {"model": weights}, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST_FILE, "step-00000002", "step-00000003"]
+    with pytest.raises(TypeError):  # meta is not JSON: fails after the tensors were written
+        save_checkpoint(tmp_path, 4, {"model": weights}, meta={"bad": object()})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST_FILE, "step-00000002", "step-00000003"]
+    assert load_latest(tmp_path).step == 3
+    assert load_latest(tmp_path / "missing") is None
+
+    bad = tmp_path / "step-00000003" / "model.safetensors"
+    bad.write_bytes(bad.read_bytes()[:20])
+    with pytest.raises(UserError, match="step-00000003/model.safetensors"):
+        load_latest(tmp_path)
+    (tmp_path / "step-00000003" / "state.json").write_text("{not json")
+    with pytest.raises(UserError, match="state.json"):
+        load_latest(tmp_path)
+
+
+def test_param_groups_exclude_1d_embeddings_and_input_projection():
+    model = TinyNet()
+    groups = {g["name"]: {id(p) for p in g["params"]} for g in param_groups(model.named_parameters(), 0.05,
+                                                                            NO_DECAY_PATTERNS)}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[i] for i in groups["decay"]} == {"hidden.weight"}
+    assert {names[i] for i in groups["no_decay"]} == {
+        "emb.weight", "input_proj.weight", "input_proj.bias", "norm.weight", "norm.bias", "hidden.bias"}
+    opt = build_optimizer(model.named_parameters(), OptimConfig(weight_decay=0.05), NO_DECAY_PATTERNS)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+
+
+def test_scheduler_warmup_cosine_and_constant():
+    lr, min_lr, warmup, total = 1e-3, 1e-5, 10, 110
+    cfg = OptimConfig(lr=lr, min_lr=min_lr, warmup_steps=warmup)
+    opt = build_optimizer([("w", nn.Parameter(torch.zeros(2, 2))), ("b", nn.Parameter(torch.zeros(2)))], cfg)
+    sched = build_scheduler(opt, cfg, total)
+
+    def lr_at(step):
+        sched.step_update(step)
+        lrs = {g["lr"] for g in opt.param_groups}
+        assert len(lrs) == 1, "all groups share the schedule"
+        return lrs.pop()
+
+    cosine = lambda s: min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+    assert lr_at(0) == 0.0
+    assert lr_at(4) == pytest.approx(lr * 4 / warmup)
+    assert lr_at(warmup) == pytest.approx(lr)
+    assert lr_at(37) == pytest.approx(cosine(37))
+    assert lr_at(60) == pytest.approx((lr + min_lr) / 2)
+    assert lr_at(total) == pytest.approx(min_lr)
+    assert lr_at(total + 50) == pytest.approx(min_lr)
+
+    const = OptimConfig(lr=lr, warmup_steps=warmup, schedule="constant")
+    opt = build_optimizer([("w", nn.Parameter(torch.zeros(2, 2)))], const)
+    sched = build_scheduler(opt, const, total)
+    assert [lr_at(s) for s in (0, 5, warmup, 60, total)] == pytest.approx([0.0, lr / 2, lr, lr, lr])
+
+
+def test_precision_auto_is_fp32_on_cpu_and_bf16_autocasts():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    a = torch.randn(4, 4)
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        ctx = StepContext(device=cpu, rank=0, world_size=1, local_batch_size=4, total_steps=1,
+                          optim=OptimConfig(), precision=precision)
+        with ctx.autocast():
+            assert (a @ a).dtype == dtype
+
+
+# ---------------------------------------------------------------- MLflow + Ray Train (one Ray instance)
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        yield uri
+
+
+def test_tracking_logs_metrics_and_image_grid(tmp_path, mlflow_uri):
+    cfg = TrackingConfig(experiment="infra-test")
+    with start_run(cfg, tmp_path, "unit", params={"optim": {"lr": 0.1}}, tags={"stage": "test"}) as run:
+        run.log_metrics({"train/loss": 2.0}, step=1)
+        run.log_metrics({"train/loss": 1.0}, step=2)
+        run.log_image_grid(torch.rand(6, 3, 8, 8) * 2 - 1, "recon", step=2, value_range=(-1.0, 1.0))
+    client = MlflowClient(mlflow_uri)
+    data = client.get_run(run.run_id)
+    assert data.info.status == "FINISHED"
+    assert data.data.params == {"optim.lr": "0.1"} and data.data.tags["stage"] == "test"
+    assert data.data.tags.get("mlflow.source.git.commit") == git_commit(tmp_path)
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "train/loss")] == [(1, 2.0), (2, 1.0)]
+    assert [f.path for f in client.list_artifacts(run.run_id, "samples/recon")] == ["samples/recon/step-00000002.png"]
+    assert Path(data.info.artifact_uri.removeprefix("file://")).is_relative_to(tmp_path / "mlartifacts")
+    with start_run(cfg, tmp_path, "off", enabled=False) as off:
+        assert isinstance(off, NullRun)
+        off.log_metrics({"x": 1.0}, step=1)
+        off.log_image_grid(torch.rand(2, 3, 4, 4), "x", step=1)
+
+
+class RegressionTask(TrainTask):
+    """y = x . w* + noise with a small MLP; records every step's loss per rank; can fail once at a step."""
+
+    def __init__(self, out_dir: str, fail_at: int | None = None):
+        self.out, self.fail_at = Path(out_dir), fail_at
+
+    def dataset(self):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(256, 8, generator=g)
+        return TensorDataset(x, x @ torch.linspace(-1, 1, 8) + 0.01 * torch.randn(256, generator=g))
+
+    def build(self, ctx):
+        self.ctx = ctx
+        self.model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1)).to(ctx.device)
+        self.ddp = ctx.prepare_model(self.model)
+        self.opt = build_optimizer(self.model.named_parameters(), ctx.optim)
+        self.sched = build_scheduler(self.opt, ctx.optim, ctx.total_steps)
+        self.ema = build_ema(self.model, ctx.optim)
+
+    def train_step(self, batch, step):
+        marker = self.out / f"failed-rank{self.ctx.rank}"
+        if step == self.fail_at and not marker.exists():
+            marker.touch()
+            raise RuntimeError(f"injected failure at step {step}")
+        x, y = batch
+        with self.ctx.autocast():
+            loss = F.mse_loss(self.ddp(x).squeeze(-1), y)
+        out = optimizer_step(loss, self.opt, self.sched, step, self.model, self.ctx.optim.grad_clip)
+        self.ema.update(self.model, step=step + 1)
+        with open(self.out / f"rank{self.ctx.rank}.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "loss": loss.item()}) + "\n")
+        if step + 1 == self.ctx.total_steps:
+            save_file(self.model.state_dict(), str(self.out / f"final-rank{self.ctx.rank}.safetensors"))
+        return {"loss": loss.detach(), **out}
+
+    def log_media(self, step, run):
+        run.log_image_grid(self.ema.module[0].weight.detach()[None, None], "pred", step, value_range=(-1.0, 1.0))
+
+    def state_dicts(self):
+        return {"model": self.model.state_dict(), "ema": self.ema.module.state_dict(), "optim": self.opt.state_dict()}
+
+    def load_state_dicts(self, states):
+        self.model.load_state_dict(states["model"])
+        self.ema.module.load_state_dict(states["ema"])
+        self.opt.load_state_dict(states["optim"])
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _loop(tmp_path, steps, num_workers, **kw):
+    loop = TrainLoopConfig(steps=steps, batch_size=32, log_every=5, sample_every=steps, ckpt_every=10,
+                           optim=OptimConfig(lr=3e-2, warmup_steps=4, ema_decay=0.9),
+                           ray=RayConfig(num_workers=max(num_workers, 1), storage=str(tmp_path / "ray"), **kw))
+    loop.ray.num_workers = num_workers  # 0 = Ray Train local mode (in-process); params.yaml requires >= 1
+    return loop
+
+
+def test_stop_after_then_resume_matches_uninterrupted_run(tmp_path, mlflow_uri):
+    """In-process (Ray Train local mode): 10 steps, stop, rerun to 20 == 20 steps straight."""
+    loop = _loop(tmp_path, steps=20, num_workers=0)
+    runs = {}
+    for name, stop_after in (("split", 10), ("straight", None)):
+        out = tmp_path / name
+        out.mkdir()
+        with start_run(TrackingConfig(experiment="infra-loop"), tmp_path, name) as run:
+            spec = LoopSpec(task_factory=functools.partial(RegressionTask, str(out)), loop=loop,
+                            ckpt_dir=str(out / "ckpt"), seed=3, run=run, stop_after=stop_after, config_snapshot={"k": 1})
+            result = fit(spec, "infra-local")
+            if stop_after:
+                assert result.metrics["step"] == 10 and load_latest(spec.ckpt_dir).step == 10
+                result = fit(dataclasses.replace(spec, stop_after=None), "infra-local")
+            assert result.metrics["step"] == 20
+        runs[name] = (out, run)
+    (split, split_run), (straight, _) = runs["split"], runs["straight"]
+    assert [r["step"] for r in _records(split / "rank0.jsonl")] == list(range(20))
+    assert _records(split / "rank0.jsonl") == _records(straight / "rank0.jsonl"), "resume must be exact"
+    ckpt = load_latest(split / "ckpt")
+    assert ckpt.step == 20 and ckpt.meta["config"] == {"k": 1} and ckpt.meta["seed"] == 3
+    _assert_same(ckpt.states, load_latest(straight / "ckpt").states)  # model, EMA and optimizer
+    assert fit(spec, "infra-local").metrics["step"] == 20  # already finished: nothing to do
+
+    client = MlflowClient(mlflow_uri)
+    history = client.get_metric_history(split_run.run_id, "train/loss")
+    assert [m.step for m in history] == [5, 10, 15, 20]
+    metrics = client.get_run(split_run.run_id).data.metrics
+    assert {"train/loss", "train/lr", "train/grad_norm", "perf/items_per_s"} <= set(metrics)
+    assert metrics["perf/items_per_s"] > 0 and history[-1].value < history[0].value
+    samples = client.list_artifacts(split_run.run_id, "samples/pred")
+    assert [f.path for f in samples] == ["samples/pred/step-00000020.png"]
+
+
+def test_worker_user_error_reaches_driver_as_user_error(tmp_path):
+    ckpt_dir = tmp_path / "ckpt"
+    ckpt_dir.mkdir()
+    (ckpt_dir / LATEST_FILE).write_text("step-00000005\n")  # names a checkpoint that is not there
+    spec = LoopSpec(task_factory=functools.partial(RegressionTask, str(tmp_path)),
+                    loop=_loop(tmp_path, steps=4, num_workers=0), ckpt_dir=str(ckpt_dir))
+    with pytest.raises(UserError, match="latest: names step-00000005"):
+        fit(spec, "infra-bad")
+    # with Ray workers, the worker's exception arrives inside a WorkerGroupError
+    wrapped = ray.train.WorkerGroupError("failed", {0: RuntimeError("x"), 1: UserError("params: bad")})
+    assert isinstance(_root_cause(wrapped), UserError)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    init_ray(num_cpus_needed=2)
+    yield
+    ray.shutdown()
+
+
+def test_ray_ddp_two_workers_recover_from_failure(tmp_path, ray_local):
+    """2 CPU workers (gloo DDP); both fail at step 33; Ray restarts them; they resume at 30 exactly."""
+    out = tmp_path / "out"
+    out.mkdir()
+    spec = LoopSpec(task_factory=functools.partial(RegressionTask, str(out), fail_at=33),
+                    loop=_loop(tmp_path, steps=40, num_workers=2, max_failures=1),
+                    ckpt_dir=str(tmp_path / "ckpt"), seed=3, keep_checkpoints=2)
+    assert fit(spec, "infra-ddp").metrics["step"] == 40
+
+    records = _records(out / "rank0.jsonl")
+    assert [r["step"] for r in records] == list(range(0, 33)) + list(range(30, 40))
+    losses = [r["loss"] for r in records]
+    assert losses[30:33] == losses[33:36], "steps redone after the restart must reproduce the same losses"
+    assert sum(losses[-5:]) < 0.2 * sum(losses[:5]), "training should lower the loss"
+    final = [load_file(str(out / f"final-rank{r}.safetensors")) for r in (0, 1)]
+    _assert_same(final[0], final[1])  # DDP kept both workers' models identical
+    _assert_same(load_weights(tmp_path / "ckpt", "model"), final[0])
+    ckpt = load_latest(tmp_path / "ckpt")
+    assert ckpt.step == 40 and ckpt.meta["world_size"] == 2
+    assert sorted(p.name for p in ckpt.path.parent.iterdir() if p.is_dir()) == ["step-00000030", "step-00000040"]
