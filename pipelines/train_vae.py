@@ -37,13 +37,14 @@ def tokenizer_dir(params: Params, posterior: str) -> Path:
     return Path(params.tokenizer.out) / posterior
 
 
-def export_ema(params: Params, posterior: str, ckpt_dir: Path, model_dir: Path):
+def export_ema(params: Params, posterior: str, ckpt_dir: Path, model_dir: Path, run_id: str | None):
     """Rebuild the tokenizer from the last checkpoint's EMA weights and export it."""
     tok = params.tokenizer
     ckpt = load_latest(ckpt_dir)
     vae = create_tokenizer(tok.preset, posterior=posterior, radius=tok.radius, **tok.overrides)
     vae.load_state_dict(ckpt.states["ema"])
-    export_model(model_dir, vae, {**tokenizer_meta(params, posterior, vae.radius), "step": ckpt.step})
+    meta = {**tokenizer_meta(params, posterior, vae.radius), "step": ckpt.step, "mlflow_run_id": run_id}
+    export_model(model_dir, vae, meta)
     return vae.eval()
 
 
@@ -78,7 +79,7 @@ def run(params: Params, args) -> None:
         if args.stop_after is not None and load_latest(ckpt_dir).step < params.tokenizer.train.steps:
             log.info("stopped early as asked (--stop-after %d); rerun to resume", args.stop_after)
             return
-        vae = export_ema(params, posterior, ckpt_dir, model_dir)
+        vae = export_ema(params, posterior, ckpt_dir, model_dir, run.run_id)
         metrics = evaluate_reconstruction(params, vae, out, run)
         run.log_metrics({f"recon/{k}": v for k, v in metrics.items()}, step=params.tokenizer.train.steps)
         atomic_write_text(out / "metrics.json", json.dumps({"posterior": posterior, **metrics}, indent=2))

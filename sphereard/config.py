@@ -221,17 +221,26 @@ class EvaluationConfig:
 
     extractors: list[Literal["classifier", "effnet", "inception"]] = field(default_factory=lambda: ["classifier"])
     inception_weights: str | None = None
+    adm_reference: str | None = None
     lpips_weights_path: str | None = None
     num_real: int = 10_000
     kid_subset_size: int = 500
     pr_neighbours: int = 3
     batch_size: int = 250
+    diagnostic_cfg_scales: list[float] = field(default_factory=lambda: [1.0, 3.0, 6.0])
+    diagnostic_samples: int = 50
+    diagnostic_steps: int = 25
+    teacher_forced_images: int = 500
     out: str = "outputs/metrics"
 
     def __post_init__(self):
         require(len(self.extractors) > 0, "extractors", self.extractors, "list at least one extractor")
-        for name in ("num_real", "kid_subset_size", "pr_neighbours", "batch_size"):
+        require(len(set(self.extractors)) == len(self.extractors), "extractors", self.extractors, "must not repeat")
+        for name in ("num_real", "kid_subset_size", "pr_neighbours", "batch_size", "diagnostic_samples",
+                     "diagnostic_steps", "teacher_forced_images"):
             require(getattr(self, name) > 0, name, getattr(self, name), "must be positive")
+        require(all(w >= 0 for w in self.diagnostic_cfg_scales), "diagnostic_cfg_scales",
+                self.diagnostic_cfg_scales, "must all be >= 0")
 
 
 @dataclass

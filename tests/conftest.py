@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-TEST_TORCH_THREADS = 2
+TEST_TORCH_THREADS = 1  # tiny CPU models: more intra-op threads only add contention
 torch.set_num_threads(TEST_TORCH_THREADS)
 
 

@@ -1,0 +1,215 @@
+"""Pieces of the `report` stage: markdown tables, the sweep summary, overview figures, and the
+statements derived from the numbers ("what the numbers show / what they do not").
+
+Sweep input (`sweep.out`): `results.csv`, one row per trial with key columns `posterior`,
+`cfg_scale` (and optionally `projection`, `radius`, `sampler_steps`, `seed`) plus metric columns
+(`fd_<extractor>`, `class_consistency_classifier`, `norm_*`, ...), is summarised here as mean / std /
+n over seeds; without it `summary.csv` (`<metric>_mean`, `<metric>_std` or plain metric columns) is read.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from sphereard.eval.diagnostics import DRIFT_TOL, FIG_DPI, FIG_SIZE
+from sphereard.eval.extractors import metric_name
+
+log = logging.getLogger("pipelines.report")
+
+SWEEP_KEYS = ("posterior", "projection", "radius", "sampler_steps", "cfg_scale")
+COUNT_COLUMNS = ("n", "n_seeds", "num_seeds", "count")
+LOWER_BETTER = ("fd_", "fid_", "kid_")
+METRIC_PREFIXES = (*LOWER_BETTER, "precision_", "recall_", "is_", "class_consistency_", "norm_")
+HIDDEN_PREFIXES = ("kid_std_", "is_std_")
+GEN_METRICS = ("fd", "kid", "precision", "recall", "is", "class_consistency")
+NORM_KEY = re.compile(r"^norm_rel_dev_(?P<projection>[a-z]+)_cfg(?P<cfg>[0-9.eE+-]+)$")
+MISSING = "n/a"
+DEFAULT_RADIUS = "sqrt(d)"
+
+
+def fmt(v) -> str:
+    """Table cell: strings as is, ints exact, floats to 4 significant digits, None / NaN as n/a."""
+    if v is None:
+        return MISSING
+    if isinstance(v, (str, bool)):
+        return str(v)
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    v = float(v)
+    if math.isnan(v):
+        return MISSING
+    return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+
+
+def md_table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows])
+
+
+def is_metric(column: str) -> bool:
+    return column.startswith(METRIC_PREFIXES) and not column.startswith(HIDDEN_PREFIXES)
+
+
+def finite(v) -> bool:
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# ---- metric keys of the stage outputs ----
+
+def generation_keys(ev: dict[str, dict]) -> list[str]:
+    """Generation metric keys present in any posterior's evaluate metrics, grouped per extractor tag."""
+    present = {k for m in ev.values() for k in m}
+    tags = dict.fromkeys("inception" if k == "fid_inception" else k[3:] for m in ev.values() for k in m
+                         if k.startswith("fd_") or k == "fid_inception")
+    return [metric_name(m, t) for t in tags for m in GEN_METRICS if metric_name(m, t) in present]
+
+
+def recon_fd_keys(ev: dict[str, dict]) -> list[str]:
+    """rfd_<tag> / rfid_inception keys (without the evaluate stage's `recon_` prefix)."""
+    return list(dict.fromkeys(k[len("recon_"):] for m in ev.values() for k in m
+                              if k.startswith(("recon_rfd_", "recon_rfid_"))))
+
+
+def norm_devs(metrics: dict) -> dict[tuple[str, float], float]:
+    """{(projection, cfg_scale): max relative norm deviation} from `norm_rel_dev_<proj>_cfg<w>` keys."""
+    out = {}
+    for key, value in metrics.items():
+        if m := NORM_KEY.match(key):
+            out[(m["projection"], float(m["cfg"]))] = value
+    return out
+
+
+# ---- sweep ----
+
+def radius_label(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or str(v).strip().lower() in ("", "none", "null"):
+        return DEFAULT_RADIUS
+    return fmt(float(v))
+
+
+def _check_sweep(frame: pd.DataFrame) -> pd.DataFrame:
+    missing = [k for k in ("posterior", "cfg_scale") if k not in frame]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)} column")
+    return frame.assign(radius=frame["radius"].map(radius_label)) if "radius" in frame else frame
+
+
+def summarise_results(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial -> one row per setting: <metric>_mean, <metric>_std (over seeds) and n."""
+    frame = _check_sweep(results)
+    keys = [k for k in SWEEP_KEYS if k in frame]
+    metrics = [c for c in frame if is_metric(c) and pd.api.types.is_numeric_dtype(frame[c])]
+    if not metrics:
+        raise ValueError("no metric columns")
+    grouped = frame.groupby(keys, dropna=False)
+    out = grouped[metrics].mean().add_suffix("_mean").join(grouped[metrics].std().add_suffix("_std"))
+    return out.assign(n=grouped.size()).reset_index()
+
+
+def parse_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """summary.csv with <metric>_mean / <metric>_std columns, or plain metric columns (taken as means)."""
+    frame = _check_sweep(summary)
+    rename = {c: f"{c}_mean" for c in frame if is_metric(c) and not c.endswith(("_mean", "_std", "_count"))
+              and f"{c}_mean" not in frame}
+    frame = frame.rename(columns=rename)
+    count = next((c for c in COUNT_COLUMNS if c in frame), None)
+    frame["n"] = frame[count] if count else np.nan
+    if not any(c.endswith("_mean") and is_metric(c) for c in frame):
+        raise ValueError("no metric columns")
+    return frame
+
+
+def load_sweep(out: Path) -> tuple[pd.DataFrame | None, str]:
+    """(summary frame or None, one sentence for the report saying where it came from / why it is absent)."""
+    results, summary = out / "results.csv", out / "summary.csv"
+    source = results if results.is_file() else summary if summary.is_file() else None
+    if source is None:
+        return None, (f"**No sweep outputs** (`{results}` and `{summary}` are absent): run the `sweep` stage "
+                      "for metric-vs-CFG curves. Nothing in this section is measured.")
+    try:
+        raw = pd.read_csv(source)
+        frame = summarise_results(raw) if source == results else parse_summary(raw)
+    except (ValueError, KeyError, pd.errors.ParserError) as err:
+        log.warning("%s: cannot summarise the sweep (%s)", source, err)
+        return None, f"**Sweep outputs unreadable**: `{source}`: {err}. No CFG curves."
+    n = frame["n"].dropna()
+    seeds = f"{int(n.min())}-{int(n.max())}" if len(n) and n.min() != n.max() else fmt(n.iloc[0]) if len(n) else "?"
+    what = f"{len(raw)} trials, mean (± std when n > 1) over seeds" if source == results else "read as summarised"
+    return frame, f"From `{source}` ({what}); trials per point n = {seeds}."
+
+
+def sweep_metrics(summary: pd.DataFrame) -> list[str]:
+    return [c[:-len("_mean")] for c in summary if c.endswith("_mean") and is_metric(c[:-len("_mean")])]
+
+
+def sweep_lines(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """{label: rows sorted by cfg_scale}, one line per posterior (x any other key that varies)."""
+    varying = [k for k in SWEEP_KEYS[1:-1] if k in summary and summary[k].nunique(dropna=False) > 1]
+    lines = {}
+    for values, rows in summary.groupby(["posterior", *varying], sort=False, dropna=False):
+        label = ", ".join([str(values[0])] + [f"{k}={v}" for k, v in zip(varying, values[1:])])
+        lines[label] = rows.sort_values("cfg_scale")
+    return lines
+
+
+def _cell(row, metric: str) -> str:
+    mean, std = row[f"{metric}_mean"], row.get(f"{metric}_std", np.nan)
+    return f"{fmt(mean)} ± {fmt(std)}" if row["n"] > 1 and finite(std) else fmt(mean)
+
+
+def sweep_table(summary: pd.DataFrame, metric: str) -> str:
+    cfgs = sorted(summary["cfg_scale"].unique())
+    rows = []
+    for label, line in sweep_lines(summary).items():
+        by_cfg = {r["cfg_scale"]: _cell(r, metric) for _, r in line.iterrows()}
+        rows.append([label, *[by_cfg.get(w, MISSING) for w in cfgs]])
+    return md_table(["tokenizer / setting", *[f"w={w:g}" for w in cfgs]], rows)
+
+
+def plot_sweep(summary: pd.DataFrame, metric: str, path: Path) -> None:
+    fig = Figure(figsize=FIG_SIZE)
+    ax = fig.add_subplot()
+    for label, line in sweep_lines(summary).items():
+        std = line.get(f"{metric}_std")
+        yerr = std.where(line["n"] > 1) if std is not None else None
+        ax.errorbar(line["cfg_scale"], line[f"{metric}_mean"], yerr=yerr, marker="o", capsize=3, label=label)
+    ax.set(xlabel="CFG scale w", ylabel=metric, title=f"{metric} vs CFG scale")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=FIG_DPI)
+
+
+# ---- overview figures from the evaluate CSVs ----
+
+def plot_norm_overview(frames: dict[str, pd.DataFrame], path: Path) -> None:
+    """Mean token norm per position, one panel per tokenizer; dashed = no projection."""
+    fig = Figure(figsize=(FIG_SIZE[0] * len(frames) * 0.7, FIG_SIZE[1]))
+    for i, (p, frame) in enumerate(frames.items()):
+        ax = fig.add_subplot(1, len(frames), i + 1)
+        for series, rows in frame.groupby("series", sort=False):
+            ls = "--" if rows["projection"].iloc[0] == "none" else "-"
+            ax.plot(rows["position"], rows["norm_mean"], ls=ls, label=series)
+        ax.set(xlabel="token position", ylabel="mean ||z|| (pre-projection)", title=p)
+        ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=FIG_DPI)
+
+
+def plot_split_overview(frames: dict[str, pd.DataFrame], path: Path) -> None:
+    """Teacher-forced error per position: solid = tangential, dashed = radial, one colour per tokenizer."""
+    fig = Figure(figsize=FIG_SIZE)
+    ax = fig.add_subplot()
+    for p, frame in frames.items():
+        line, = ax.plot(frame["position"], frame["tangential"], label=f"{p} tangential")
+        ax.plot(frame["position"], frame["radial"], ls="--", color=line.get_color(), label=f"{p} radial")
+    ax.set(xlabel="token position", ylabel="mean |error|", title="teacher-forced error: radial vs tangential")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=FIG_DPI)

@@ -1,0 +1,135 @@
+"""DVC stage `evaluate@{posterior}`: generation + reconstruction metrics and latent-geometry diagnostics.
+
+    python -m pipelines.evaluate --posterior spherical [--params FILE]
+
+Writes under `evaluation.out/<posterior>/`:
+  metrics.json          generation metrics named by extractor (fd_classifier, kid_classifier, ...),
+                        reconstruction metrics (recon_psnr, recon_ssim, recon_rfd_<extractor>, ...),
+                        and diagnostic summaries (norm drift, teacher-forced radial/tangential error)
+  norm_trajectory.png   token norm vs sequence position, projection sphere vs none, at several CFG scales
+  norm_trajectory.csv   the same numbers (DVC plots)
+  error_split.png/.csv  teacher-forced error per position, radial vs tangential (held-out images)
+The MLflow run is nested under the AR training run it evaluates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipelines._cli import stage_main
+from sphereard.ar.teacher_forcing import teacher_forced_predictions
+from sphereard.config import POSTERIORS, Params
+from sphereard.data import images_as_uint8
+from sphereard.eval import (detect_norm_drift, generation_metrics, load_samples_npz, norm_trajectory,
+                            plot_error_split, plot_norm_trajectories, radial_tangential_error, reconstruction_metrics)
+from sphereard.eval.setup import build_extractors, load_references
+from sphereard.export import load_generator, load_tokenizer
+from sphereard.tokenizer import load_lpips
+from sphereard.tokenizer.inference import reconstruct, uint8_to_model
+from sphereard.tracking import start_run
+from sphereard.utils.device import default_device
+from sphereard.utils.io import atomic_path, atomic_write_text
+
+log = logging.getLogger("pipelines.evaluate")
+
+PROJECTIONS = ("sphere", "none")
+
+
+def eval_dir(params: Params, posterior: str) -> Path:
+    return Path(params.evaluation.out) / posterior
+
+
+def load_models(params: Params, posterior: str, device):
+    vae, tok_meta = load_tokenizer(Path(params.tokenizer.out) / posterior / "model", device)
+    model, gen_meta = load_generator(Path(params.generator.out) / posterior / "model", device)
+    return vae, tok_meta, model, gen_meta
+
+
+def norm_diagnostics(params: Params, model, radius: float, num_classes: int, device) -> tuple[pd.DataFrame, dict]:
+    """Sample with projection sphere vs none at several CFG scales; token norms before projection."""
+    ev, sp = params.evaluation, params.sampling
+    labels = torch.arange(ev.diagnostic_samples, device=device) % num_classes
+    rows, summary, curves = [], {}, {}
+    for projection in PROJECTIONS:
+        for w in ev.diagnostic_cfg_scales:
+            _, norms = model.sample(labels, cfg_scale=w, cfg_schedule=sp.cfg_schedule, sampler=sp.sampler,
+                                    steps=ev.diagnostic_steps, final_step=sp.final_step, projection=projection,
+                                    radius=radius, seed=params.seed, return_norms=True)
+            label = f"{projection} cfg={w:g}"
+            curves[label] = norms.cpu()
+            traj = norm_trajectory(norms.cpu())
+            rows += [{"series": label, "projection": projection, "cfg_scale": w, "position": k,
+                      "norm_mean": float(traj["mean"][k]), "norm_q05": float(traj["q05"][k]),
+                      "norm_q95": float(traj["q95"][k])} for k in range(norms.shape[1])]
+            drift = detect_norm_drift(norms.cpu(), radius)
+            summary[f"norm_rel_dev_{projection}_cfg{w:g}"] = drift.max_rel_deviation
+    return pd.DataFrame(rows), summary, curves
+
+
+def teacher_forced_diagnostics(params: Params, vae, model, device) -> tuple[pd.DataFrame, dict]:
+    """Held-out (test split) images -> true tokens; error of each teacher-forced prediction."""
+    ev = params.evaluation
+    images, labels = images_as_uint8(params.data.out, "test", limit=ev.teacher_forced_images)
+    with torch.no_grad():
+        z = torch.cat([vae.encode(uint8_to_model(images[i:i + ev.batch_size], device), sample=False)
+                       for i in range(0, len(images), ev.batch_size)])  # (N, L, d)
+    generator = torch.Generator(device=device).manual_seed(params.seed)
+    pred = teacher_forced_predictions(model, z, torch.as_tensor(labels, device=device), steps=ev.diagnostic_steps,
+                                      generator=generator)
+    radial, tangential = radial_tangential_error(pred.cpu(), z.cpu())  # (N, L) magnitudes
+    frame = pd.DataFrame({"position": np.arange(z.shape[1]), "radial": radial.mean(0).numpy(),
+                          "tangential": tangential.mean(0).numpy()})
+    summary = {"tf_radial_error": float(radial.mean()), "tf_tangential_error": float(tangential.mean()),
+               "tf_radial_fraction": float((radial ** 2).sum() / ((radial ** 2) + (tangential ** 2)).sum())}
+    return frame, summary, (radial, tangential)
+
+
+def run(params: Params, args) -> None:
+    posterior, device = args.posterior, default_device()
+    out = eval_dir(params, posterior)
+    vae, tok_meta, model, gen_meta = load_models(params, posterior, device)
+    extractors = build_extractors(params, device)
+    fake, fake_labels = load_samples_npz(Path(params.sampling.out) / posterior / "samples.npz")
+    metrics = generation_metrics(fake, fake_labels, load_references(params, extractors), extractors,
+                                 kid_subset_size=params.evaluation.kid_subset_size,
+                                 pr_neighbours=params.evaluation.pr_neighbours,
+                                 batch_size=params.evaluation.batch_size, seed=params.seed)
+    real, _ = images_as_uint8(params.data.out, "test", limit=params.tokenizer.eval_images)
+    recon = reconstruct(vae, real, params.evaluation.batch_size, device)
+    lpips = load_lpips(params.evaluation.lpips_weights_path, device) if params.evaluation.lpips_weights_path else None
+    rec = reconstruction_metrics(real, recon, extractors, lpips, params.evaluation.batch_size)
+    metrics.update({f"recon_{k}": v for k, v in rec.items()})
+    norms_frame, norm_summary, curves = norm_diagnostics(params, model, vae.radius, model.arch.num_classes, device)
+    tf_frame, tf_summary, split = teacher_forced_diagnostics(params, vae, model, device)
+    metrics.update({**norm_summary, **tf_summary, "num_samples": int(len(fake))})
+
+    plot_norm_trajectories(curves, vae.radius if vae.on_sphere else None, out / "norm_trajectory.png",
+                           title=f"token norms, {posterior} tokenizer")
+    plot_error_split({posterior: split}, out / "error_split.png")
+    for name, frame in (("norm_trajectory.csv", norms_frame), ("error_split.csv", tf_frame)):
+        with atomic_path(out / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    atomic_write_text(out / "metrics.json", json.dumps({"posterior": posterior, **metrics}, indent=2))
+
+    tags = {"stage": "evaluate", "posterior": posterior, "profile": params.profile,
+            "sphereard.evaluates_run": gen_meta.get("mlflow_run_id") or ""}
+    with start_run(params.tracking, ".", f"eval-{posterior}", tags=tags,
+                   parent_run_id=gen_meta.get("mlflow_run_id")) as mlrun:
+        mlrun.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)}, step=gen_meta.get("step", 0))
+        for name in ("norm_trajectory.png", "error_split.png", "metrics.json"):
+            mlrun.log_artifact(out / name)
+    log.info("evaluate %s: %s", posterior, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+
+def add_args(parser) -> None:
+    parser.add_argument("--posterior", required=True, choices=POSTERIORS)
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, run, add_args)

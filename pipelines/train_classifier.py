@@ -1,0 +1,39 @@
+"""DVC stage `train_classifier`: the in-project classifier behind the `classifier` feature extractor
+(`fd_classifier`, `kid_classifier`, `is_classifier`, class consistency); reports its test accuracy.
+
+    python -m pipelines.train_classifier [--params FILE]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from pipelines._cli import stage_main
+from sphereard.config import Params, as_dict
+from sphereard.data import load_manifest
+from sphereard.eval import save_classifier, train_classifier
+from sphereard.eval.setup import classifier_model_dir
+from sphereard.tracking import start_run
+from sphereard.utils.device import default_device
+from sphereard.utils.io import atomic_write_text
+
+log = logging.getLogger("pipelines.train_classifier")
+
+
+def run(params: Params, args) -> None:
+    out = Path(params.classifier.out)
+    tags = {"stage": "train_classifier", "profile": params.profile}
+    with start_run(params.tracking, ".", "classifier", params={"classifier": as_dict(params.classifier)},
+                   tags=tags) as mlrun:
+        model, accuracy = train_classifier(params.data.out, params.classifier, default_device(), seed=params.seed)
+        save_classifier(model, classifier_model_dir(params), accuracy, load_manifest(params.data.out)["classes"])
+        metrics = {"test_accuracy": accuracy, "steps": params.classifier.steps}
+        mlrun.log_metrics({"classifier/test_accuracy": accuracy}, step=params.classifier.steps)
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    log.info("classifier test accuracy %.4f -> %s", accuracy, out)
+
+
+if __name__ == "__main__":
+    stage_main(__doc__, run)

@@ -1,0 +1,31 @@
+"""Teacher-forced next-token predictions: every position at once, given the true prefix.
+
+Used by the latent-geometry diagnostics (SphereAR Sec. 3.2, Fig. 4 story): the error of each
+predicted token, split into its radial and tangential parts, shows what the projection removes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sphereard.ar.flow import integrate
+from sphereard.ar.presets import SphereARModel
+
+
+@torch.no_grad()
+def teacher_forced_predictions(model: SphereARModel, z: torch.Tensor, labels: torch.Tensor, *, steps: int,
+                               sampler: str = "euler", final_step: float = 0.0,
+                               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample token k from the head conditioned on the true z_<k, for all k in parallel.
+
+    z (B, L, d) true tokens, labels (B,) -> predictions (B, L, d), before any projection; no CFG."""
+    B, L, d = z.shape
+    cond = model.transformer(z, labels)  # (B, L, D): position k conditions token k
+    positions = torch.arange(L, device=z.device).repeat(B)  # (B*L,)
+    c_emb = model.head.condition(cond.reshape(B * L, -1), positions)
+
+    def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+        return model.head.velocity(x, torch.full((x.shape[0],), t, device=x.device), c_emb).float()
+
+    x0 = torch.randn(B * L, d, device=z.device, generator=generator)
+    return integrate(sampler, velocity, x0, steps, final_step, generator).reshape(B, L, d)

@@ -1,0 +1,214 @@
+"""Throughput of a generator preset on this device: training tokens/s, sampling images/s, FLOP/s.
+
+    python -m sphereard.benchmark --preset SphereAR-B --batch-size 64 --steps 20 --cfg 4.5 \
+        --sampler-steps 100 --precision bf16 [--compile] --out bench.json
+    python -m sphereard.benchmark --preset fmnist-xs --batch-size 32 --steps 5 --sampler-steps 4
+
+Training runs the exact update of `train_ar` (`sphereard.ar.task.train_update`: fresh posterior
+sample from synthetic spherical posterior params, rectified-flow loss with diff_batch_mul copies,
+AdamW, clipping, EMA) on random data. Sampling times `SphereARModel.sample` (KV-cached AR decoding,
+CFG batch of 2B when cfg != 1, Euler-Maruyama + final step, projection to the sphere); the tokenizer
+decode is not included. FLOPs come from `torch.utils.flop_counter.FlopCounterMode` over one eager
+training update (forward + backward) and one eager sampling call (matmuls and attention; attention
+counted dense, i.e. causal masking is not discounted; elementwise ops are not counted). The peak
+reference is a square matmul in the same dtype measured in the same run, so `*_mfu` is achieved /
+measured-matmul FLOP/s. With --compile, training compiles `model.loss` and sampling compiles the
+diffusion head's velocity (the AR loop stays eager); warm-up steps absorb the compilation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from sphereard.ar import GENERATOR_PRESETS, count_params, create_generator
+from sphereard.ar.task import build_training, train_update
+from sphereard.config import OptimConfig
+from sphereard.errors import UserError
+from sphereard.geometry import project_to_sphere
+from sphereard.train.loop import StepContext, resolve_precision
+from sphereard.utils.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+USER_ERROR_EXIT = 2
+
+MATMUL_SIZE = {"cuda": 8192, "cpu": 1024}  # square matmul for the peak reference
+PEAK_MIN_SECONDS = 0.3  # time the reference matmul for at least this long
+SYNTHETIC_KAPPA = 200.0  # concentration of the synthetic Power Spherical posteriors
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+_aten = torch.ops.aten
+# torch's FlopCounterMode has no formula for the CPU flash-attention kernels SDPA uses on CPU.
+CPU_SDPA_FLOPS = {
+    _aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v),
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda grad, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad, q, k, v),
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def count_flops(fn) -> int:
+    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s of an n x n matmul (2 n^3 FLOPs) in `dtype`, timed for >= PEAK_MIN_SECONDS."""
+    n = MATMUL_SIZE.get(device.type, MATMUL_SIZE["cpu"])
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up (library init, kernel choice)
+    reps, elapsed = 1, 0.0
+    while elapsed < PEAK_MIN_SECONDS:
+        reps *= 2
+        elapsed = timed(lambda: [a @ b for _ in range(reps)], device)
+    return 2 * n**3 * reps / elapsed
+
+
+def synthetic_posterior(batch: int, num_tokens: int, d: int, device, generator) -> torch.Tensor:
+    """Cached-style spherical posterior params (B, L, d + 1) = [unit mu | kappa]."""
+    mu = project_to_sphere(torch.randn(batch, num_tokens, d, device=device, generator=generator), 1.0)
+    return torch.cat([mu, torch.full((batch, num_tokens, 1), SYNTHETIC_KAPPA, device=device)], dim=-1)
+
+
+def bench_training(args, model, device: torch.device, precision: str) -> dict:
+    arch, B = model.arch, args.batch_size
+    total = args.warmup + args.steps + 1
+    cfg = OptimConfig()
+    opt, sched, ema = build_training(model, cfg, total)
+    ctx = StepContext(device=device, rank=0, world_size=1, local_batch_size=B, total_steps=total, optim=cfg,
+                      precision=precision)
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    params = synthetic_posterior(B, arch.num_tokens, arch.token_dim, device, g)
+    labels = torch.randint(0, arch.num_classes, (B,), device=device, generator=g)
+    radius = math.sqrt(arch.token_dim)
+    forward = torch.compile(model.loss) if args.compile else model.loss
+
+    def step(i: int, fwd=forward):
+        return train_update(model, fwd, opt, sched, ema, params, labels, i, "spherical", radius, ctx)
+
+    flops = count_flops(lambda: step(0, model.loss))  # eager: the counter sees every matmul
+    for i in range(1, 1 + args.warmup):
+        step(i)
+    start = 1 + args.warmup
+    seconds = timed(lambda: [step(i) for i in range(start, start + args.steps)], device)
+    tokens = B * arch.num_tokens * args.steps
+    return {"train_batch": B, "train_steps": args.steps, "train_s": seconds, "train_tokens_per_s": tokens / seconds,
+            "train_steps_per_s": args.steps / seconds, "train_flops_per_step": flops,
+            "train_flop_per_s": flops * args.steps / seconds}
+
+
+@torch.no_grad()
+def bench_sampling(args, model, device: torch.device, precision: str) -> dict:
+    model.eval()
+    B, arch = args.sample_batch_size or args.batch_size, model.arch
+    labels = torch.arange(B, device=device) % arch.num_classes  # class-balanced
+    kwargs = dict(cfg_scale=args.cfg, cfg_schedule="linear", sampler="euler_maruyama", steps=args.sampler_steps,
+                  projection="sphere", seed=args.seed)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def sample():
+        with autocast:
+            return model.sample(labels, **kwargs)
+
+    flops = count_flops(sample)  # eager, doubles as a warm-up
+    if args.compile:
+        model.head.velocity = torch.compile(model.head.velocity)
+        sample()  # compiles
+    seconds = timed(sample, device)
+    return {"sample_batch": B, "sampler_steps": args.sampler_steps, "cfg": args.cfg, "sample_s": seconds,
+            "sample_images_per_s": B / seconds, "sample_tokens_per_s": B * arch.num_tokens / seconds,
+            "sample_flops_per_batch": flops, "sample_flop_per_s": flops / seconds}
+
+
+def run_benchmark(args) -> dict:
+    if args.preset not in GENERATOR_PRESETS:
+        raise UserError(f"--preset {args.preset!r}: unknown generator preset (known: {', '.join(GENERATOR_PRESETS)})")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device available")
+    precision = resolve_precision(args.precision, device)
+    torch.manual_seed(args.seed)
+    with torch.device(device):
+        model = create_generator(args.preset)
+    result = {"preset": args.preset, "params": count_params(model), "num_tokens": model.arch.num_tokens,
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+              "precision": precision, "compile": args.compile, "torch": torch.__version__}
+    result.update(bench_training(args, model, device, precision))
+    result.update(bench_sampling(args, model, device, precision))
+    # Last: on CPU a large GEMM first made the small model's later steps ~8x slower (denormal handling).
+    result["matmul_peak_flop_per_s"] = peak = matmul_peak(device, DTYPES[precision])
+    result["train_mfu"] = result["train_flop_per_s"] / peak
+    result["sample_mfu"] = result["sample_flop_per_s"] / peak
+    return result
+
+
+def format_table(r: dict) -> str:
+    rows = [("preset", f"{r['preset']} ({r['params'] / 1e6:.2f}M params, {r['num_tokens']} tokens)"),
+            ("device", f"{r['device']}, {r['precision']}{', compiled' if r['compile'] else ''}"),
+            ("matmul peak", f"{r['matmul_peak_flop_per_s'] / 1e12:.3f} TFLOP/s"),
+            ("train", f"{r['train_tokens_per_s']:.4g} tokens/s, {r['train_steps_per_s']:.3g} steps/s (batch {r['train_batch']})"),
+            ("train FLOP/s", f"{r['train_flop_per_s'] / 1e12:.3f} TFLOP/s ({100 * r['train_mfu']:.1f}% of matmul peak)"),
+            ("sample", f"{r['sample_images_per_s']:.4g} images/s, {r['sample_tokens_per_s']:.4g} tokens/s "
+                       f"(batch {r['sample_batch']}, {r['sampler_steps']} steps, cfg {r['cfg']})"),
+            ("sample FLOP/s", f"{r['sample_flop_per_s'] / 1e12:.3f} TFLOP/s ({100 * r['sample_mfu']:.1f}% of matmul peak)")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Training tokens/s, sampling images/s and FLOP/s of a generator preset.")
+    p.add_argument("--preset", default="SphereAR-B", help="generator preset (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch per device (paper: 512 / 8 GPUs = 64)")
+    p.add_argument("--sample-batch-size", type=int, default=None, help="sampling batch (default: --batch-size)")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed training steps before timing")
+    p.add_argument("--cfg", type=float, default=4.5, help="CFG scale (1 = no guidance stream)")
+    p.add_argument("--sampler-steps", type=int, default=100, help="Euler-Maruyama steps per token (paper: 100)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"), help="auto: bf16 on CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile the loss and the head's velocity")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    for name in ("batch_size", "steps", "sampler_steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = run_benchmark(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
+    print(format_table(result))
+    if args.out:
+        atomic_write_text(args.out, json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Latent-geometry diagnostics (SphereAR, arXiv 2509.24335, Sec. 3 and Fig. 4).
+
+The paper's argument: with unconstrained (Gaussian) latents, CFG inflates the norm of sampled
+tokens and the error compounds along the AR sequence; fixing every token to radius R removes the
+radial degree of freedom. These pure functions measure that (norm trajectories over positions,
+radial vs tangential teacher-forced error) and plot it with matplotlib's object API (no pyplot
+state, no display backend). Plots are written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from sphereard.geometry import radial_tangential_split
+from sphereard.utils.io import atomic_path
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+BAND = (0.05, 0.95)  # shaded quantile band in the norm plot
+DRIFT_TOL = 0.05  # relative deviation of the mean norm from the radius that counts as drift
+FIG_SIZE = (6.0, 3.5)
+FIG_DPI = 120
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float64)
+
+
+def norm_trajectory(norms, quantiles=QUANTILES) -> dict[str, np.ndarray]:
+    """Token norms (N, L) -> {'mean': (L,), 'q05': (L,), ...}: per-position statistics over samples."""
+    n = _np(norms)
+    assert n.ndim == 2, "norms must be (N samples, L positions)"
+    out = {"mean": n.mean(0)}
+    for q in quantiles:
+        out[f"q{round(100 * q):02d}"] = np.quantile(n, q, axis=0)
+    return out
+
+
+class NormDrift(NamedTuple):
+    drifted: bool
+    max_rel_deviation: float  # max over positions of |mean norm - reference| / reference
+    rel_slope: float  # least-squares slope of mean norm per position, relative to the reference
+
+
+def detect_norm_drift(norms, radius: float | None = None, tol: float = DRIFT_TOL) -> NormDrift:
+    """Whether the per-position mean token norm leaves `radius` (default: the first position's mean)
+    by more than `tol` relative; norms (N, L)."""
+    mean = norm_trajectory(norms, quantiles=())["mean"]  # (L,)
+    ref = float(radius) if radius is not None else float(mean[0])
+    assert ref > 0, "reference radius must be positive"
+    dev = float(np.abs(mean - ref).max() / ref)
+    slope = float(np.polyfit(np.arange(len(mean)), mean, 1)[0] / ref) if len(mean) > 1 else 0.0
+    return NormDrift(dev > tol, dev, slope)
+
+
+def radial_tangential_error(pred, target) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced error split: pred, target (N, L, d) -> radial, tangential magnitudes (N, L).
+
+    radial = |<pred - target, target / ||target||>|, tangential = norm of the rest
+    (`sphereard.geometry.radial_tangential_split`)."""
+    pred, target = torch.as_tensor(pred), torch.as_tensor(target)
+    assert pred.shape == target.shape and pred.dim() == 3, "pred and target must both be (N, L, d)"
+    radial, tangential = radial_tangential_split(target, pred - target)
+    return radial.norm(dim=-1), tangential.norm(dim=-1)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        fig.savefig(f, dpi=FIG_DPI, format=path.suffix.lstrip(".") or "png")
+    return path
+
+
+def plot_norm_trajectories(norms_by_label: dict, radius: float | None, path: str | Path,
+                           title: str = "token norm along the sequence") -> Path:
+    """Mean and 5-95% band of token norm per position for each {label: norms (N, L)}; dashed line at R."""
+    fig = Figure(figsize=FIG_SIZE)
+    ax = fig.add_subplot()
+    for label, norms in norms_by_label.items():
+        tr = norm_trajectory(norms, quantiles=BAND)
+        pos = np.arange(len(tr["mean"]))
+        line, = ax.plot(pos, tr["mean"], label=label)
+        ax.fill_between(pos, tr["q05"], tr["q95"], color=line.get_color(), alpha=0.2)
+    if radius is not None:
+        ax.axhline(radius, color="k", ls="--", lw=1, label=f"R = {radius:.3g}")
+    ax.set(xlabel="token position", ylabel="||z||", title=title)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_error_split(errors_by_label: dict, path: str | Path,
+                     title: str = "teacher-forced error: radial vs tangential") -> Path:
+    """{label: (radial (N, L), tangential (N, L))} -> mean magnitude per position, solid = tangential,
+    dashed = radial."""
+    fig = Figure(figsize=FIG_SIZE)
+    ax = fig.add_subplot()
+    for label, (radial, tangential) in errors_by_label.items():
+        r, t = _np(radial).mean(0), _np(tangential).mean(0)
+        line, = ax.plot(np.arange(len(t)), t, label=f"{label} tangential")
+        ax.plot(np.arange(len(r)), r, ls="--", color=line.get_color(), label=f"{label} radial")
+    ax.set(xlabel="token position", ylabel="mean |error|", title=title)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_metric_vs_cfg(table, metric: str, path: str | Path, x: str = "cfg_scale",
+                       group: str = "posterior") -> Path:
+    """One line per `group` value of `metric` against `x` from rows (list of dicts or a DataFrame)."""
+    rows = table.to_dict("records") if hasattr(table, "to_dict") else list(table)
+    assert all(metric in r and x in r for r in rows), f"every row needs {x!r} and {metric!r}"
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r.get(group, metric), []).append((r[x], r[metric]))
+    fig = Figure(figsize=FIG_SIZE)
+    ax = fig.add_subplot()
+    for label, pts in groups.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=str(label))
+    ax.set(xlabel=x, ylabel=metric, title=f"{metric} vs {x}")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
