@@ -8,13 +8,15 @@ the Inception metric appears only when a `fid_inception` value exists.
 
 from __future__ import annotations
 
-from pipelines._report_parts import (DRIFT_TOL, LOWER_BETTER, finite, fmt, generation_keys, norm_devs, recon_fd_keys,
-                                     sweep_lines, sweep_metrics)
+from pipelines._report_parts import (LOWER_BETTER, finite, fmt, generation_keys, norm_devs, recon_fd_keys, sweep_lines,
+                                     sweep_metrics)
 from sphereard.config import Params
+from sphereard.eval.diagnostics import DRIFT_TOL
 
 HIGHER_BETTER_GEN = ("class_consistency_", "precision_", "recall_", "is_")
 PAPER_BEST = "1.34 for SphereAR-H on ImageNet 256x256"
 MISSING_SAMPLES = "an unrecorded number of"
+IMAGENET = "imagenet_tar"
 
 
 def ranked(values: dict[str, float], lower_better: bool) -> list[tuple[str, float]]:
@@ -28,6 +30,9 @@ def compare(key: str, values: dict[str, float], lower_better: bool) -> str | Non
     if len(order) < 2:
         return None
     (best, v), rest = order[0], order[1:]
+    values_text = ", ".join(f"{p} {fmt(x)}" for p, x in order)
+    if fmt(v) == fmt(rest[0][1]):
+        return f"`{key}` does not separate the tokenizers ({values_text})."
     word = "lowest" if lower_better else "highest"
     return f"**{best}** has the {word} `{key}` ({fmt(v)}; then " + ", ".join(f"{p} {fmt(x)}" for p, x in rest) + ")."
 
@@ -53,7 +58,7 @@ def generation_findings(inp) -> list[str]:
                        f"same tokenizer, **{by_fd[0][0]}**.")
         else:
             out.append(f"Better reconstruction did not give better generation: **{by_psnr[0][0]}** has the highest "
-                       f"psnr, **{by_fd[0][0]}** the lowest `{fd_keys[0]}` (the paper's trade-off, Sec. 4).")
+                       f"psnr, **{by_fd[0][0]}** the lowest `{fd_keys[0]}` (reconstruction / generation trade-off).")
     return [s for s in out if s]
 
 
@@ -68,17 +73,18 @@ def norm_findings(inp) -> list[str]:
         (w_lo, v_lo), (w_hi, v_hi) = none[0], none[-1]
         w_top = w_hi
         (drifting if v_hi > DRIFT_TOL else stable).append(p)
-        trend = ("grows with CFG" if v_hi > v_lo else "does not grow with CFG") + f" ({v_lo:.1%} at w={w_lo:g})" \
-            if w_hi != w_lo else ""
+        trend = "" if w_hi == w_lo else \
+            f"; it {'grows' if v_hi > v_lo else 'does not grow'} with CFG ({v_lo:.1%} at w={w_lo:g})"
         sphere = devs.get(("sphere", w_hi))
         with_proj = f"; with projection to the sphere: {sphere:.1%}" if finite(sphere) else ""
         out.append(f"{p}: without projection the mean pre-projection token norm deviates up to {v_hi:.1%} from R "
                    f"at w={w_hi:g} ({'beyond' if v_hi > DRIFT_TOL else 'within'} the {DRIFT_TOL:.0%} threshold)"
-                   + (f"; it {trend}" if trend else "") + with_proj + ".")
+                   f"{trend}{with_proj}.")
     if w_top is not None:
-        out.append(f"Norm drift without projection at the highest diagnostic CFG scale: "
-                   f"{'**' + ', '.join(drifting) + '**' if drifting else 'none'} drift(s); "
-                   f"{', '.join(stable) if stable else 'no tokenizer'} stay(s) within {DRIFT_TOL:.0%}.")
+        drift_text = f"**{', '.join(drifting)}** drift" if drifting else "no tokenizer drifts"
+        stable_text = f"{', '.join(stable)} stay within {DRIFT_TOL:.0%}" if stable else "none stays within"
+        out.append(f"Norm drift without projection at the highest diagnostic CFG scale (w={w_top:g}): "
+                   f"{drift_text}; {stable_text}.")
     radial = {p: inp.metrics["evaluation"][p].get("tf_radial_fraction") for p in inp.posteriors}
     if order := ranked(radial, lower_better=False):
         out.append(f"The radial share of teacher-forced squared error is largest for **{order[0][0]}** "
@@ -106,7 +112,34 @@ def sweep_findings(inp) -> list[str]:
             out.append(f"Most stable `{metric}` up to w={w_max:g}: **{order[0][0]}** ({order[0][1]:+.0%} from its "
                        f"best); least stable: {order[-1][0]} ({order[-1][1]:+.0%}) (paper Fig. 4: spherical most "
                        "stable).")
-    return out
+        out += seed_separation(summary, metric, w_max)
+    return out + sweep_norm_findings(summary, w_max)
+
+
+def sweep_norm_findings(summary, w: float, metric: str = "norm_rel_dev_max") -> list[str]:
+    """Which sweep settings' pre-projection token norms leave R by more than DRIFT_TOL at CFG scale w."""
+    if f"{metric}_mean" not in summary:
+        return []
+    at_w = {label: float(line.loc[line["cfg_scale"] == w, f"{metric}_mean"].iloc[0])
+            for label, line in sweep_lines(summary).items() if (line["cfg_scale"] == w).any()}
+    beyond = [f"{label} ({v:.1%})" for label, v in at_w.items() if finite(v) and v > DRIFT_TOL]
+    within = [f"{label} ({v:.1%})" for label, v in at_w.items() if finite(v) and v <= DRIFT_TOL]
+    return [f"Sweep `{metric}` at w={w:g} (pre-projection token norm vs R, threshold {DRIFT_TOL:.0%}): beyond for "
+            f"{', '.join(beyond) or 'none'}; within for {', '.join(within) or 'none'}."]
+
+
+def seed_separation(summary, metric: str, w: float) -> list[str]:
+    """Whether the two best settings at CFG scale w differ by more than their summed seed std."""
+    rows = {label: line[line["cfg_scale"] == w].iloc[0] for label, line in sweep_lines(summary).items()
+            if (line["cfg_scale"] == w).any()}
+    order = ranked({label: r[f"{metric}_mean"] for label, r in rows.items()}, lower_better=True)
+    if len(order) < 2 or not all(rows[label]["n"] > 1 for label, _ in order[:2]):
+        return []
+    (a, va), (b, vb) = order[:2]
+    spread = rows[a][f"{metric}_std"] + rows[b][f"{metric}_std"]
+    verdict = "larger" if vb - va > spread else "not larger"
+    return [f"At w={w:g}, the gap between {a} and {b} in `{metric}` ({fmt(vb - va)}) is {verdict} than their "
+            f"summed seed std ({fmt(spread)})."]
 
 
 def caveats(params: Params, inp) -> list[str]:
@@ -114,15 +147,21 @@ def caveats(params: Params, inp) -> list[str]:
     has_fid = any(finite(m.get("fid_inception")) for m in ev.values())
     acc = inp.classifier.get("test_accuracy") if inp.classifier else None
     samples = sorted({m["num_samples"] for m in ev.values() if "num_samples" in m})
-    out = [f"Small budget: tokenizers trained {tok.steps} steps (batch {tok.batch_size}), generators {gen.steps} "
-           f"steps (batch {gen.batch_size}) on {params.data.source} {params.data.image_size}x"
-           f"{params.data.image_size}. The paper trains for hundreds of epochs on ImageNet; these numbers test the "
-           "pipeline and the relative behaviour at this budget, not the paper's results.",
-           "`fd_classifier` is a Frechet distance in the feature space of the small in-project classifier "
-           f"(test accuracy {fmt(acc)}): it is only as meaningful as that classifier and is not the Inception-feature "
-           f"metric the paper reports (best {PAPER_BEST}); no value here is comparable with the paper's.",
-           f"Sample sizes: generation metrics from {', '.join(map(fmt, samples)) or MISSING_SAMPLES} samples per "
-           f"tokenizer against {params.evaluation.num_real} real images; Frechet distances are biased upward at "
+    devices = ", ".join(sorted({s["device"] for s in inp.stats.values() if s and "device" in s})) or "unknown"
+    budget = (f"tokenizers trained {tok.steps} steps (batch {tok.batch_size}), generators {gen.steps} steps (batch "
+              f"{gen.batch_size}) on {params.data.source} {params.data.image_size}x{params.data.image_size}, "
+              f"sampled on {devices}")
+    out = [f"Small budget: {budget}. The paper trains for hundreds of epochs on ImageNet 256x256; these numbers "
+           "test the pipeline and the relative behaviour at this budget, not the paper's results."
+           if params.data.source != IMAGENET else f"Budget: {budget}; check it against the paper's training length "
+           "before comparing."]
+    if any("fd_classifier" in m for m in ev.values()):
+        out.append("`fd_classifier` is a Frechet distance in the feature space of the small in-project classifier "
+                   f"(test accuracy {fmt(acc)}): it is only as meaningful as that classifier and is not the "
+                   f"Inception-feature metric the paper reports (best {PAPER_BEST}); it is not comparable with the "
+                   "paper's numbers.")
+    out += [f"Sample sizes: generation metrics from {', '.join(map(fmt, samples)) or MISSING_SAMPLES} samples per "
+           f"tokenizer against {fmt(params.evaluation.num_real)} real images; Frechet distances are biased upward at "
            "small N, so compare only numbers computed with the same N.",
            f"Single seed (seed={params.seed}, sampling.seed={params.sampling.seed}) and one training run per "
            "tokenizer for the main tables: no error bars; small differences between tokenizers may be noise.",
@@ -132,10 +171,14 @@ def caveats(params: Params, inp) -> list[str]:
                    "count; it is still not the paper's 50k-sample ImageNet FID.")
     if inp.sweep is not None:
         n = inp.sweep["n"].dropna()
-        n_min = int(n.min()) if len(n) else 0
-        out.append(f"The sweep has {n_min} trial(s) per point" + (": a single seed, so the CFG curves have no "
-                   "error bars and crossing curves may be noise." if n_min <= 1 else
-                   " (mean ± std); differences smaller than the std are not resolved."))
+        if not len(n):
+            out.append("The sweep summary does not record how many seeds each point averages.")
+        elif int(n.min()) <= 1:
+            out.append("The sweep has 1 trial per point: a single seed, so the CFG curves have no error bars and "
+                       "crossing curves may be noise.")
+        else:
+            out.append(f"The sweep has {int(n.min())} trial(s) per point (mean ± std); differences smaller than "
+                       "the std are not resolved.")
     out.append(f"Norm diagnostics use {params.evaluation.diagnostic_samples} samples and "
                f"{params.evaluation.diagnostic_steps} sampler steps per setting.")
     return out

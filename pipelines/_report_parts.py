@@ -1,10 +1,11 @@
 """Pieces of the `report` stage: markdown tables, the sweep summary, overview figures, and the
 statements derived from the numbers ("what the numbers show / what they do not").
 
-Sweep input (`sweep.out`): `results.csv`, one row per trial with key columns `posterior`,
-`cfg_scale` (and optionally `projection`, `radius`, `sampler_steps`, `seed`) plus metric columns
-(`fd_<extractor>`, `class_consistency_classifier`, `norm_*`, ...), is summarised here as mean / std /
-n over seeds; without it `summary.csv` (`<metric>_mean`, `<metric>_std` or plain metric columns) is read.
+Sweep input (`sweep.out`, written by `pipelines.sweep` / `sphereard.sweep.results`): `results.csv`,
+one row per trial (`trial`, `status` done | stopped, the settings `posterior`, `radius`, `projection`,
+`sampler_steps`, `cfg_scale`, `train`, then `seed`, metric columns, `mlflow_run_id`), is summarised
+here as mean / std / n over the seeds of the finished trials; without it `summary.csv` is read
+(`<metric>_mean`, `<metric>_std`, `num_seeds`; plain metric columns are taken as means).
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sphereard.eval.diagnostics import DRIFT_TOL, FIG_DPI, FIG_SIZE
+from sphereard.config import POSTERIORS
+from sphereard.eval.diagnostics import FIG_DPI, FIG_SIZE
 from sphereard.eval.extractors import metric_name
 
 log = logging.getLogger("pipelines.report")
 
-SWEEP_KEYS = ("posterior", "projection", "radius", "sampler_steps", "cfg_scale")
-COUNT_COLUMNS = ("n", "n_seeds", "num_seeds", "count")
+SWEEP_KEYS = ("posterior", "radius", "projection", "sampler_steps", "train", "cfg_scale")  # cfg_scale last
+COUNT_COLUMNS = ("num_seeds", "n", "n_seeds", "count")
+DONE = "done"  # results.csv status of a finished trial (ASHA-stopped ones are left out)
+SWEEP_SHOWN = ("fd_", "fid_", "class_consistency_", "norm_rel_dev_max", "norm_rel_dev_mean")  # report's curves
 LOWER_BETTER = ("fd_", "fid_", "kid_")
 METRIC_PREFIXES = (*LOWER_BETTER, "precision_", "recall_", "is_", "class_consistency_", "norm_")
 HIDDEN_PREFIXES = ("kid_std_", "is_std_")
@@ -41,7 +45,7 @@ def fmt(v) -> str:
     if isinstance(v, (str, bool)):
         return str(v)
     if isinstance(v, (int, np.integer)):
-        return str(int(v))
+        return f"{int(v):,}"
     v = float(v)
     if math.isnan(v):
         return MISSING
@@ -104,6 +108,8 @@ def _check_sweep(frame: pd.DataFrame) -> pd.DataFrame:
 def summarise_results(results: pd.DataFrame) -> pd.DataFrame:
     """One row per trial -> one row per setting: <metric>_mean, <metric>_std (over seeds) and n."""
     frame = _check_sweep(results)
+    if "status" in frame:
+        frame = frame[frame["status"] == DONE]
     keys = [k for k in SWEEP_KEYS if k in frame]
     metrics = [c for c in frame if is_metric(c) and pd.api.types.is_numeric_dtype(frame[c])]
     if not metrics:
@@ -141,22 +147,47 @@ def load_sweep(out: Path) -> tuple[pd.DataFrame | None, str]:
         return None, f"**Sweep outputs unreadable**: `{source}`: {err}. No CFG curves."
     n = frame["n"].dropna()
     seeds = f"{int(n.min())}-{int(n.max())}" if len(n) and n.min() != n.max() else fmt(n.iloc[0]) if len(n) else "?"
-    what = f"{len(raw)} trials, mean (± std when n > 1) over seeds" if source == results else "read as summarised"
-    return frame, f"From `{source}` ({what}); trials per point n = {seeds}."
+    stopped = int((raw["status"] != DONE).sum()) if "status" in raw else 0
+    what = (f"{len(raw)} trials" + (f", {stopped} stopped early and left out" if stopped else "") +
+            "; mean (± std when n > 1) over seeds" if source == results else "read as summarised")
+    return frame, (f"From `{source}` ({what}); trials per point n = {seeds}. The sweep stage's own plots are in "
+                   f"`{out / 'plots'}`.")
 
 
 def sweep_metrics(summary: pd.DataFrame) -> list[str]:
-    return [c[:-len("_mean")] for c in summary if c.endswith("_mean") and is_metric(c[:-len("_mean")])]
+    """The summarised metrics the report shows as curves (FD per extractor, class consistency, norm drift)."""
+    names = [c[:-len("_mean")] for c in summary if c.endswith("_mean")]
+    shown = [m for m in names if is_metric(m) and m.startswith(SWEEP_SHOWN)]
+    return sorted(shown, key=lambda m: next(i for i, prefix in enumerate(SWEEP_SHOWN) if m.startswith(prefix)))
+
+
+def posterior_rank(item: tuple) -> int:
+    """Sort key of (posterior, ...) items: the paper's order spherical, gaussian_norm, gaussian."""
+    return POSTERIORS.index(item[0]) if item[0] in POSTERIORS else len(POSTERIORS)
 
 
 def sweep_lines(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """{label: rows sorted by cfg_scale}, one line per posterior (x any other key that varies)."""
-    varying = [k for k in SWEEP_KEYS[1:-1] if k in summary and summary[k].nunique(dropna=False) > 1]
+    """{label: rows sorted by cfg_scale}, one line per posterior x each other setting that varies within
+    a posterior (`auto` projection, sphere for one posterior and none for another, stays out of the label)."""
+    varying = [k for k in SWEEP_KEYS[1:-1] if k in summary
+               and summary.groupby("posterior")[k].nunique(dropna=False).max() > 1]
     lines = {}
     for values, rows in summary.groupby(["posterior", *varying], sort=False, dropna=False):
         label = ", ".join([str(values[0])] + [f"{k}={v}" for k, v in zip(varying, values[1:])])
         lines[label] = rows.sort_values("cfg_scale")
-    return lines
+    return dict(sorted(lines.items(), key=lambda item: posterior_rank((item[1]["posterior"].iloc[0],))))
+
+
+def fixed_settings(summary: pd.DataFrame) -> str:
+    """Settings constant within each posterior: 'projection: spherical sphere, gaussian none; train False'."""
+    out = []
+    for key in SWEEP_KEYS[1:-1]:
+        if key not in summary or summary.groupby("posterior")[key].nunique(dropna=False).max() > 1:
+            continue
+        per = summary.groupby("posterior")[key].first()
+        out.append(f"{key} {per.iloc[0]}" if per.nunique(dropna=False) == 1 else
+                   f"{key}: " + ", ".join(f"{p} {v}" for p, v in sorted(per.items(), key=posterior_rank)))
+    return "; ".join(out)
 
 
 def _cell(row, metric: str) -> str:

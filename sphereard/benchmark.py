@@ -12,8 +12,10 @@ decode is not included. FLOPs come from `torch.utils.flop_counter.FlopCounterMod
 training update (forward + backward) and one eager sampling call (matmuls and attention; attention
 counted dense, i.e. causal masking is not discounted; elementwise ops are not counted). The peak
 reference is a square matmul in the same dtype measured in the same run, so `*_mfu` is achieved /
-measured-matmul FLOP/s. With --compile, training compiles `model.loss` and sampling compiles the
-diffusion head's velocity (the AR loop stays eager); warm-up steps absorb the compilation.
+measured-matmul FLOP/s. Throughputs use the median time of the timed training steps (each synced)
+and of `--sample-repeats` sampling calls: robust to a shared, noisy CPU. With --compile, training
+compiles `model.loss` and sampling compiles the diffusion head's velocity (the AR loop stays eager);
+warm-up steps absorb the compilation.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import json
 import logging
 import math
+import statistics
 import sys
 import time
 
@@ -94,7 +97,7 @@ def synthetic_posterior(batch: int, num_tokens: int, d: int, device, generator) 
 def bench_training(args, model, device: torch.device, precision: str) -> dict:
     arch, B = model.arch, args.batch_size
     total = args.warmup + args.steps + 1
-    cfg = OptimConfig()
+    cfg = OptimConfig(warmup_steps=0)  # throughput does not depend on the lr
     opt, sched, ema = build_training(model, cfg, total)
     ctx = StepContext(device=device, rank=0, world_size=1, local_batch_size=B, total_steps=total, optim=cfg,
                       precision=precision)
@@ -111,11 +114,11 @@ def bench_training(args, model, device: torch.device, precision: str) -> dict:
     for i in range(1, 1 + args.warmup):
         step(i)
     start = 1 + args.warmup
-    seconds = timed(lambda: [step(i) for i in range(start, start + args.steps)], device)
-    tokens = B * arch.num_tokens * args.steps
-    return {"train_batch": B, "train_steps": args.steps, "train_s": seconds, "train_tokens_per_s": tokens / seconds,
-            "train_steps_per_s": args.steps / seconds, "train_flops_per_step": flops,
-            "train_flop_per_s": flops * args.steps / seconds}
+    times = [timed(lambda: step(i), device) for i in range(start, start + args.steps)]
+    seconds = statistics.median(times)
+    return {"train_batch": B, "train_steps": args.steps, "train_step_s_median": seconds, "train_s_total": sum(times),
+            "train_tokens_per_s": B * arch.num_tokens / seconds, "train_steps_per_s": 1 / seconds,
+            "train_flops_per_step": flops, "train_flop_per_s": flops / seconds}
 
 
 @torch.no_grad()
@@ -135,8 +138,8 @@ def bench_sampling(args, model, device: torch.device, precision: str) -> dict:
     if args.compile:
         model.head.velocity = torch.compile(model.head.velocity)
         sample()  # compiles
-    seconds = timed(sample, device)
-    return {"sample_batch": B, "sampler_steps": args.sampler_steps, "cfg": args.cfg, "sample_s": seconds,
+    seconds = statistics.median(timed(sample, device) for _ in range(args.sample_repeats))
+    return {"sample_batch": B, "sampler_steps": args.sampler_steps, "cfg": args.cfg, "sample_s_median": seconds,
             "sample_images_per_s": B / seconds, "sample_tokens_per_s": B * arch.num_tokens / seconds,
             "sample_flops_per_batch": flops, "sample_flop_per_s": flops / seconds}
 
@@ -151,27 +154,32 @@ def run_benchmark(args) -> dict:
     torch.manual_seed(args.seed)
     with torch.device(device):
         model = create_generator(args.preset)
-    result = {"preset": args.preset, "params": count_params(model), "num_tokens": model.arch.num_tokens,
-              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    result = {"preset": args.preset, "params": count_params(model), "num_tokens": model.arch.num_tokens, "device": name,
               "precision": precision, "compile": args.compile, "torch": torch.__version__}
     result.update(bench_training(args, model, device, precision))
     result.update(bench_sampling(args, model, device, precision))
-    # Last: on CPU a large GEMM first made the small model's later steps ~8x slower (denormal handling).
+    # Measured after the model timings, so its large buffers cannot perturb them.
     result["matmul_peak_flop_per_s"] = peak = matmul_peak(device, DTYPES[precision])
     result["train_mfu"] = result["train_flop_per_s"] / peak
     result["sample_mfu"] = result["sample_flop_per_s"] / peak
     return result
 
 
+def _flop_rate(x: float) -> str:
+    return f"{x / 1e12:.3g} TFLOP/s" if x >= 1e11 else f"{x / 1e9:.3g} GFLOP/s"
+
+
 def format_table(r: dict) -> str:
     rows = [("preset", f"{r['preset']} ({r['params'] / 1e6:.2f}M params, {r['num_tokens']} tokens)"),
             ("device", f"{r['device']}, {r['precision']}{', compiled' if r['compile'] else ''}"),
-            ("matmul peak", f"{r['matmul_peak_flop_per_s'] / 1e12:.3f} TFLOP/s"),
-            ("train", f"{r['train_tokens_per_s']:.4g} tokens/s, {r['train_steps_per_s']:.3g} steps/s (batch {r['train_batch']})"),
-            ("train FLOP/s", f"{r['train_flop_per_s'] / 1e12:.3f} TFLOP/s ({100 * r['train_mfu']:.1f}% of matmul peak)"),
+            ("matmul peak", _flop_rate(r['matmul_peak_flop_per_s'])),
+            ("train", f"{r['train_tokens_per_s']:.4g} tokens/s, {r['train_steps_per_s']:.3g} steps/s "
+                      f"(batch {r['train_batch']})"),
+            ("train FLOP/s", f"{_flop_rate(r['train_flop_per_s'])} ({100 * r['train_mfu']:.1f}% of matmul peak)"),
             ("sample", f"{r['sample_images_per_s']:.4g} images/s, {r['sample_tokens_per_s']:.4g} tokens/s "
                        f"(batch {r['sample_batch']}, {r['sampler_steps']} steps, cfg {r['cfg']})"),
-            ("sample FLOP/s", f"{r['sample_flop_per_s'] / 1e12:.3f} TFLOP/s ({100 * r['sample_mfu']:.1f}% of matmul peak)")]
+            ("sample FLOP/s", f"{_flop_rate(r['sample_flop_per_s'])} ({100 * r['sample_mfu']:.1f}% of matmul peak)")]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -183,6 +191,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sample-batch-size", type=int, default=None, help="sampling batch (default: --batch-size)")
     p.add_argument("--steps", type=int, default=10, help="timed training steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed training steps before timing")
+    p.add_argument("--sample-repeats", type=int, default=1, help="timed sampling calls (median reported)")
     p.add_argument("--cfg", type=float, default=4.5, help="CFG scale (1 = no guidance stream)")
     p.add_argument("--sampler-steps", type=int, default=100, help="Euler-Maruyama steps per token (paper: 100)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -191,7 +200,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
-    for name in ("batch_size", "steps", "sampler_steps"):
+    for name in ("batch_size", "steps", "sampler_steps", "sample_repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     return args

@@ -256,6 +256,10 @@ class SweepConfig:
     scheduler: Literal["grid", "asha"] = "grid"
     num_per_class: int = 50
     max_concurrent: int = 1
+    train: bool = False  # train tokenizer + generator inside every trial (radius ablations always do)
+    train_steps_fraction: float = 1.0  # training trials: tokenizer/generator steps (and warmup) scaled by this
+    train_reports: int = 4  # asha: AR training in this many resumable segments, each reported to Tune
+    gpus_per_trial: float = 0.0  # GPUs Ray reserves per trial (sampling + metrics run on it when > 0)
     out: str = "outputs/sweep"
 
     def __post_init__(self):
@@ -264,6 +268,14 @@ class SweepConfig:
         require(all(s > 0 for s in self.sampler_steps), "sampler_steps", self.sampler_steps, "must all be positive")
         require(self.num_per_class > 0, "num_per_class", self.num_per_class, "must be positive")
         require(self.max_concurrent > 0, "max_concurrent", self.max_concurrent, "must be positive")
+        require(0 < self.train_steps_fraction <= 1, "train_steps_fraction", self.train_steps_fraction,
+                "must be in (0, 1]")
+        require(self.train_reports > 0, "train_reports", self.train_reports, "must be positive")
+        require(self.gpus_per_trial >= 0, "gpus_per_trial", self.gpus_per_trial, "must be >= 0")
+        require(self.scheduler != "asha" or self.train, "scheduler", self.scheduler,
+                "asha stops trials on their AR training loss: set sweep.train: true")
+        for name in ("cfg_scales", "radii", "posteriors", "projections", "sampler_steps", "seeds"):
+            require(len(getattr(self, name)) > 0, name, getattr(self, name), "list at least one value")
 
 
 @dataclass

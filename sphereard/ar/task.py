@@ -1,0 +1,161 @@
+"""Training task for the SphereAR generator (SphereAR Sec. 3.2, 4.1) on a cached tokenizer's latents.
+
+Runs inside the generic Ray Train loop (`sphereard/train/loop.py`); one task per posterior. Every
+step draws a *fresh* posterior sample z ~ q(z | x) from the cached parameters of the image (or
+its flip) on the device, as MAR and the official SphereAR code do, then minimises the rectified
+flow loss of next-token prediction. AdamW without decay for embeddings, the input projection and
+1-D params; warmup + cosine; grad clip; EMA (all from `sphereard.train.optim`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from sphereard.ar.presets import GeneratorArch, SphereARModel, create_generator, resolve_generator_arch
+from sphereard.ar.projection import default_projection
+from sphereard.config import OptimConfig, Params, SamplingConfig
+from sphereard.errors import UserError
+from sphereard.latents import LatentDataset, read_latent_meta
+from sphereard.tokenizer.posterior import sample_from_params
+from sphereard.train import StepContext, TrainTask, build_ema, build_optimizer, build_scheduler, optimizer_step
+
+log = logging.getLogger(__name__)
+
+# Same partition as `SphereARModel.param_groups` (checked in tests/test_ar_stages.py): class
+# embedding, transformer input projection and the head's per-position embedding are not decayed.
+NO_DECAY_PATTERNS = (r"^transformer\.class_embed\.", r"^transformer\.proj_in\.", r"^head\.pos_embed\.")
+MEDIA_MAX_CLASSES = 10  # the training-time grid shows at most this many classes (evenly spaced)
+MEDIA_PER_CLASS = 4  # images per class: one grid row per class
+MEDIA_MAX_SAMPLER_STEPS = 16  # few sampler steps: a progress picture, not an evaluation
+
+
+def latent_cache_dir(params: Params, posterior: str) -> Path:
+    return Path(params.encode.out) / posterior
+
+
+def tokenizer_model_dir(params: Params, posterior: str) -> Path:
+    return Path(params.tokenizer.out) / posterior / "model"
+
+
+def check_arch_fits_cache(arch: GeneratorArch, meta: dict, cache_dir: str | Path) -> None:
+    """The generator must model the cached tokens: same classes, token dim d and grid."""
+    for field, cache_key in (("num_classes", "num_classes"), ("token_dim", "latent_dim"), ("grid_size", "grid_size")):
+        ours, cached = getattr(arch, field), meta[cache_key]
+        if ours != cached:
+            raise UserError(f"generator.preset / generator.overrides.{field}: {field}={ours} does not match the "
+                            f"latent cache {cache_dir} ({cache_key}={cached})")
+
+
+def generator_arch_for_cache(params: Params, posterior: str) -> tuple[GeneratorArch, dict]:
+    """Resolve generator.preset + overrides and check them against `encode.out/<posterior>/meta.json`."""
+    cache_dir = latent_cache_dir(params, posterior)
+    meta = read_latent_meta(cache_dir, verify=False)
+    arch = resolve_generator_arch(params.generator.preset, params.generator.overrides, "generator")
+    check_arch_fits_cache(arch, meta, cache_dir)
+    if meta["posterior"] != posterior:
+        raise UserError(f"{cache_dir}: holds {meta['posterior']!r} latents, expected {posterior!r}")
+    return arch, meta
+
+
+def generator_meta(params: Params, posterior: str, radius: float, tokenizer_dir: str | Path) -> dict:
+    """What `sphereard.export.load_generator` and the sampling stage need."""
+    gen = params.generator
+    return {"kind": "generator", "preset": gen.preset, "overrides": gen.overrides, "posterior": posterior,
+            "radius": radius, "tokenizer_dir": str(tokenizer_dir)}
+
+
+def sampling_kwargs(cfg: SamplingConfig, posterior: str, radius: float, steps: int | None = None) -> dict:
+    """Keyword arguments of `SphereARModel.sample` from the `sampling` block (`auto` projection resolved)."""
+    projection = default_projection(posterior) if cfg.projection == "auto" else cfg.projection
+    return {"cfg_scale": cfg.cfg_scale, "cfg_schedule": cfg.cfg_schedule, "sampler": cfg.sampler,
+            "steps": cfg.steps if steps is None else steps, "final_step": cfg.final_step,
+            "projection": projection, "radius": radius}
+
+
+def build_training(model: SphereARModel, cfg: OptimConfig, total_steps: int):
+    """AdamW (paper param groups), warmup + cosine schedule, EMA of the unwrapped model."""
+    opt = build_optimizer(model.named_parameters(), cfg, NO_DECAY_PATTERNS)
+    return opt, build_scheduler(opt, cfg, total_steps), build_ema(model, cfg)
+
+
+def train_update(model: SphereARModel, forward: Callable, opt, sched, ema, params: torch.Tensor,
+                 labels: torch.Tensor, step: int, kind: str, radius: float, ctx: StepContext) -> dict:
+    """One generator update on cached posterior params (B, L, P) and labels (B,) -> metrics.
+
+    `forward(z, labels)` is the (possibly DDP-wrapped or compiled) `model.loss`."""
+    with torch.no_grad():
+        z = sample_from_params(kind, params.float(), radius)  # (B, L, d): fresh posterior sample
+    with ctx.autocast():
+        loss = forward(z, labels)
+    metrics = {"loss": loss.detach()}
+    metrics.update(optimizer_step(loss, opt, sched, step, model, ctx.optim.grad_clip))
+    ema.update(model, step=step + 1)
+    return metrics
+
+
+def media_labels(num_classes: int, device) -> torch.Tensor:
+    """Class-balanced labels (C * MEDIA_PER_CLASS,), classes evenly spaced over [0, num_classes)."""
+    count = min(num_classes, MEDIA_MAX_CLASSES)
+    classes = torch.linspace(0, num_classes - 1, count, device=device).round().long()
+    return classes.repeat_interleave(MEDIA_PER_CLASS)
+
+
+class GeneratorTask(TrainTask):
+    def __init__(self, params: Params, posterior: str):
+        self.params, self.posterior = params, posterior
+        self.tokenizer = None
+
+    def dataset(self) -> Dataset:
+        self.arch, meta = generator_arch_for_cache(self.params, self.posterior)
+        data = LatentDataset(latent_cache_dir(self.params, self.posterior))
+        self.kind, self.radius = meta["posterior"], float(meta["radius"])
+        return data
+
+    def build(self, ctx: StepContext) -> None:
+        gen = self.params.generator
+        self.ctx = ctx
+        with torch.device(ctx.device):
+            self.gen = create_generator(gen.preset, **gen.overrides)
+        self.model = ctx.prepare_model(self.gen)
+        self.opt, self.sched, self.ema = build_training(self.gen, ctx.optim, ctx.total_steps)
+
+    def train_step(self, batch, step: int) -> dict:
+        params, labels = batch  # (B, L, P) cached posterior params, (B,)
+        return train_update(self.gen, self.model, self.opt, self.sched, self.ema, params, labels, step,
+                            self.kind, self.radius, self.ctx)
+
+    def items_per_batch(self, batch) -> int:
+        """Tokens (B * L): the loop's perf/items_per_s is then tokens/s."""
+        params, _ = batch
+        return int(params.shape[0] * params.shape[1])
+
+    def state_dicts(self) -> dict:
+        return {"model": self.gen.state_dict(), "ema": self.ema.module.state_dict(), "optimizer": self.opt.state_dict()}
+
+    def load_state_dicts(self, states: dict) -> None:
+        self.gen.load_state_dict(states["model"])
+        self.ema.module.load_state_dict(states["ema"])
+        self.opt.load_state_dict(states["optimizer"])
+
+    @torch.no_grad()
+    def log_media(self, step: int, run) -> None:
+        """A class-balanced grid (one row per class) sampled with the EMA model and decoded."""
+        if not run.enabled:
+            return
+        if self.tokenizer is None:  # rank 0 only, loaded once
+            from sphereard.export import load_tokenizer
+
+            self.tokenizer, _ = load_tokenizer(tokenizer_model_dir(self.params, self.posterior), self.ctx.device)
+        cfg = SamplingConfig()  # fixed defaults: training does not depend on the `sampling` block
+        ema: nn.Module = self.ema.module.eval()
+        labels = media_labels(self.arch.num_classes, self.ctx.device)
+        kwargs = sampling_kwargs(cfg, self.posterior, self.radius, min(cfg.steps, MEDIA_MAX_SAMPLER_STEPS))
+        z = ema.sample(labels, seed=cfg.seed, **kwargs)  # (N, L, d)
+        images = self.tokenizer.decode(z).clamp(-1, 1)  # (N, C, H, W)
+        run.log_image_grid(images, "generated", step, nrow=MEDIA_PER_CLASS, value_range=(-1.0, 1.0))

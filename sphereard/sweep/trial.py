@@ -1,0 +1,232 @@
+"""One sweep trial, run by Ray Tune (`run_trial`): (train ->) sample -> generation metrics -> report.
+
+Sample trials reuse the DAG's exported models of their posterior; training trials run the DAG's own
+code path inside the trial: tokenizer (`fit(LoopSpec)`, a Ray Train TorchTrainer: Train V2 runs a
+trainer inside a Tune trial function), encode, generator, each exported, all under
+`sweep.out/trials/<trial name>/`. Then `sweep.num_per_class` class-balanced samples per class with the
+trial's CFG scale / projection / steps / seed, decoded and scored against the cached reference
+statistics, plus the token-norm deviation from R (SphereAR Sec. 3.3, the drift argument):
+  norm_rel_dev_mean   mean over samples and positions of | ||z_k|| - R | / R   (norms after CFG,
+  norm_rel_dev_max    max over positions of | mean_n ||z_k|| - R | / R          before projection)
+Each trial is an MLflow child run of the sweep's parent run (the `mlflow.parentRunId` tag).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from ray import tune
+
+from pipelines.encode import encode_split
+from pipelines.sample import class_balanced_labels, generate_all, load_models
+from pipelines.train_ar import export_ema as export_generator
+from pipelines.train_vae import export_ema as export_tokenizer
+from sphereard.ar.task import GeneratorTask, sampling_kwargs
+from sphereard.config import Params, as_dict
+from sphereard.eval import detect_norm_drift, generation_metrics
+from sphereard.eval.setup import build_extractors, load_references
+from sphereard.sweep.grid import TrialSettings, scaled_steps, segment_ends, settings_of, training_run_name
+from sphereard.tokenizer.task import TokenizerTask
+from sphereard.tracking import TRACKING_URI_ENV, image_grid, start_run
+from sphereard.train import LoopSpec, fit
+from sphereard.train.checkpoint import STEP_DIR_RE, latest_step_dir
+from sphereard.utils.device import default_device
+from sphereard.utils.io import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+GRID_MAX_CLASSES = 10  # samples.png: at most this many classes (evenly spaced), one row each
+GRID_PER_CLASS = 8
+METRICS_FILE, GRID_FILE, REPORTS_FILE, TRAIN_CONFIG_FILE = "metrics.json", "samples.png", "ar_reports.json", "train_config.json"
+ASHA_METRIC = "ar_loss"  # AR training loss over the last logging window (lower is better)
+MANIFEST_TAG = "sphereard.data_manifest_sha256"
+LOGGED_SAMPLING_KEYS = ("cfg_schedule", "sampler", "final_step", "use_ema", "batch_size")
+DONE_KEY = "num_images"  # present only in a trial's final (evaluated) report
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial needs from the driver (sent once through Ray's object store)."""
+
+    params: Params  # data/output paths absolute
+    repo_root: str
+    tracking_uri: str | None  # resolved on the driver: the same store from every node
+    parent_run_id: str | None
+    tags: dict = field(default_factory=dict)  # git commit, data manifest hash, profile
+    report_segments: bool = False  # asha: report the AR loss after each training segment
+
+    @property
+    def trials_dir(self) -> Path:
+        return Path(self.params.sweep.out) / "trials"
+
+
+def norm_deviation(norms: np.ndarray, radius: float) -> dict[str, float]:
+    """Token norms (N, L) after CFG, before projection -> deviation from R (module docstring)."""
+    rel = np.abs(norms.astype(np.float64) - radius) / radius
+    drift = detect_norm_drift(norms, radius)
+    return {"norm_mean": float(norms.mean()), "norm_rel_dev_mean": float(rel.mean()),
+            "norm_rel_dev_max": drift.max_rel_deviation, "norm_rel_slope": drift.rel_slope}
+
+
+def trial_sampling(params: Params, t: TrialSettings):
+    """The `sampling` block of this trial: its CFG scale, projection, steps and seed."""
+    return dataclasses.replace(params.sampling, cfg_scale=t.cfg_scale, projection=t.projection, steps=t.sampler_steps,
+                               seed=t.seed, num_per_class=params.sweep.num_per_class)
+
+
+def overview_grid(images: np.ndarray, labels: np.ndarray, path: Path) -> Path:
+    """Up to GRID_MAX_CLASSES evenly spaced classes x GRID_PER_CLASS samples, one row per class."""
+    classes = np.unique(labels)
+    shown = classes[np.unique(np.linspace(0, len(classes) - 1, min(len(classes), GRID_MAX_CLASSES)).round().astype(int))]
+    rows = [images[labels == c][:GRID_PER_CLASS] for c in shown]
+    per_row = min(len(r) for r in rows)
+    batch = torch.from_numpy(np.concatenate([r[:per_row] for r in rows])).permute(0, 3, 1, 2).float()
+    with atomic_path(path) as tmp:
+        image_grid(batch, nrow=per_row, value_range=(0.0, 255.0)).save(tmp, format="png")
+    return path
+
+
+def sample_and_evaluate(params: Params, t: TrialSettings, out: Path, device: torch.device) -> dict:
+    """Sample with the trial's settings from the models `params` point at; generation metrics + norms."""
+    cfg = trial_sampling(params, t)
+    model, vae, meta = load_models(dataclasses.replace(params, sampling=cfg), t.posterior, device)
+    labels = class_balanced_labels(model.arch.num_classes, cfg.num_per_class)
+    res = generate_all(model, vae, labels, cfg.batch_size, sampling_kwargs(cfg, t.posterior, t.radius), t.seed, device)
+    extractors = build_extractors(params, device)
+    ev = params.evaluation
+    metrics = generation_metrics(res["images"], labels, load_references(params, extractors), extractors,
+                                 kid_subset_size=ev.kid_subset_size, pr_neighbours=ev.pr_neighbours,
+                                 batch_size=ev.batch_size, seed=t.seed)
+    metrics.update(norm_deviation(res["norms"], t.radius))
+    total_s = res["generate_s"] + res["decode_s"]
+    metrics.update({DONE_KEY: len(labels), "images_per_s": len(labels) / total_s, "sample_s": total_s,
+                    "generator_step": meta.get("step", 0)})
+    overview_grid(res["images"], labels, out / GRID_FILE)
+    return metrics
+
+
+def _scaled_loop(loop, fraction: float, ray_storage: str, **extra):
+    """Training steps (and warmup, GAN start) scaled by `fraction`; at least one Ray Train worker:
+    Ray Train's in-process mode (num_workers 0) cannot run inside a Tune trial."""
+    optim = dataclasses.replace(loop.optim, warmup_steps=round(loop.optim.warmup_steps * fraction))
+    ray_cfg = dataclasses.replace(loop.ray, num_workers=max(1, loop.ray.num_workers), storage=ray_storage)
+    return dataclasses.replace(loop, steps=scaled_steps(loop.steps, fraction), optim=optim, ray=ray_cfg, **extra)
+
+
+def training_params(params: Params, t: TrialSettings, out: Path) -> Params:
+    """The DAG's params redirected into the trial dir, with the trial's R, seed and scaled steps."""
+    f, tok, gen = params.sweep.train_steps_fraction, params.tokenizer, params.generator
+    storage = str(Path(gen.train.ray.storage).resolve())
+    tok_train = _scaled_loop(tok.train, f, storage, disc_start=round(tok.train.disc_start * f))
+    return dataclasses.replace(
+        params, seed=t.seed,
+        tokenizer=dataclasses.replace(tok, radius=t.radius, posteriors=[t.posterior], out=str(out / "tokenizer"),
+                                      train=tok_train),
+        encode=dataclasses.replace(params.encode, out=str(out / "latents")),
+        generator=dataclasses.replace(gen, out=str(out / "generator"), train=_scaled_loop(gen.train, f, storage)))
+
+
+TRAINING_OUTPUTS = ("tokenizer", "latents", "generator")
+
+
+def _fresh_or_resumable(out: Path, config: dict) -> None:
+    """Keep an interrupted trial's checkpoints only if it trained with exactly this config."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    marker = out / TRAIN_CONFIG_FILE
+    if marker.is_file() and json.loads(marker.read_text()).get("sha256") != digest:
+        log.info("%s: trained with another config; starting over", out)
+        for sub in TRAINING_OUTPUTS:
+            shutil.rmtree(out / sub, ignore_errors=True)
+        (out / REPORTS_FILE).unlink(missing_ok=True)
+    atomic_write_text(marker, json.dumps({"sha256": digest, "config": config}, indent=2, default=str))
+
+
+def _latest_step(ckpt_dir: Path) -> int:
+    step_dir = latest_step_dir(ckpt_dir)
+    return 0 if step_dir is None else int(STEP_DIR_RE.match(step_dir.name).group(1))
+
+
+def train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext, trial_run_id: str | None,
+                 device: torch.device) -> tuple[Params, float | None]:
+    """Tokenizer -> encode -> generator inside the trial; returns the trial's params and final AR loss.
+
+    With `ctx.report_segments` the generator trains in `sweep.train_reports` resumable segments,
+    each reported to Tune (ASHA may stop the trial between them)."""
+    tp = training_params(params, t, out)
+    p = t.posterior
+    _fresh_or_resumable(out, {"settings": t.as_dict(), "tokenizer": as_dict(tp.tokenizer),
+                              "generator": as_dict(tp.generator), "encode": as_dict(tp.encode),
+                              "data_manifest": ctx.tags.get(MANIFEST_TAG)})
+    tags = {**ctx.tags, "stage": "sweep_train", "posterior": p}
+    tok_dir, gen_dir = Path(tp.tokenizer.out) / p, Path(tp.generator.out) / p
+    vae_name, ar_name = training_run_name(t, "train_vae"), training_run_name(t, "train_ar")
+    with start_run(tp.tracking, ctx.repo_root, vae_name, params={"tokenizer": as_dict(tp.tokenizer)},
+                   tags=tags, parent_run_id=trial_run_id) as run:
+        if _latest_step(tok_dir / "ckpt") < tp.tokenizer.train.steps:  # else resumed after it finished
+            fit(LoopSpec(task_factory=functools.partial(TokenizerTask, tp, p), loop=tp.tokenizer.train,
+                         ckpt_dir=str(tok_dir / "ckpt"), seed=t.seed, run=run), f"sweep-{vae_name}")
+        vae = export_tokenizer(tp, p, tok_dir / "ckpt", tok_dir / "model", run.run_id)
+    encode_split(tp, p, device)
+    reports_path = out / REPORTS_FILE
+    reports = json.loads(reports_path.read_text()) if reports_path.is_file() else {}
+    total = tp.generator.train.steps
+    ends = segment_ends(total, tp.sweep.train_reports) if ctx.report_segments else [total]
+    spec = LoopSpec(task_factory=functools.partial(GeneratorTask, tp, p), loop=tp.generator.train,
+                    ckpt_dir=str(gen_dir / "ckpt"), seed=t.seed)
+    with start_run(tp.tracking, ctx.repo_root, ar_name, params={"generator": as_dict(tp.generator)},
+                   tags=tags, parent_run_id=trial_run_id) as run:
+        for end in ends:
+            done = _latest_step(gen_dir / "ckpt")
+            if done < end:
+                result = fit(dataclasses.replace(spec, run=run, stop_after=end - done), f"sweep-{ar_name}")
+                reports[str(end)] = (result.metrics or {}).get("train/loss")
+                atomic_write_text(reports_path, json.dumps(reports, indent=2))
+            if ctx.report_segments and end < total:
+                tune.report({ASHA_METRIC: _nan_if_none(reports.get(str(end))), "ar_step": end,
+                             "mlflow_run_id": trial_run_id})
+        export_generator(tp, p, gen_dir / "ckpt", gen_dir / "model", vae.radius, run.run_id)
+    return tp, reports.get(str(total))
+
+
+def _nan_if_none(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def run_trial(config: dict, context: SweepContext) -> None:
+    """Ray Tune function trainable (module-level so Ray workers can import it)."""
+    logging.basicConfig(level=os.environ.get("SPHEREARD_LOG_LEVEL", "INFO"), format=LOG_FORMAT)
+    if context.tracking_uri:  # the driver's store, also on nodes that do not share its environment
+        os.environ[TRACKING_URI_ENV] = context.tracking_uri
+    t, params = settings_of(config), context.params
+    out = context.trials_dir / t.name
+    out.mkdir(parents=True, exist_ok=True)
+    device = default_device()
+    kind = "train" if t.train else "sample"
+    logged = {**t.as_dict(), "kind": kind, "num_per_class": params.sweep.num_per_class,
+              "sampling": {k: v for k, v in as_dict(params.sampling).items() if k in LOGGED_SAMPLING_KEYS},
+              "extractors": params.evaluation.extractors}
+    tags = {**context.tags, "stage": "sweep_trial", "posterior": t.posterior, "trial_kind": kind}
+    with start_run(params.tracking, context.repo_root, t.name, params=logged, tags=tags,
+                   parent_run_id=context.parent_run_id) as run:
+        ar_loss = None
+        if t.train:
+            params, ar_loss = train_models(params, t, out, context, run.run_id, device)
+        metrics = sample_and_evaluate(params, t, out, device)
+        if t.train:
+            metrics[ASHA_METRIC] = _nan_if_none(ar_loss)
+        run.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)}, step=0)
+        run.log_artifact(out / GRID_FILE)
+        atomic_write_text(out / METRICS_FILE, json.dumps({"trial": t.name, **t.as_dict(), **metrics}, indent=2))
+        log.info("%s: %s", t.name, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        tune.report({**metrics, "mlflow_run_id": run.run_id})

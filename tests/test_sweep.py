@@ -1,0 +1,296 @@
+"""Sweep stage: grid expansion and trial names, seed aggregation, and Ray Tune sweeps end to end on
+smoke-size outputs (sample/evaluate trials over the DAG's models; a training trial under ASHA)."""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from sphereard.config import SweepConfig, parse_params
+from sphereard.errors import UserError
+from sphereard.profiles import materialise
+from sphereard.sweep import (TrialSettings, aggregate_over_seeds, expand_grid, results_frame, search_space,
+                             segment_ends, write_outputs)
+from sphereard.sweep.grid import settings_of
+from sphereard.sweep.trial import norm_deviation
+from sphereard.utils.io import sha256_file
+
+POSTERIORS = ("spherical", "gaussian")
+BLOCKS = ("tokenizer", "encode", "generator", "sampling", "classifier", "evaluation", "sweep")
+SMOKE_STEPS = 12  # training steps of each model: the sweep needs working models, not good ones
+
+
+# ---------------------------------------------------------------- fast: names, grid, aggregation
+
+def test_trial_names_carry_the_settings():
+    t = TrialSettings("spherical", 4.0, 3.0, "sphere", 25, 0)
+    assert t.name == "ar-spherical-R4-cfg3.0-proj_sphere-s25-seed0"
+    assert TrialSettings("gaussian", math.sqrt(32), 1.25, "none", 8, 3, train=True).name == \
+        "ar-gaussian-R5.657-cfg1.25-proj_none-s8-seed3-train"
+
+
+def test_grid_expansion_resolves_dedupes_and_marks_training():
+    sweep = SweepConfig(cfg_scales=[1.0, 3.0], radii=[None, 4.0, 2.0], posteriors=["spherical", "gaussian"],
+                        projections=["auto", "sphere"], sampler_steps=[8], seeds=[0, 1])
+    trials = expand_grid(sweep, {"spherical": 4.0, "gaussian": 4.0}, default_r=4.0)
+    sph = [t for t in trials if t.posterior == "spherical"]
+    gau = [t for t in trials if t.posterior == "gaussian"]
+    # spherical: auto == sphere and null R == 4 collapse; R=2 is a radius ablation -> trains
+    assert len(sph) == 2 * 2 * 2 and {(t.radius, t.train) for t in sph} == {(4.0, False), (2.0, True)}
+    assert {t.projection for t in sph} == {"sphere"}
+    # gaussian: R never enters its training -> R=2 only changes the projection radius; auto -> none
+    assert len(gau) == 2 * 2 * 2 * 2 and not any(t.train for t in gau)
+    assert {t.projection for t in gau} == {"none", "sphere"}
+    assert len({t.name for t in trials}) == len(trials) == 24
+    assert sorted({t.seed for t in trials}) == [0, 1]
+    space = search_space(trials)
+    assert [settings_of({"trial": c}) for c in space["trial"]["grid_search"]] == trials
+
+
+def test_grid_training_and_missing_models():
+    sweep = SweepConfig(cfg_scales=[3.0], radii=[None], posteriors=["spherical"], seeds=[0], train=True)
+    (t,) = expand_grid(sweep, {"spherical": None}, default_r=4.0)
+    assert t.train and t.radius == 4.0 and t.name.endswith("-train")
+    with pytest.raises(UserError, match=r"sweep.train: true"):
+        expand_grid(SweepConfig(posteriors=["gaussian"]), {"gaussian": None}, default_r=4.0)
+    with pytest.raises(UserError, match="too close"):
+        expand_grid(SweepConfig(radii=[2.00001, 2.00002], posteriors=["spherical"], cfg_scales=[1.0]),
+                    {"spherical": 4.0}, default_r=4.0)
+
+
+def test_sweep_config_validation():
+    with pytest.raises(UserError, match=r"scheduler='asha'.*sweep.train"):
+        SweepConfig(scheduler="asha")
+    with pytest.raises(UserError, match="train_steps_fraction"):
+        SweepConfig(train_steps_fraction=0.0)
+    with pytest.raises(UserError, match="seeds"):
+        SweepConfig(seeds=[])
+    assert SweepConfig(scheduler="asha", train=True).train_reports == 4
+
+
+def test_segment_ends():
+    assert segment_ends(10, 4) == [2, 5, 8, 10]
+    assert segment_ends(3, 5) == [1, 2, 3]
+    assert segment_ends(7, 1) == [7]
+
+
+def test_norm_deviation():
+    r = 4.0
+    norms = np.full((5, 6), 1.1 * r)
+    norms[:, 0] = r  # first position on the sphere, the rest 10% out
+    out = norm_deviation(norms, r)
+    assert out["norm_rel_dev_max"] == pytest.approx(0.1)
+    assert out["norm_rel_dev_mean"] == pytest.approx(0.1 * 5 / 6)
+
+
+def test_aggregation_over_two_seeds_and_outputs(tmp_path):
+    rows = []
+    for post, fds in (("spherical", (10.0, 14.0)), ("gaussian", (20.0, 30.0))):
+        for w in (1.0, 3.0):
+            for seed, fd in enumerate(fds):
+                t = TrialSettings(post, 4.0, w, "sphere" if post == "spherical" else "none", 8, seed)
+                rows.append({"trial": t.name, "status": "done", **t.as_dict(), "fd_classifier": fd * w,
+                             "class_consistency_classifier": 0.5 + seed / 10, "norm_rel_dev_max": 0.01 * seed,
+                             "mlflow_run_id": f"run{len(rows)}"})
+    stopped = TrialSettings("spherical", 4.0, 1.0, "sphere", 8, 2)
+    rows.append({"trial": stopped.name, "status": "stopped", **stopped.as_dict(), "fd_classifier": np.nan})
+    results = results_frame(rows)
+    summary = aggregate_over_seeds(results)
+    assert len(results) == 9 and list(results.columns[:2]) == ["trial", "status"]
+    assert len(summary) == 4 and set(summary["num_seeds"]) == {2} and set(summary["seeds"]) == {"0;1"}
+    row = summary[(summary.posterior == "gaussian") & (summary.cfg_scale == 3.0)].iloc[0]
+    assert row["fd_classifier_mean"] == pytest.approx(75.0)
+    assert row["fd_classifier_std"] == pytest.approx(np.std([60.0, 90.0], ddof=1))
+    assert row["class_consistency_classifier_mean"] == pytest.approx(0.55)
+    paths = write_outputs(tmp_path, results, summary)
+    assert len(pd.read_csv(paths["results"])) == 9
+    reread = pd.read_csv(paths["summary"])
+    assert reread["fd_classifier_mean"].tolist() == pytest.approx(summary["fd_classifier_mean"].tolist())
+    assert {p.name for p in paths["plots"].iterdir()} == {
+        "fd_classifier_vs_cfg.png", "class_consistency_classifier_vs_cfg.png", "norm_rel_dev_max_vs_cfg.png"}
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave nothing behind
+
+
+class FakeResult:
+    """The fields of a Tune Result that the stage reads."""
+
+    def __init__(self, t: TrialSettings, metrics: dict, error: BaseException | None = None):
+        self.config, self.metrics, self.error = {"trial": t.as_dict()}, metrics, error
+
+
+class WrappedError(RuntimeError):
+    """Stands in for Ray's RayTaskError: the trial's own exception is `.cause`."""
+
+    def __init__(self, cause):
+        super().__init__("ray task failed")
+        self.cause = cause
+
+
+def test_collect_rows_statuses_and_trial_errors():
+    from pipelines.sweep import collect
+
+    done = TrialSettings("spherical", 4.0, 3.0, "sphere", 8, 0, train=True)
+    stopped = TrialSettings("spherical", 2.0, 3.0, "sphere", 8, 0, train=True)
+    grid = [FakeResult(done, {"fd_classifier": 1.5, "num_images": 40, "ar_loss": 0.9, "mlflow_run_id": "a",
+                              "training_iteration": 3, "time_total_s": 12.0, "trial_id": "x", "config": {}}),
+            FakeResult(stopped, {"ar_loss": 2.0, "ar_step": 5, "mlflow_run_id": "b", "training_iteration": 1})]
+    rows = collect(grid)
+    assert [r["status"] for r in rows] == ["done", "stopped"]
+    assert rows[0]["trial"] == done.name and rows[0]["trial_s"] == 12.0 and rows[0]["fd_classifier"] == 1.5
+    assert not {"training_iteration", "trial_id", "config", "ar_step"} & (set(rows[0]) | set(rows[1]))
+    bad = [FakeResult(done, {}), FakeResult(stopped, {}, WrappedError(UserError("reference/x.npz: missing")))]
+    with pytest.raises(UserError, match=r"^reference/x.npz: missing$"):
+        collect(bad)
+    with pytest.raises(RuntimeError, match=r"1 trial\(s\) failed, first ar-spherical-R2.*ZeroDivisionError"):
+        collect([FakeResult(stopped, {}, WrappedError(ZeroDivisionError("boom")))])
+
+
+def test_preflight_names_the_missing_input(tmp_path):
+    from pipelines.sweep import preflight
+
+    data = smoke_data(tmp_path)
+    with pytest.raises(UserError, match=r"manifest.json: data manifest missing"):
+        preflight(parse_params(data))
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "manifest.json").write_text("{}")
+    with pytest.raises(UserError, match=r"reference/classifier.npz: reference statistics missing"):
+        preflight(parse_params(data))
+
+
+# ---------------------------------------------------------------- slow: real sweeps on smoke outputs
+
+def smoke_data(root: Path) -> dict:
+    """Smoke profile, every output under `root`, Ray Train in-process for the DAG stages, no MLflow."""
+    data = materialise("smoke")
+    data["data"].update(out=str(root / "shards"), max_per_class=20)
+    for block in BLOCKS:
+        data[block]["out"] = str(root / block)
+    for block in ("tokenizer", "generator"):
+        data[block]["train"].update(steps=SMOKE_STEPS, ckpt_every=SMOKE_STEPS, sample_every=SMOKE_STEPS)
+        data[block]["train"]["ray"].update(num_workers=0, storage=str(root / "ray"))
+    data["tokenizer"]["train"]["disc_start"] = SMOKE_STEPS // 2
+    data["tracking"].update(enabled=False, store=str(root / "mlflow.db"), artifacts=str(root / "mlartifacts"))
+    return data
+
+
+def stage(module, data: dict, **args) -> None:
+    module.run(parse_params(data), argparse.Namespace(stop_after=None, **args))
+
+
+@pytest.fixture(scope="module")
+def eval_inputs(tmp_path_factory):
+    """prepare -> train_classifier -> reference (what every trial scores against)."""
+    from pipelines import prepare, reference, train_classifier
+
+    root = tmp_path_factory.mktemp("sweep")
+    data = smoke_data(root)
+    for module in (prepare, train_classifier, reference):
+        stage(module, data)
+    yield root, data
+    import ray
+
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def dag_models(eval_inputs):
+    """train_vae -> encode -> train_ar for both posteriors (the models sample trials reuse)."""
+    from pipelines import encode, train_ar, train_vae
+
+    root, data = eval_inputs
+    for posterior in POSTERIORS:
+        for module in (train_vae, encode, train_ar):
+            stage(module, data, posterior=posterior)
+    return root, data
+
+
+def run_sweep(data: dict, monkeypatch, db: Path, **sweep):
+    """Run the sweep stage in-process with its own MLflow store `db` and output dir (beside it)."""
+    from pipelines import sweep as sweep_stage
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    data = yaml.safe_load(yaml.safe_dump(data))  # a deep copy
+    data["sweep"].update(sweep, out=str(db.with_suffix("")))
+    data["tracking"]["enabled"] = True
+    params = parse_params(data)
+    sweep_stage.run(params, argparse.Namespace(list=False))
+    return params
+
+
+def mlflow_runs(db: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(materialise("smoke")["tracking"]["experiment"])
+    return client, client.search_runs([exp.experiment_id])
+
+
+@pytest.mark.slow
+def test_sample_sweep_cfg_by_posterior(dag_models, monkeypatch):
+    root, data = dag_models
+    db = root / "sample_sweep.db"
+    params = run_sweep(data, monkeypatch, db, cfg_scales=[1.0, 3.0], posteriors=list(POSTERIORS), seeds=[0],
+                       sampler_steps=[8], num_per_class=4, max_concurrent=2)
+    out = Path(params.sweep.out)
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 4 and set(results["status"]) == {"done"} and not results["train"].any()
+    assert np.isfinite(results["fd_classifier"]).all() and (results["fd_classifier"] >= 0).all()
+    assert results["class_consistency_classifier"].between(0, 1).all()
+    assert np.isfinite(results["norm_rel_dev_mean"]).all() and (results["num_images"] == 40).all()
+    assert sorted(zip(results.posterior, results.cfg_scale)) == sorted((p, w) for p in POSTERIORS for w in (1.0, 3.0))
+    sph = results[results.posterior == "spherical"]
+    assert set(sph["projection"]) == {"sphere"} and set(results[results.posterior == "gaussian"]["projection"]) == {"none"}
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 4 and set(summary["num_seeds"]) == {1}
+    assert summary["fd_classifier_mean"].tolist() == pytest.approx(results["fd_classifier"].tolist())
+    for metric in ("fd_classifier", "class_consistency_classifier", "norm_rel_dev_max"):
+        assert (out / "plots" / f"{metric}_vs_cfg.png").stat().st_size > 0
+
+    client, runs = mlflow_runs(db)
+    (parent,) = [r for r in runs if r.data.tags.get("stage") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4 and {c.info.run_name for c in children} == set(results["trial"])
+    manifest_sha = sha256_file(Path(params.data.out) / "manifest.json")
+    for run in [parent, *children]:
+        assert run.info.status == "FINISHED"
+        assert len(run.data.tags["mlflow.source.git.commit"]) == 40
+        assert run.data.tags["sphereard.data_manifest_sha256"] == manifest_sha
+    for child in children:
+        row = results[results.trial == child.info.run_name].iloc[0]
+        assert child.data.params["cfg_scale"] == str(row.cfg_scale)
+        assert child.data.metrics["fd_classifier"] == pytest.approx(row.fd_classifier)
+        assert row.mlflow_run_id == child.info.run_id
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"results.csv", "summary.csv", "plots"} <= artifacts
+
+
+@pytest.mark.slow
+def test_training_trial_radius_ablation_under_asha(eval_inputs, monkeypatch):
+    root, data = eval_inputs
+    db = root / "train_sweep.db"
+    params = run_sweep(data, monkeypatch, db, cfg_scales=[3.0], posteriors=["spherical"], radii=[2.0], seeds=[0],
+                       sampler_steps=[8], num_per_class=4, train=True, scheduler="asha", train_reports=2,
+                       train_steps_fraction=0.5)
+    (row,) = pd.read_csv(Path(params.sweep.out) / "results.csv").to_dict("records")
+    assert row["trial"] == "ar-spherical-R2-cfg3.0-proj_sphere-s8-seed0-train" and row["status"] == "done"
+    assert np.isfinite(row["fd_classifier"]) and np.isfinite(row["ar_loss"])
+    trial = Path(params.sweep.out) / "trials" / row["trial"]
+    steps = round(params.generator.train.steps * 0.5)
+    tok_meta = json.loads((trial / "tokenizer/spherical/model/model.json").read_text())
+    gen_meta = json.loads((trial / "generator/spherical/model/model.json").read_text())
+    assert tok_meta["radius"] == 2.0 and gen_meta["radius"] == 2.0 and gen_meta["step"] == steps
+    assert json.loads((trial / "latents/spherical/meta.json").read_text())["radius"] == 2.0
+    reports = json.loads((trial / "ar_reports.json").read_text())
+    assert sorted(map(int, reports)) == segment_ends(steps, 2) and all(np.isfinite(list(reports.values())))
+    # Tune saw one intermediate report per segment before the last, then the final one
+    (progress,) = (root / "ray" / "tune").glob(f"sweep-*/{row['trial']}/progress.csv")
+    assert pd.read_csv(progress)["training_iteration"].tolist() == [1, 2]
+    _, runs = mlflow_runs(db)
+    (child,) = [r for r in runs if r.info.run_name == row["trial"]]
+    nested = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == child.info.run_id}
+    assert nested == {"train_vae-spherical-R2-seed0", "train_ar-spherical-R2-seed0"}
