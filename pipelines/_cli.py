@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Callable
 
-from sphereard.config import DEFAULT_PARAMS_FILE, Params, load_params
+from sphereard.config import DEFAULT_PARAMS_FILE, POSTERIORS, Params, load_params
 from sphereard.errors import UserError
 
 USER_ERROR_EXIT = 2
@@ -24,6 +24,19 @@ def configure_cpu_threads() -> None:
 
     if not torch.cuda.is_available():
         torch.set_num_threads(int(os.environ.get(CPU_THREADS_ENV, DEFAULT_CPU_THREADS)))
+
+
+def add_posterior_arg(parser: argparse.ArgumentParser) -> None:
+    """`--posterior`, for the stages DVC runs once per tokenizer (`foreach`)."""
+
+    parser.add_argument("--posterior", required=True, choices=POSTERIORS)
+
+
+def add_training_args(parser: argparse.ArgumentParser) -> None:
+    """`--posterior` and `--stop-after` for the training stages."""
+    add_posterior_arg(parser)
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="end after this many steps (checkpointed); a rerun resumes")
 
 
 def stage_main(description: str, run: Callable[[Params, argparse.Namespace], None],

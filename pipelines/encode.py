@@ -10,13 +10,12 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipelines._cli import stage_main
-from sphereard.config import POSTERIORS, Params
+from pipelines._cli import add_posterior_arg, stage_main
+from sphereard.config import Params
 from sphereard.data import ShardDataset
 from sphereard.export import load_tokenizer
 from sphereard.latents import LatentCacheWriter
@@ -56,9 +55,5 @@ def run(params: Params, args) -> None:
     encode_split(params, args.posterior, default_device())
 
 
-def add_args(parser) -> None:
-    parser.add_argument("--posterior", required=True, choices=POSTERIORS)
-
-
 if __name__ == "__main__":
-    stage_main(__doc__, run, add_args)
+    stage_main(__doc__, run, add_posterior_arg)

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipelines._cli import stage_main
+from pipelines._cli import add_posterior_arg, stage_main
 from sphereard.ar.teacher_forcing import teacher_forced_predictions
-from sphereard.config import POSTERIORS, Params
+from sphereard.config import Params
 from sphereard.data import images_as_uint8
 from sphereard.eval import (detect_norm_drift, generation_metrics, load_samples_npz, norm_trajectory,
                             plot_error_split, plot_norm_trajectories, radial_tangential_error, reconstruction_metrics)
@@ -127,9 +127,5 @@ def run(params: Params, args) -> None:
     log.info("evaluate %s: %s", posterior, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
 
-def add_args(parser) -> None:
-    parser.add_argument("--posterior", required=True, choices=POSTERIORS)
-
-
 if __name__ == "__main__":
-    stage_main(__doc__, run, add_args)
+    stage_main(__doc__, run, add_posterior_arg)

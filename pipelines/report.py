@@ -167,7 +167,7 @@ def section_recon(inp: Inputs) -> list[str]:
         row += [tok[p].get(LPIPS_KEY, ev[p].get(f"recon_{LPIPS_KEY}"))] if lpips else []
         rows.append(row + [tok[p].get("eval_images")])
     notes = ["", "PSNR / SSIM from `train_vae` on held-out images (uint8, data range 1); "
-                 f"`rfd_*` from `evaluate` in that extractor's feature space."]
+                 "`rfd_*` from `evaluate` in that extractor's feature space."]
     if not lpips:
         notes.append(f"`{LPIPS_KEY}` absent: LPIPS weights were not configured (`evaluation.lpips_weights_path`).")
     return ["## Reconstruction (tokenizers)", "", md_table(header, rows), *notes]

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines._cli import stage_main
+from pipelines._cli import add_posterior_arg, stage_main
 from sphereard.ar.task import sampling_kwargs, tokenizer_model_dir
-from sphereard.config import POSTERIORS, Params, as_dict
+from sphereard.config import Params, as_dict
 from sphereard.errors import UserError
 from sphereard.export import load_generator, load_tokenizer
 from sphereard.tokenizer.inference import model_to_uint8
@@ -172,9 +172,5 @@ def run(params: Params, args) -> None:
                  stats["norm_std"], radius)
 
 
-def add_args(parser) -> None:
-    parser.add_argument("--posterior", required=True, choices=POSTERIORS)
-
-
 if __name__ == "__main__":
-    stage_main(__doc__, run, add_args)
+    stage_main(__doc__, run, add_posterior_arg)

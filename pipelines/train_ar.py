@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pipelines._cli import stage_main
+from pipelines._cli import add_training_args, stage_main
 from sphereard.ar import count_params, create_generator
 from sphereard.ar.task import (
     GeneratorTask,
@@ -35,7 +35,7 @@ from sphereard.ar.task import (
     latent_cache_dir,
     tokenizer_model_dir,
 )
-from sphereard.config import POSTERIORS, Params, absolute_paths, as_dict
+from sphereard.config import Params, absolute_paths, as_dict
 from sphereard.errors import UserError
 from sphereard.export import META_FILE, export_model
 from sphereard.latents import LATENTS_FILE, PARAM_COLUMNS, read_latent_meta
@@ -135,11 +135,5 @@ def run(params: Params, args) -> None:
                                             for k, v in metrics.items()))
 
 
-def add_args(parser) -> None:
-    parser.add_argument("--posterior", required=True, choices=POSTERIORS)
-    parser.add_argument("--stop-after", type=int, default=None,
-                        help="end after this many steps (checkpointed); a rerun resumes")
-
-
 if __name__ == "__main__":
-    stage_main(__doc__, run, add_args)
+    stage_main(__doc__, run, add_training_args)

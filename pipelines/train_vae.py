@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines._cli import stage_main
-from sphereard.config import POSTERIORS, Params, absolute_paths, as_dict
+from pipelines._cli import add_training_args, stage_main
+from sphereard.config import Params, absolute_paths, as_dict
 from sphereard.data import images_as_uint8
 from sphereard.eval.reconstruction import reconstruction_metrics
 from sphereard.export import export_model
@@ -86,11 +86,5 @@ def run(params: Params, args) -> None:
         log.info("%s: %s", name, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
 
-def add_args(parser) -> None:
-    parser.add_argument("--posterior", required=True, choices=POSTERIORS)
-    parser.add_argument("--stop-after", type=int, default=None,
-                        help="end after this many steps (checkpointed); a rerun resumes")
-
-
 if __name__ == "__main__":
-    stage_main(__doc__, run, add_args)
+    stage_main(__doc__, run, add_training_args)

@@ -154,7 +154,7 @@ def run_benchmark(args) -> dict:
     torch.manual_seed(args.seed)
     with torch.device(device):
         model = create_generator(args.preset)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu (torch threads: {torch.get_num_threads()})"
     result = {"preset": args.preset, "params": count_params(model), "num_tokens": model.arch.num_tokens, "device": name,
               "precision": precision, "compile": args.compile, "torch": torch.__version__}
     result.update(bench_training(args, model, device, precision))

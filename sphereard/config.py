@@ -139,7 +139,7 @@ class TokenizerConfig:
     eval_images: int = 2000
     out: str = "outputs/tokenizer"
     train: TokenizerTrainConfig = field(default_factory=lambda: TokenizerTrainConfig(
-        steps=1000, batch_size=64, sample_every=250, disc_start=100_000,
+        steps=600, batch_size=64, sample_every=200, ckpt_every=200, disc_start=100_000,
         optim=OptimConfig(lr=5e-4, min_lr=5e-5, warmup_steps=100, ema_decay=0.99)))
 
     def __post_init__(self):
@@ -170,7 +170,7 @@ class GeneratorConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     out: str = "outputs/generator"
     train: TrainLoopConfig = field(default_factory=lambda: TrainLoopConfig(
-        steps=1500, batch_size=64, sample_every=500,
+        steps=1000, batch_size=64, sample_every=250, ckpt_every=250,
         optim=OptimConfig(lr=1e-3, min_lr=1e-5, warmup_steps=100, ema_decay=0.995)))
 
 
@@ -251,10 +251,10 @@ class SweepConfig:
     radii: list[float | None] = field(default_factory=lambda: [None])
     posteriors: list[Posterior] = field(default_factory=lambda: list(POSTERIORS))
     projections: list[Projection] = field(default_factory=lambda: ["auto"])
-    sampler_steps: list[int] = field(default_factory=lambda: [50])
+    sampler_steps: list[int] = field(default_factory=lambda: [25])
     seeds: list[int] = field(default_factory=lambda: [0])
     scheduler: Literal["grid", "asha"] = "grid"
-    num_per_class: int = 50
+    num_per_class: int = 30
     max_concurrent: int = 1
     train: bool = False  # train tokenizer + generator inside every trial (radius ablations always do)
     train_steps_fraction: float = 1.0  # training trials: tokenizer/generator steps (and warmup) scaled by this

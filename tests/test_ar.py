@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+
 from sphereard.ar import (
     GENERATOR_PRESETS,
     cfg_combine,
@@ -21,9 +22,10 @@ from sphereard.ar import (
     score_from_velocity,
     velocity_target,
 )
-from sphereard.ar.presets import PAPER_PARAMS, README_PARAMS
+from sphereard.ar.presets import NO_DECAY_PATTERNS, PAPER_PARAMS, README_PARAMS
 from sphereard.errors import UserError
 from sphereard.geometry import project_to_sphere
+from sphereard.train.optim import param_groups
 
 F32_TOL = 1e-5  # float32 agreement between mathematically equal computations
 TINY = dict(dim=32, depth=2, heads=2, mlp_hidden=64, num_class_tokens=2, grid_size=2, token_dim=4,
@@ -214,7 +216,7 @@ def test_small_presets_and_errors():
 
 def test_param_groups_cover_every_parameter_once():
     model = create_generator("fmnist-xs")
-    decay, rest = model.param_groups(0.05)
+    decay, rest = param_groups(model.named_parameters(), 0.05, NO_DECAY_PATTERNS)
     ids = [id(p) for p in decay["params"] + rest["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
     assert id(model.transformer.class_embed.weight) in {id(p) for p in rest["params"]}

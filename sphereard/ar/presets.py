@@ -94,6 +94,11 @@ def resolve_generator_arch(name: str, overrides: dict | None = None, key: str = 
     return from_dict(GeneratorArch, merged, f"{key}.overrides")  # rejects unknown keys and wrong types
 
 
+# AdamW no-decay rule (paper Sec. 4.1): embeddings, the input projection and 1-D params
+# (1-D params are excluded by `sphereard.train.optim.is_no_decay` itself).
+NO_DECAY_PATTERNS = (r"^transformer\.class_embed\.", r"^transformer\.proj_in\.", r"^head\.pos_embed\.")
+
+
 class SphereARModel(nn.Module):
     """Causal transformer + per-token diffusion head; `loss` for training, `sample` for generation."""
 
@@ -116,16 +121,6 @@ class SphereARModel(nn.Module):
     def sample(self, labels: torch.Tensor, **kwargs):
         """`sphereard.ar.sampler.generate` with this model's transformer and head."""
         return generate(self.transformer, self.head, labels, **kwargs)
-
-    def param_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: no decay for embeddings, the input projection and 1-D params (paper Sec. 4.1)."""
-        no_decay_modules = (self.transformer.class_embed, self.transformer.proj_in, self.head.pos_embed)
-        no_decay_ids = {id(p) for m in no_decay_modules for p in m.parameters()}
-        decay, rest = [], []
-        for p in self.parameters():
-            if p.requires_grad:
-                (rest if p.ndim < 2 or id(p) in no_decay_ids else decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
 def create_generator(name: str, **overrides) -> SphereARModel:

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from sphereard.ar.presets import GeneratorArch, SphereARModel, create_generator, resolve_generator_arch
+from sphereard.ar.presets import (NO_DECAY_PATTERNS, GeneratorArch, SphereARModel, create_generator,
+                                  resolve_generator_arch)
 from sphereard.ar.projection import default_projection
 from sphereard.config import OptimConfig, Params, SamplingConfig
 from sphereard.errors import UserError
@@ -27,9 +28,6 @@ from sphereard.train import StepContext, TrainTask, build_ema, build_optimizer, 
 
 log = logging.getLogger(__name__)
 
-# Same partition as `SphereARModel.param_groups` (checked in tests/test_ar_stages.py): class
-# embedding, transformer input projection and the head's per-position embedding are not decayed.
-NO_DECAY_PATTERNS = (r"^transformer\.class_embed\.", r"^transformer\.proj_in\.", r"^head\.pos_embed\.")
 MEDIA_MAX_CLASSES = 10  # the training-time grid shows at most this many classes (evenly spaced)
 MEDIA_PER_CLASS = 4  # images per class: one grid row per class
 MEDIA_MAX_SAMPLER_STEPS = 16  # few sampler steps: a progress picture, not an evaluation
