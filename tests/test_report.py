@@ -216,7 +216,8 @@ def test_derived_statements_follow_the_numbers(tmp_path, monkeypatch, best):
             "gaussian (9.0%); within for ") in shows
     assert "radial share of teacher-forced squared error is largest for **gaussian** (20.0%)" in shows
     caveats = md.split("## What they do not show")[1]
-    assert "Small budget: tokenizers trained 1000 steps" in caveats and "test accuracy 0.9125" in caveats
+    steps = params.tokenizer.train.steps
+    assert f"Small budget: tokenizers trained {steps} steps" in caveats and "test accuracy 0.9125" in caveats
     assert "The sweep has 2 trial(s) per point (mean ± std)" in caveats
     assert "is larger than their summed seed std (0.1414)" in shows
     assert "against 10,000 real images" in caveats and "from 1,000 samples" in caveats
