@@ -170,15 +170,15 @@ class GeneratorConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     out: str = "outputs/generator"
     train: TrainLoopConfig = field(default_factory=lambda: TrainLoopConfig(
-        steps=1000, batch_size=64, sample_every=250, ckpt_every=250,
-        optim=OptimConfig(lr=1e-3, min_lr=1e-5, warmup_steps=100, ema_decay=0.995)))
+        steps=400, batch_size=64, sample_every=200, ckpt_every=200,
+        optim=OptimConfig(lr=1e-3, min_lr=1e-5, warmup_steps=40, ema_decay=0.99)))
 
 
 @dataclass
 class SamplingConfig:
     """Sampling (`sample` stage): CFG on the velocity and the projection after CFG (paper Sec. 3.3)."""
 
-    num_per_class: int = 100
+    num_per_class: int = 50
     batch_size: int = 250
     cfg_scale: float = 3.0
     cfg_schedule: Literal["constant", "linear"] = "linear"
@@ -247,14 +247,14 @@ class EvaluationConfig:
 class SweepConfig:
     """Ray Tune ablation grid (`sweep` stage)."""
 
-    cfg_scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0, 4.5])
+    cfg_scales: list[float] = field(default_factory=lambda: [1.0, 3.0, 6.0])
     radii: list[float | None] = field(default_factory=lambda: [None])
     posteriors: list[Posterior] = field(default_factory=lambda: list(POSTERIORS))
     projections: list[Projection] = field(default_factory=lambda: ["auto"])
     sampler_steps: list[int] = field(default_factory=lambda: [25])
     seeds: list[int] = field(default_factory=lambda: [0])
     scheduler: Literal["grid", "asha"] = "grid"
-    num_per_class: int = 30
+    num_per_class: int = 20
     max_concurrent: int = 1
     train: bool = False  # train tokenizer + generator inside every trial (radius ablations always do)
     train_steps_fraction: float = 1.0  # training trials: tokenizer/generator steps (and warmup) scaled by this
