@@ -4,7 +4,6 @@
 2 local CPU workers (gloo DDP), the real TokenizerTask on smoke data.
 """
 
-import dataclasses
 import functools
 import json
 import os
@@ -16,10 +15,8 @@ import pytest
 import ray
 import ray.cloudpickle
 import ray.train
+from smoke_helpers import two_worker_tokenizer_params
 
-from sphereard.config import absolute_paths, parse_params
-from sphereard.data import prepare_dataset
-from sphereard.profiles import materialise
 from sphereard.tokenizer.task import TokenizerTask
 from sphereard.train import LoopSpec, fit, load_latest
 from sphereard.train.launch import init_ray
@@ -69,18 +66,7 @@ class DyingTokenizerTask(TokenizerTask):
 
 @pytest.fixture()
 def smoke_params(tmp_path):
-    data = materialise("smoke")
-    data["data"]["out"] = str(tmp_path / "shards")
-    data["data"]["max_per_class"] = 8
-    data["tokenizer"]["out"] = str(tmp_path / "tokenizer")
-    params = absolute_paths(parse_params(data))
-    prepare_dataset(params.data, params.data.out)
-    tok = params.tokenizer
-    train = dataclasses.replace(tok.train, steps=STEPS, batch_size=16, ckpt_every=CKPT_EVERY, log_every=CKPT_EVERY,
-                                sample_every=STEPS, lpips_weight=0.0, disc_weight=0.0,
-                                ray=dataclasses.replace(tok.train.ray, num_workers=2, cpus_per_worker=1,
-                                                        max_failures=1, storage=str(tmp_path / "ray")))
-    return dataclasses.replace(params, tokenizer=dataclasses.replace(tok, train=train))
+    return two_worker_tokenizer_params(tmp_path, STEPS, CKPT_EVERY, max_failures=1)
 
 
 @pytest.fixture()

@@ -6,7 +6,6 @@ exactly as `dvc repro` does on a real cluster. Token auth (Ray 2.60) is on in ev
 """
 
 import ctypes
-import dataclasses
 import functools
 import json
 import os
@@ -23,10 +22,8 @@ import pytest
 import ray
 import ray.cloudpickle
 from ray._raylet import Config as RayCoreConfig
+from smoke_helpers import two_worker_tokenizer_params
 
-from sphereard.config import absolute_paths, parse_params
-from sphereard.data import prepare_dataset
-from sphereard.profiles import materialise
 from sphereard.tokenizer.task import TokenizerTask
 from sphereard.train import LoopSpec, fit, load_latest
 
@@ -183,18 +180,7 @@ class NodeRecordingTokenizerTask(TokenizerTask):
 
 @pytest.fixture()
 def smoke_params(tmp_path):
-    data = materialise("smoke")
-    data["data"]["out"] = str(tmp_path / "shards")
-    data["data"]["max_per_class"] = 8
-    data["tokenizer"]["out"] = str(tmp_path / "tokenizer")
-    params = absolute_paths(parse_params(data))
-    prepare_dataset(params.data, params.data.out)
-    tok = params.tokenizer
-    train = dataclasses.replace(tok.train, steps=STEPS, batch_size=16, ckpt_every=2, log_every=2,
-                                sample_every=STEPS, lpips_weight=0.0, disc_weight=0.0,
-                                ray=dataclasses.replace(tok.train.ray, num_workers=2, cpus_per_worker=1,
-                                                        storage=str(tmp_path / "ray")))
-    return dataclasses.replace(params, tokenizer=dataclasses.replace(tok, train=train))
+    return two_worker_tokenizer_params(tmp_path, STEPS, 2)
 
 
 @pytest.mark.timeout(TEST_TIMEOUT_S)  # a hang fails the test; the fixture still stops the cluster
