@@ -7,7 +7,6 @@ out-of-range values with one line naming the key and value, then checks cross-bl
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -354,11 +353,6 @@ def absolute_paths(params: Params) -> Params:
         params, data=resolve(params.data), tokenizer=resolve(params.tokenizer), encode=resolve(params.encode),
         generator=resolve(params.generator), sampling=resolve(params.sampling), classifier=resolve(params.classifier),
         evaluation=resolve(params.evaluation), sweep=resolve(params.sweep))
-
-
-def default_radius(latent_dim: int) -> float:
-    """R = sqrt(d), the paper's choice (Sec. 4.1)."""
-    return math.sqrt(latent_dim)
 
 
 def as_dict(params: Any) -> dict:
