@@ -14,16 +14,22 @@ from sphereard.errors import UserError
 USER_ERROR_EXIT = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CPU_THREADS_ENV = "SPHEREARD_CPU_THREADS"
-DEFAULT_CPU_THREADS = "1"  # small CPU models: intra-op threads cost more than they give (measured 17x slower
-                           # sampling with 2 threads on a busy 2-core machine); Ray Train workers use cpus_per_worker
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and `taskset` narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def configure_cpu_threads() -> None:
-    """Intra-op threads for single-process CPU work ($SPHEREARD_CPU_THREADS, default 1)."""
+    """Intra-op threads for single-process CPU work: $SPHEREARD_CPU_THREADS, default every available CPU.
+
+    Set it to 1 when other heavy jobs share the machine: oversubscribed intra-op threads spin-wait
+    (sampling ran 17x slower with 2 threads on a 2-core machine that was also running the tests)."""
     import torch
 
     if not torch.cuda.is_available():
-        torch.set_num_threads(int(os.environ.get(CPU_THREADS_ENV, DEFAULT_CPU_THREADS)))
+        torch.set_num_threads(int(os.environ.get(CPU_THREADS_ENV, available_cpus())))
 
 
 def add_posterior_arg(parser: argparse.ArgumentParser) -> None:

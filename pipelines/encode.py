@@ -1,5 +1,6 @@
-"""DVC stage `encode@{posterior}`: cache the posterior parameters of every train image and of its
-horizontal flip, so AR training draws a fresh posterior sample at every step (SphereAR Sec. 4.1).
+"""DVC stage `encode@{posterior}`: cache the posterior parameters of every train image (and of its
+horizontal flip with `encode.hflip`), so AR training draws a fresh posterior sample at every step
+(SphereAR Sec. 4.1).
 
     python -m pipelines.encode --posterior spherical [--params FILE]
 """
@@ -42,12 +43,15 @@ def encode_split(params: Params, posterior: str, device: torch.device) -> dict:
     with LatentCacheWriter(latent_dir(params, posterior), cache_meta, params.encode.dtype) as cache:
         for images, labels in tqdm(loader, desc=f"encode {posterior}", unit="batch", mininterval=5):
             images = images.to(device)
-            both = vae.encode_params(torch.cat([images, images.flip(HORIZONTAL)]))  # (2B, L, P)
-            plain, flipped = both.float().cpu().numpy().reshape(2, len(images), *both.shape[1:])
-            cache.write(plain, flipped, labels.numpy())
+            views = [images, images.flip(HORIZONTAL)] if params.encode.hflip else [images]
+            encoded = vae.encode_params(torch.cat(views))  # (V*B, L, P)
+            per_view = encoded.float().cpu().numpy().reshape(len(views), len(images), *encoded.shape[1:])
+            cache.write(per_view[0], labels.numpy(), per_view[1] if params.encode.hflip else None)
     elapsed = time.perf_counter() - start
-    log.info("encoded %d images (+ flips) with the %s tokenizer in %.1f s (%.0f images/s) -> %s",
-             cache.rows, posterior, elapsed, 2 * cache.rows / elapsed, latent_dir(params, posterior))
+    views = 2 if params.encode.hflip else 1
+    log.info("encoded %d images%s with the %s tokenizer in %.1f s (%.0f encodes/s) -> %s", cache.rows,
+             " (+ flips)" if params.encode.hflip else "", posterior, elapsed, views * cache.rows / elapsed,
+             latent_dir(params, posterior))
     return cache.meta
 
 

@@ -1,9 +1,9 @@
-"""Latent cache: posterior parameters of every train image and of its horizontal flip.
+"""Latent cache: posterior parameters of every train image and, optionally, of its horizontal flip.
 
 The AR stage draws a fresh posterior sample from these parameters at every step (SphereAR
 Sec. 4.1, as MAR does), instead of training on one frozen sample. One Parquet file per
-tokenizer: `label` (int32), `params` and `params_flip` (fixed-size lists of L*P floats), plus
-`meta.json` (posterior kind, radius, shapes, dtype, the Parquet file's sha256).
+tokenizer: `label` (int32), `params` and, with flips, `params_flip` (fixed-size lists of L*P
+floats), plus `meta.json` (posterior kind, radius, shapes, views, dtype, the Parquet file's sha256).
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ class LatentCacheWriter:
     """Streams batches into the cache; the directory appears only when `close()` succeeds.
 
         with LatentCacheWriter(out_dir, meta) as cache:
-            cache.write(params, params_flip, labels)  # (B, L, P), (B, L, P), (B,)
+            cache.write(params, labels, params_flip)  # (B, L, P), (B,), (B, L, P) or None
     """
 
     def __init__(self, out_dir: str | Path, meta: dict, dtype: str = "float16"):
         assert dtype in ARROW_DTYPES, f"cache dtype must be one of {sorted(ARROW_DTYPES)}"
         self.out_dir, self.meta, self.dtype = Path(out_dir), meta, dtype
-        self.rows, self.shape, self.writer = 0, None, None
+        self.rows, self.shape, self.views, self.writer = 0, None, None, None
 
     def __enter__(self) -> "LatentCacheWriter":
         self._atomic = atomic_path(self.out_dir)
@@ -51,14 +51,18 @@ class LatentCacheWriter:
         self.tmp.mkdir()
         return self
 
-    def write(self, params: np.ndarray, params_flip: np.ndarray, labels: np.ndarray) -> None:
-        assert params.shape == params_flip.shape and params.ndim == 3, "params and params_flip must both be (B, L, P)"
+    def write(self, params: np.ndarray, labels: np.ndarray, params_flip: np.ndarray | None = None) -> None:
+        assert params.ndim == 3, "params must be (B, L, P)"
+        assert params_flip is None or params_flip.shape == params.shape, "params_flip must match params (B, L, P)"
         assert len(labels) == params.shape[0], "one label per cached image"
         assert self.shape in (None, params.shape[1:]), "every batch must have the same (L, P)"
-        self.shape = params.shape[1:]
-        table = pa.table({"label": pa.array(labels.astype(np.int32)),
-                          "params": _fixed_list(params, self.dtype),
-                          "params_flip": _fixed_list(params_flip, self.dtype)})
+        views = 1 if params_flip is None else 2
+        assert self.views in (None, views), "every batch must have the same views (with or without flips)"
+        self.shape, self.views = params.shape[1:], views
+        columns = {"label": pa.array(labels.astype(np.int32)), "params": _fixed_list(params, self.dtype)}
+        if params_flip is not None:
+            columns["params_flip"] = _fixed_list(params_flip, self.dtype)
+        table = pa.table(columns)
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.tmp / LATENTS_FILE, table.schema, compression="zstd")
         self.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
@@ -70,7 +74,7 @@ class LatentCacheWriter:
         if exc_type is None:
             assert self.rows > 0, "the latent cache must hold at least one image"
             self.meta = {**self.meta, "rows": self.rows, "num_tokens": self.shape[0], "params_dim": self.shape[1],
-                         "dtype": self.dtype, "sha256": sha256_file(self.tmp / LATENTS_FILE)}
+                         "views": self.views, "dtype": self.dtype, "sha256": sha256_file(self.tmp / LATENTS_FILE)}
             (self.tmp / META_FILE).write_text(json.dumps(self.meta, indent=2))
         self._atomic.__exit__(exc_type, exc, tb)
 
@@ -88,19 +92,19 @@ def read_latent_meta(cache_dir: str | Path, verify: bool = True) -> dict:
 
 
 def read_latent_cache(cache_dir: str | Path, verify: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Returns params (N, 2, L, P) [original, flipped], labels (N,), meta."""
+    """Returns params (N, V, L, P) [original, flipped when cached], labels (N,), meta."""
     meta = read_latent_meta(cache_dir, verify)
     table = pq.read_table(Path(cache_dir) / LATENTS_FILE, memory_map=True)
     shape = (meta["rows"], meta["num_tokens"], meta["params_dim"])
-    both = [table.column(c).combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(shape)
-            for c in PARAM_COLUMNS]
-    params = torch.from_numpy(np.stack(both, axis=1))  # (N, 2, L, P)
+    views = [table.column(c).combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(shape)
+             for c in PARAM_COLUMNS if c in table.column_names]
+    params = torch.from_numpy(np.stack(views, axis=1))  # (N, V, L, P)
     labels = torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
     return params, labels, meta
 
 
 class LatentDataset(Dataset):
-    """Items (params (L, P) float32 of the image or its flip, chosen at random; label)."""
+    """Items (params (L, P) float32 of the image or, when cached, its flip, chosen at random; label)."""
 
     def __init__(self, cache_dir: str | Path, verify: bool = True):
         self.params, self.labels, self.meta = read_latent_cache(cache_dir, verify)
@@ -109,5 +113,5 @@ class LatentDataset(Dataset):
         return self.labels.shape[0]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        view = int(torch.randint(2, ()))  # horizontal-flip augmentation, as cached
+        view = int(torch.randint(self.params.shape[1], ()))  # horizontal-flip augmentation, as cached
         return self.params[index, view].float(), self.labels[index]

@@ -77,7 +77,7 @@ def write_synthetic_cache(out_dir, rows=ROWS, num_classes=CLASSES):
     meta = {"posterior": "spherical", "radius": math.sqrt(D), "on_sphere": True, "latent_dim": D, "grid_size": GRID,
             "num_classes": num_classes, "tokenizer": {}}
     with LatentCacheWriter(out_dir, meta, "float32") as cache:
-        cache.write(params, params, labels.numpy())
+        cache.write(params, labels.numpy(), params)
 
 
 def tiny_params(tmp_path, **generator_overrides) -> Params:

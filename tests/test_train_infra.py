@@ -258,11 +258,11 @@ def _records(path):
 
 
 def _loop(tmp_path, steps, num_workers, **kw):
-    loop = TrainLoopConfig(steps=steps, batch_size=32, log_every=5, sample_every=steps, ckpt_every=10,
+    """num_workers 0 = Ray Train local mode (in-process); workers get 1 CPU each (2 on a 2-core CI box)."""
+    return TrainLoopConfig(steps=steps, batch_size=32, log_every=5, sample_every=steps, ckpt_every=10,
                            optim=OptimConfig(lr=3e-2, warmup_steps=4, ema_decay=0.9),
-                           ray=RayConfig(num_workers=max(num_workers, 1), storage=str(tmp_path / "ray"), **kw))
-    loop.ray.num_workers = num_workers  # 0 = Ray Train local mode (in-process); params.yaml requires >= 1
-    return loop
+                           ray=RayConfig(**{"num_workers": num_workers, "cpus_per_worker": 1,
+                                            "storage": str(tmp_path / "ray"), **kw}))
 
 
 def test_stop_after_then_resume_matches_uninterrupted_run(tmp_path, mlflow_uri):
@@ -340,3 +340,13 @@ def test_ray_ddp_two_workers_recover_from_failure(tmp_path, ray_local):
     ckpt = load_latest(tmp_path / "ckpt")
     assert ckpt.step == 40 and ckpt.meta["world_size"] == 2
     assert sorted(p.name for p in ckpt.path.parent.iterdir() if p.is_dir()) == ["step-00000030", "step-00000040"]
+
+
+def test_worker_group_larger_than_local_ray_fails_fast(tmp_path, ray_local, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    too_many = int(ray.cluster_resources()["CPU"])  # 2 workers x all CPUs: twice what the instance has
+    spec = LoopSpec(task_factory=functools.partial(RegressionTask, str(tmp_path)),
+                    loop=_loop(tmp_path, steps=4, num_workers=2, cpus_per_worker=too_many),
+                    ckpt_dir=str(tmp_path / "ckpt"))
+    with pytest.raises(UserError, match=rf"ray.num_workers=2 x ray.cpus_per_worker={too_many} needs {2 * too_many} CPUs"):
+        fit(spec, "infra-too-big")

@@ -58,6 +58,16 @@ def init_ray(num_cpus_needed: int = 1) -> None:
              runtime_env={"worker_process_setup_hook": quiet_state_api_warnings})
 
 
+def check_local_capacity(ray_cfg: RayConfig) -> None:
+    """Fail fast when a local instance (no RAY_ADDRESS; an autoscaling cluster may still grow) can
+    never hold the worker group: Ray would otherwise wait for the CPUs forever."""
+    needed = ray_cfg.num_workers * ray_cfg.cpus_per_worker
+    have = ray.cluster_resources().get("CPU", 0)
+    if not os.environ.get("RAY_ADDRESS") and have < needed:
+        raise UserError(f"ray.num_workers={ray_cfg.num_workers} x ray.cpus_per_worker={ray_cfg.cpus_per_worker} "
+                        f"needs {needed} CPUs, but the running local Ray instance has {have:g}")
+
+
 def unique_run_name(run_name: str) -> str:
     """`train_vae@spherical` -> `train_vae@spherical-20250101-120000-1a2b3c` (Ray needs one per run)."""
     return f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -87,6 +97,7 @@ def run_training(train_fn: Callable[[dict], None], fn_config: dict, ray_cfg: Ray
         raise UserError(f"{V2_ENABLED_ENV_VAR}={os.environ[V2_ENABLED_ENV_VAR]}: sphereard needs Ray Train V2 (unset it)")
     if ray_cfg.num_workers > 0:
         init_ray(ray_cfg.num_workers * ray_cfg.cpus_per_worker)
+        check_local_capacity(ray_cfg)
     name = unique_run_name(run_name)
     trainer = TorchTrainer(
         train_fn,

@@ -215,6 +215,8 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    elif loop.ray.num_workers > 0:  # a Ray worker: its CPU share is its intra-op thread count
+        torch.set_num_threads(loop.ray.cpus_per_worker)
     ctx = StepContext(device=device, rank=rank, world_size=world_size, local_batch_size=loop.batch_size // world_size,
                       total_steps=loop.steps, optim=loop.optim, precision=resolve_precision(loop.precision, device),
                       run=spec.run if rank == 0 else NullRun())
