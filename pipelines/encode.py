@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from pipelines._cli import add_posterior_arg, stage_main
@@ -31,14 +31,23 @@ def latent_dir(params: Params, posterior: str) -> Path:
     return Path(params.encode.out) / posterior
 
 
+def subset_indices(num_images: int, max_images: int | None, seed: int) -> list[int]:
+    """All indices, or a sorted random subset of `max_images` of them (the same for every tokenizer)."""
+    if max_images is None or max_images >= num_images:
+        return list(range(num_images))
+    chosen = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))[:max_images]
+    return sorted(chosen.tolist())
+
+
 @torch.no_grad()
 def encode_split(params: Params, posterior: str, device: torch.device) -> dict:
     vae, meta = load_tokenizer(Path(params.tokenizer.out) / posterior / "model", device)
     dataset = ShardDataset(params.data.out, "train", flip=False)
-    loader = DataLoader(dataset, batch_size=params.encode.batch_size, shuffle=False)
+    indices = subset_indices(len(dataset), params.encode.max_images, params.seed)
+    loader = DataLoader(Subset(dataset, indices), batch_size=params.encode.batch_size, shuffle=False)
     cache_meta = {"posterior": posterior, "radius": vae.radius, "on_sphere": vae.on_sphere,
                   "latent_dim": vae.latent_dim, "grid_size": vae.grid_size, "num_classes": dataset.num_classes,
-                  "tokenizer": meta}
+                  "train_images": len(dataset), "tokenizer": meta}
     start = time.perf_counter()
     with LatentCacheWriter(latent_dir(params, posterior), cache_meta, params.encode.dtype) as cache:
         for images, labels in tqdm(loader, desc=f"encode {posterior}", unit="batch", mininterval=5):
@@ -49,9 +58,9 @@ def encode_split(params: Params, posterior: str, device: torch.device) -> dict:
             cache.write(per_view[0], labels.numpy(), per_view[1] if params.encode.hflip else None)
     elapsed = time.perf_counter() - start
     views = 2 if params.encode.hflip else 1
-    log.info("encoded %d images%s with the %s tokenizer in %.1f s (%.0f encodes/s) -> %s", cache.rows,
-             " (+ flips)" if params.encode.hflip else "", posterior, elapsed, views * cache.rows / elapsed,
-             latent_dir(params, posterior))
+    log.info("encoded %d of %d train images%s with the %s tokenizer in %.1f s (%.0f encodes/s) -> %s", cache.rows,
+             len(dataset), " (+ flips)" if params.encode.hflip else "", posterior, elapsed,
+             views * cache.rows / elapsed, latent_dir(params, posterior))
     return cache.meta
 
 

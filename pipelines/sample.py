@@ -32,6 +32,7 @@ from pipelines._cli import add_posterior_arg, stage_main
 from sphereard.ar.task import sampling_kwargs, tokenizer_model_dir
 from sphereard.config import Params, as_dict
 from sphereard.errors import UserError
+from sphereard.eval.adm import save_samples_npz
 from sphereard.export import load_generator, load_tokenizer
 from sphereard.tokenizer.inference import model_to_uint8
 from sphereard.tracking import image_grid, start_run
@@ -104,14 +105,6 @@ def generate_all(model, vae, labels: np.ndarray, batch_size: int, kwargs: dict, 
     return {"images": images, "latents": latents, "norms": norms, "generate_s": gen_s, "decode_s": dec_s}
 
 
-def write_npz(path: Path, images: np.ndarray, labels: np.ndarray, latents: np.ndarray, norms: np.ndarray) -> None:
-    """ADM sample layout (arr_0, arr_1) plus our extra arrays; ADM readers ignore the extras."""
-    assert images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] in (1, 3), "arr_0 must be uint8 NHWC"
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, arr_0=images, arr_1=labels.astype(np.int64), latents=latents.astype(np.float32),
-                 norms=norms.astype(np.float32))
-
-
 def _grid(images: np.ndarray, nrow: int):
     return image_grid(torch.from_numpy(images).permute(0, 3, 1, 2).float(), nrow=nrow, value_range=(0.0, 255.0))
 
@@ -155,7 +148,8 @@ def run(params: Params, args) -> None:
         log.info("sampling %d images (%d classes x %d) on %s: %s", len(labels), num_classes, cfg.num_per_class,
                  device, settings)
         res = generate_all(model, vae, labels, cfg.batch_size, kwargs, cfg.seed, device)
-        write_npz(out / NPZ_FILE, res["images"], labels, res["latents"], res["norms"])
+        save_samples_npz(out / NPZ_FILE, res["images"], labels,
+                         extra={"latents": res["latents"], "norms": res["norms"]})  # (N, L, d), (N, L) float32
         overview = write_grids(out / GRIDS_DIR, res["images"], labels, num_classes)
         total_s = res["generate_s"] + res["decode_s"]
         tokens = res["latents"].shape[0] * res["latents"].shape[1]

@@ -69,10 +69,11 @@ def test_two_ray_workers_lower_the_loss_and_resume_at_the_saved_step(smoke_param
 
 
 def test_encode_round_trip_reproduces_encoder_output(smoke_params):
-    from pipelines.encode import encode_split, latent_dir
+    from pipelines.encode import encode_split, latent_dir, subset_indices
 
-    for posterior, hflip in (("spherical", True), ("gaussian", False)):
-        smoke_params = dataclasses.replace(smoke_params, encode=dataclasses.replace(smoke_params.encode, hflip=hflip))
+    for posterior, hflip, max_images in (("spherical", True, None), ("gaussian", False, 50)):
+        smoke_params = dataclasses.replace(smoke_params, encode=dataclasses.replace(
+            smoke_params.encode, hflip=hflip, max_images=max_images))
         torch.manual_seed(1)
         vae = create_tokenizer(smoke_params.tokenizer.preset, posterior=posterior).eval()
         model_dir = f"{smoke_params.tokenizer.out}/{posterior}/model"
@@ -80,10 +81,12 @@ def test_encode_round_trip_reproduces_encoder_output(smoke_params):
         meta = encode_split(smoke_params, posterior, torch.device("cpu"))
         params, labels, read_meta = read_latent_cache(latent_dir(smoke_params, posterior))
         dataset = ShardDataset(smoke_params.data.out, "train")
-        assert meta["rows"] == len(dataset) == params.shape[0]
+        kept = subset_indices(len(dataset), max_images, smoke_params.seed)
+        assert meta["rows"] == len(kept) == params.shape[0] == (max_images or len(dataset))
+        assert meta["train_images"] == len(dataset)
         assert params.shape[1] == read_meta["views"] == (2 if hflip else 1)
         assert read_meta["posterior"] == posterior and read_meta["radius"] == pytest.approx(vae.radius)
-        x = torch.stack([dataset[i][0] for i in range(len(dataset))])
+        x = torch.stack([dataset[i][0] for i in kept])
         loaded, _ = load_tokenizer(model_dir)
         with torch.no_grad():
             expected = loaded.encode_params(x)
@@ -92,9 +95,18 @@ def test_encode_round_trip_reproduces_encoder_output(smoke_params):
         assert torch.allclose(params[:, 0].float() / scale, expected / scale, atol=FP16_ATOL)
         if hflip:
             assert torch.allclose(params[:, 1].float() / scale, expected_flip / scale, atol=FP16_ATOL)
-        assert torch.equal(labels, torch.as_tensor(dataset.labels))
+        assert torch.equal(labels, torch.as_tensor(dataset.labels[kept]))
         item, label = LatentDataset(latent_dir(smoke_params, posterior))[0]
         assert item.shape == (vae.num_tokens, vae.params_dim) and item.dtype == torch.float32
+
+
+def test_encode_subset_is_seeded_sorted_and_unique():
+    from pipelines.encode import subset_indices
+
+    assert subset_indices(5, None, 0) == subset_indices(5, 9, 0) == [0, 1, 2, 3, 4]
+    picked = subset_indices(1000, 100, seed=3)
+    assert len(set(picked)) == 100 and picked == sorted(picked) and picked == subset_indices(1000, 100, seed=3)
+    assert picked != subset_indices(1000, 100, seed=4)
 
 
 def test_latent_cache_detects_tampering(smoke_params):

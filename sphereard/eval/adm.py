@@ -69,14 +69,20 @@ def adm_ref_stats(path: str | Path, extractor=None, batch_size: int = 250) -> Re
     return RefStats(ADM_STATS_TAG, ref["mu"].astype(np.float64), ref["sigma"].astype(np.float64), None, 0)
 
 
-def save_samples_npz(path: str | Path, images: np.ndarray, labels=None) -> Path:
-    """Write samples in the ADM layout: arr_0 uint8 (N, H, W, C) [, arr_1 int64 labels (N,)]."""
+def save_samples_npz(path: str | Path, images: np.ndarray, labels=None,
+                     extra: dict[str, np.ndarray] | None = None) -> Path:
+    """Write samples in the ADM layout: arr_0 uint8 (N, H, W, C) [, arr_1 int64 labels (N,)],
+    plus `extra` per-image arrays (e.g. latents, norms) that ADM readers ignore."""
     _check_images(images, "samples")
     arrays = {"arr_0": images}
     if labels is not None:
         labels = np.asarray(labels, dtype=np.int64)
         assert labels.shape == (len(images),), "one label per image"
         arrays["arr_1"] = labels
+    for name, values in (extra or {}).items():
+        assert not name.startswith("arr_"), f"extra array {name!r}: arr_* names belong to the ADM layout"
+        assert len(values) == len(images), f"extra array {name!r}: one row per image"
+        arrays[name] = values
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
     return Path(path)

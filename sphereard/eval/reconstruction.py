@@ -39,7 +39,8 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE) -> fl
 
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = DATA_RANGE) -> float:
     """Mean SSIM of float (N, C, H, W) images in [0, data_range]; 1 if identical."""
-    return structural_similarity_index_measure(x.double(), y.double(), data_range=data_range).item()
+    # float32: 17x faster than float64 on CPU (2000 32x32 images: 0.75 s vs 12.8 s), equal to ~1e-7
+    return structural_similarity_index_measure(x.float(), y.float(), data_range=data_range).item()
 
 
 @torch.no_grad()
