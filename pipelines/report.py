@@ -137,12 +137,14 @@ def machine() -> str:
 
 
 def section_run(params: Params, inp: Inputs) -> list[str]:
-    d, tok, gen, sp = params.data, params.tokenizer, params.generator, params.sampling
+    d, tok, enc, gen, sp = params.data, params.tokenizer, params.encode, params.generator, params.sampling
+    cached = "every train image" if enc.max_images is None else f"a seeded subset of {enc.max_images:,} train images"
     devices = sorted({s["device"] for s in inp.stats.values() if s and "device" in s}) or ["unknown"]
     rows = [("profile", params.profile), ("seed", params.seed),
             ("data", f"{d.source}, {d.image_size}x{d.image_size}x{d.channels}, max_per_class={d.max_per_class}"),
             ("tokenizers", f"preset {tok.preset}, posteriors {', '.join(inp.posteriors)}, "
                            f"{tok.train.steps} steps x batch {tok.train.batch_size}"),
+            ("latent cache", f"{cached}, horizontal flips {'cached' if enc.hflip else 'not cached'}"),
             ("generators", f"preset {gen.preset}, {gen.train.steps} steps x batch {gen.train.batch_size}"),
             ("sampling", f"{sp.num_per_class}/class, cfg_scale {sp.cfg_scale:g} ({sp.cfg_schedule}), "
                          f"{sp.sampler} {sp.steps} steps, projection {sp.projection}"),
