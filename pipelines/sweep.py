@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
+import ray
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS, TIME_TOTAL_S
@@ -81,6 +83,15 @@ def cpus_needed(params: Params, trials: list[TrialSettings]) -> int:
         per_trial += max(max(1, c.ray.num_workers) * c.ray.cpus_per_worker
                          for c in (params.tokenizer.train, params.generator.train))
     return params.sweep.max_concurrent * per_trial
+
+
+def start_ray(num_cpus: int) -> None:
+    """init_ray, but first drop a local instance this process started earlier with fewer CPUs than
+    the trials (and their Ray Train workers) need: they would wait for the CPUs forever."""
+    if ray.is_initialized() and not os.environ.get("RAY_ADDRESS") and ray.cluster_resources().get("CPU", 0) < num_cpus:
+        log.info("restarting local Ray: the sweep needs %d CPUs", num_cpus)
+        ray.shutdown()
+    init_ray(num_cpus)
 
 
 def make_tuner(params: Params, trials: list[TrialSettings], context: SweepContext) -> tune.Tuner:
@@ -154,7 +165,7 @@ def run(params: Params, args) -> None:
         child_tags = {**tags, "sphereard.sweep": name, **({MLFLOW_GIT_COMMIT: commit} if commit else {})}
         context = SweepContext(params=params, repo_root=repo_root, tracking_uri=uri, parent_run_id=parent.run_id,
                                tags=child_tags, report_segments=sweep.scheduler == "asha")
-        init_ray(cpus_needed(params, trials))
+        start_ray(cpus_needed(params, trials))
         grid = make_tuner(params, trials, context).fit()
         rows = collect(grid)
         close_stopped_runs(rows, uri)
