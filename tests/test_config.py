@@ -39,6 +39,7 @@ def test_paper_profiles_use_paper_presets():
     assert (b.tokenizer.preset, b.generator.preset) == ("svae-paper", "SphereAR-B")
     assert b.data.image_size == 256 and b.sampling.cfg_scale == 4.5
     assert b.generator.train.batch_size == 512 and b.generator.train.optim.warmup_steps == 20_000
+    assert b.encode.hflip and b.encode.max_images is None  # the paper caches every image and its flip
 
 
 @pytest.mark.parametrize(
@@ -51,6 +52,7 @@ def test_paper_profiles_use_paper_presets():
         ("data.image_size", "big", "data.image_size='big': expected an integer"),
         ("data.channels", 2, "data.channels=2: must be one of"),
         ("generator.train.optim.lr", 0, "generator.train.optim.lr=0.0: must be positive"),
+        ("encode.max_images", 0, "encode.max_images=0: must be positive"),
         ("tokenizer.posteriors", ["spherical", "vmf"], "tokenizer.posteriors[1]='vmf': must be one of"),
         ("generator.train.batch_size", 7, None),
     ],
