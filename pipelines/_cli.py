@@ -59,5 +59,10 @@ def stage_main(description: str, run: Callable[[Params, argparse.Namespace], Non
         params = load_params(args.params)
         run(params, args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (a message quoting a multi-line library error stays one line)."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())

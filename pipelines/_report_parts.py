@@ -237,9 +237,11 @@ def plot_split_overview(frames: dict[str, pd.DataFrame], path: Path) -> None:
     """Teacher-forced error per position: solid = tangential, dashed = radial, one colour per tokenizer."""
     fig = Figure(figsize=FIG_SIZE)
     ax = fig.add_subplot()
-    for p, frame in frames.items():
-        line, = ax.plot(frame["position"], frame["tangential"], label=f"{p} tangential")
-        ax.plot(frame["position"], frame["radial"], ls="--", color=line.get_color(), label=f"{p} radial")
+    for p, frame in frames.items():  # long format: position, series (radial | tangential), error
+        part = {name: rows.sort_values("position") for name, rows in frame.groupby("series")}
+        line, = ax.plot(part["tangential"]["position"], part["tangential"]["error"], label=f"{p} tangential")
+        ax.plot(part["radial"]["position"], part["radial"]["error"], ls="--", color=line.get_color(),
+                label=f"{p} radial")
     ax.set(xlabel="token position", ylabel="mean |error|", title="teacher-forced error: radial vs tangential")
     ax.legend(fontsize="small")
     fig.tight_layout()

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from pipelines._cli import add_posterior_arg, stage_main
 from sphereard.config import Params
 from sphereard.data import ShardDataset
-from sphereard.export import load_tokenizer
+from sphereard.tokenizer.export import load_tokenizer
 from sphereard.latents import LatentCacheWriter
 from sphereard.utils.device import default_device
 
@@ -41,8 +41,13 @@ def subset_indices(num_images: int, max_images: int | None, seed: int) -> list[i
 
 @torch.no_grad()
 def encode_split(params: Params, posterior: str, device: torch.device) -> dict:
-    vae, meta = load_tokenizer(Path(params.tokenizer.out) / posterior / "model", device)
-    dataset = ShardDataset(params.data.out, "train", flip=False)
+    """Cache the posterior params of the train split (`encode.max_images` of them) -> the cache's meta.
+
+    Raises UserError naming the file when the tokenizer export is missing, corrupt or of another
+    posterior (`load_tokenizer`), or the prepared data are unreadable; nothing is written then."""
+    model_dir = Path(params.tokenizer.out) / posterior / "model"  # train_vae's export, the DVC dep
+    vae, meta = load_tokenizer(model_dir, device, posterior=posterior)
+    dataset = ShardDataset(params.data.out, "train")
     indices = subset_indices(len(dataset), params.encode.max_images, params.seed)
     loader = DataLoader(Subset(dataset, indices), batch_size=params.encode.batch_size, shuffle=False)
     cache_meta = {"posterior": posterior, "radius": vae.radius, "on_sphere": vae.on_sphere,

@@ -8,8 +8,13 @@ Writes under `evaluation.out/<posterior>/`:
                         and diagnostic summaries (norm drift, teacher-forced radial/tangential error)
   norm_trajectory.png   token norm vs sequence position, projection sphere vs none, at several CFG scales
   norm_trajectory.csv   the same numbers (DVC plots)
-  error_split.png/.csv  teacher-forced error per position, radial vs tangential (held-out images)
+  error_split.png/.csv  teacher-forced error per position, radial vs tangential (held-out images);
+                        the CSV is long: position, series (radial | tangential), error
 The MLflow run is nested under the AR training run it evaluates.
+
+Every input is read and checked first: a missing, truncated or mismatched file (samples.npz whose image
+size, channels, labels or label count differ from the data; exports of other models; references) is one
+line naming it, exit 2, and nothing is written.
 """
 
 from __future__ import annotations
@@ -23,14 +28,17 @@ import pandas as pd
 import torch
 
 from pipelines._cli import add_posterior_arg, stage_main
+from sphereard.ar.export import check_fits_data, check_pair, load_generator
 from sphereard.ar.teacher_forcing import teacher_forced_predictions
 from sphereard.config import Params
-from sphereard.data import images_as_uint8
+from sphereard.data import MANIFEST_NAME, images_as_uint8, load_manifest
+from sphereard.errors import UserError
 from sphereard.eval import (detect_norm_drift, generation_metrics, load_samples_npz, norm_trajectory,
                             plot_error_split, plot_norm_trajectories, radial_tangential_error, reconstruction_metrics)
-from sphereard.eval.setup import build_extractors, load_references
-from sphereard.export import load_generator, load_tokenizer
+from sphereard.eval.classifier import META_NAME
+from sphereard.eval.setup import build_extractors, classifier_model_dir, load_references
 from sphereard.tokenizer import load_lpips
+from sphereard.tokenizer.export import load_tokenizer
 from sphereard.tokenizer.inference import reconstruct, uint8_to_model
 from sphereard.tracking import start_run
 from sphereard.utils.device import default_device
@@ -39,16 +47,42 @@ from sphereard.utils.io import atomic_path, atomic_write_text
 log = logging.getLogger("pipelines.evaluate")
 
 PROJECTIONS = ("sphere", "none")
+SAMPLES_FILE = "samples.npz"
 
 
 def eval_dir(params: Params, posterior: str) -> Path:
     return Path(params.evaluation.out) / posterior
 
 
-def load_models(params: Params, posterior: str, device):
-    vae, tok_meta = load_tokenizer(Path(params.tokenizer.out) / posterior / "model", device)
-    model, gen_meta = load_generator(Path(params.generator.out) / posterior / "model", device)
+def samples_path(params: Params, posterior: str) -> Path:
+    return Path(params.sampling.out) / posterior / SAMPLES_FILE
+
+
+def load_samples(params: Params, posterior: str, manifest: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """samples.npz, checked against the data: same image size, same channels (3 equal channels read as
+    grey for 1-channel data), labels in the data's class range, one label per image; else UserError."""
+    return load_samples_npz(samples_path(params, posterior), image_size=manifest["image_size"],
+                            channels=manifest["channels"], num_classes=manifest["num_classes"])
+
+
+def load_models(params: Params, posterior: str, device, manifest: dict):
+    """Tokenizer + generator exports of `posterior`, checked against each other and the data (UserError)."""
+    tok_dir = Path(params.tokenizer.out) / posterior / "model"
+    gen_dir = Path(params.generator.out) / posterior / "model"
+    vae, tok_meta = load_tokenizer(tok_dir, device, posterior=posterior)
+    model, gen_meta = load_generator(gen_dir, device, posterior=posterior)
+    check_pair(vae, tok_dir, model, gen_dir)
+    check_fits_data(vae, tok_dir, model, gen_dir, manifest, Path(params.data.out) / MANIFEST_NAME)
     return vae, tok_meta, model, gen_meta
+
+
+def check_classifier(extractors: list, manifest: dict, params: Params) -> None:
+    """The in-project classifier must have been trained on this data's classes (UserError naming it)."""
+    for ext in extractors:
+        if ext.tag == "classifier" and ext.model.config["num_classes"] != manifest["num_classes"]:
+            raise UserError(f"{classifier_model_dir(params) / META_NAME}: classifier has "
+                            f"{ext.model.config['num_classes']} classes, the data have {manifest['num_classes']} "
+                            "(rerun train_classifier)")
 
 
 def norm_diagnostics(params: Params, model, radius: float, num_classes: int, device) -> tuple[pd.DataFrame, dict]:
@@ -72,10 +106,10 @@ def norm_diagnostics(params: Params, model, radius: float, num_classes: int, dev
     return pd.DataFrame(rows), summary, curves
 
 
-def teacher_forced_diagnostics(params: Params, vae, model, device) -> tuple[pd.DataFrame, dict]:
-    """Held-out (test split) images -> true tokens; error of each teacher-forced prediction."""
+def teacher_forced_diagnostics(params: Params, vae, model, images: np.ndarray, labels: np.ndarray,
+                               device) -> tuple[pd.DataFrame, dict]:
+    """Held-out (test split) images (N, H, W, C) -> true tokens; error of each teacher-forced prediction."""
     ev = params.evaluation
-    images, labels = images_as_uint8(params.data.out, "test", limit=ev.teacher_forced_images)
     with torch.no_grad():
         z = torch.cat([vae.encode(uint8_to_model(images[i:i + ev.batch_size], device), sample=False)
                        for i in range(0, len(images), ev.batch_size)])  # (N, L, d)
@@ -83,8 +117,9 @@ def teacher_forced_diagnostics(params: Params, vae, model, device) -> tuple[pd.D
     pred = teacher_forced_predictions(model, z, torch.as_tensor(labels, device=device), steps=ev.diagnostic_steps,
                                       generator=generator)
     radial, tangential = radial_tangential_error(pred.cpu(), z.cpu())  # (N, L) magnitudes
-    frame = pd.DataFrame({"position": np.arange(z.shape[1]), "radial": radial.mean(0).numpy(),
-                          "tangential": tangential.mean(0).numpy()})
+    positions = np.arange(z.shape[1])
+    frame = pd.concat([pd.DataFrame({"position": positions, "series": part, "error": err.mean(0).numpy()})
+                       for part, err in (("radial", radial), ("tangential", tangential))], ignore_index=True)
     summary = {"tf_radial_error": float(radial.mean()), "tf_tangential_error": float(tangential.mean()),
                "tf_radial_fraction": float((radial ** 2).sum() / ((radial ** 2) + (tangential ** 2)).sum())}
     return frame, summary, (radial, tangential)
@@ -93,20 +128,26 @@ def teacher_forced_diagnostics(params: Params, vae, model, device) -> tuple[pd.D
 def run(params: Params, args) -> None:
     posterior, device = args.posterior, default_device()
     out = eval_dir(params, posterior)
-    vae, tok_meta, model, gen_meta = load_models(params, posterior, device)
+    # every input is read and checked before any computation or output (one-line errors, nothing partial)
+    manifest = load_manifest(params.data.out)
+    fake, fake_labels = load_samples(params, posterior, manifest)
+    vae, tok_meta, model, gen_meta = load_models(params, posterior, device, manifest)
     extractors = build_extractors(params, device)
-    fake, fake_labels = load_samples_npz(Path(params.sampling.out) / posterior / "samples.npz")
-    metrics = generation_metrics(fake, fake_labels, load_references(params, extractors), extractors,
+    check_classifier(extractors, manifest, params)
+    references = load_references(params, extractors)
+    real, _ = images_as_uint8(params.data.out, "test", limit=params.tokenizer.eval_images, verify=False)
+    held_out = images_as_uint8(params.data.out, "test", limit=params.evaluation.teacher_forced_images, verify=False)
+    lpips = load_lpips(params.evaluation.lpips_weights_path, device) if params.evaluation.lpips_weights_path else None
+
+    metrics = generation_metrics(fake, fake_labels, references, extractors,
                                  kid_subset_size=params.evaluation.kid_subset_size,
                                  pr_neighbours=params.evaluation.pr_neighbours,
                                  batch_size=params.evaluation.batch_size, seed=params.seed)
-    real, _ = images_as_uint8(params.data.out, "test", limit=params.tokenizer.eval_images)
     recon = reconstruct(vae, real, params.evaluation.batch_size, device)
-    lpips = load_lpips(params.evaluation.lpips_weights_path, device) if params.evaluation.lpips_weights_path else None
     rec = reconstruction_metrics(real, recon, extractors, lpips, params.evaluation.batch_size)
     metrics.update({f"recon_{k}": v for k, v in rec.items()})
     norms_frame, norm_summary, curves = norm_diagnostics(params, model, vae.radius, model.arch.num_classes, device)
-    tf_frame, tf_summary, split = teacher_forced_diagnostics(params, vae, model, device)
+    tf_frame, tf_summary, split = teacher_forced_diagnostics(params, vae, model, *held_out, device)
     metrics.update({**norm_summary, **tf_summary, "num_samples": int(len(fake))})
 
     plot_norm_trajectories(curves, vae.radius if vae.on_sphere else None, out / "norm_trajectory.png",

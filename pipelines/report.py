@@ -17,7 +17,6 @@ classifier.{out,steps}, evaluation.{extractors,out,num_real,diagnostic_samples,d
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -38,7 +37,7 @@ from sphereard.errors import UserError
 from sphereard.eval.diagnostics import DRIFT_TOL
 from sphereard.tracking import git_commit
 from sphereard.utils.device import default_device
-from sphereard.utils.io import atomic_path
+from sphereard.utils.io import atomic_path, read_json_object
 
 log = logging.getLogger("pipelines.report")
 
@@ -47,7 +46,7 @@ REQUIRED = {"tokenizer": "train_vae", "generator": "train_ar", "evaluation": "ev
 RECON_COLUMNS = ("psnr", "ssim")
 LPIPS_KEY = "lpips_vgg"
 CSV_COLUMNS = {"norm_csv": ("series", "projection", "cfg_scale", "position", "norm_mean"),
-               "split_csv": ("position", "radial", "tangential")}
+               "split_csv": ("position", "series", "error")}
 TIMING_COLUMNS = (("sampling device", "stats", "device"), ("images/s (sample)", "stats", "images_per_s"),
                   ("tokens/s (sample, AR only)", "stats", "tokens_per_s"), ("generate s", "stats", "generate_s"),
                   ("decode s", "stats", "decode_s"), ("train tokens/s (train_ar)", "gen", "train_tokens_per_s"),
@@ -60,13 +59,7 @@ def read_json(path: Path, stage: str | None = None) -> dict | None:
         if stage is None:
             return None
         raise UserError(f"{path}: required metrics file missing (run `dvc repro {stage}`)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object of metrics")
-    return data
+    return read_json_object(path, "metrics file")
 
 
 def read_csv(path: Path, columns: tuple[str, ...], absent: list[str]) -> pd.DataFrame | None:
@@ -127,7 +120,10 @@ def load_inputs(params: Params) -> Inputs:
     classifier_path = Path(params.classifier.out) / "metrics.json"
     classifier = read_json(classifier_path)
     absent += [] if classifier is not None else [str(classifier_path)]
-    sweep, note = parts.load_sweep(Path(params.sweep.out))
+    if params.sweep.enabled:
+        sweep, note = parts.load_sweep(Path(params.sweep.out))
+    else:
+        sweep, note = None, "**Sweep disabled** (`sweep.enabled: false`): no metric-vs-CFG curves."
     return Inputs(posteriors, metrics, stats, files, frames, classifier, sweep, note, absent)
 
 

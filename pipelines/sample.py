@@ -8,7 +8,8 @@ with CFG on the velocity and the projection after CFG (SphereAR Sec. 3.3; `auto`
 with `sampling.seed` feeds all batches, so a rerun with the same batch size is identical.
 
 Outputs under `sampling.out/<posterior>/`:
-  samples.npz        ADM layout (`arr_0` uint8 (N, H, W, C), `arr_1` int64 labels (N,)) plus
+  samples.npz        ADM layout (`arr_0` uint8 (N, H, W, 3), grey data as 3 equal channels since the ADM
+                     evaluator's network takes RGB; `arr_1` int64 labels (N,)) plus
                      `latents` float32 (N, L, d) (the generated tokens, after projection) and
                      `norms` float32 (N, L) (each token's norm after CFG, before projection)
   grids/             class_XX.png (the first CLASS_GRID_MAX samples of each class) and
@@ -29,16 +30,17 @@ import numpy as np
 import torch
 
 from pipelines._cli import add_posterior_arg, stage_main
+from sphereard.ar.export import check_pair, load_generator
 from sphereard.ar.task import sampling_kwargs, tokenizer_model_dir
 from sphereard.config import Params, as_dict
-from sphereard.errors import UserError
 from sphereard.eval.adm import save_samples_npz
-from sphereard.export import load_generator, load_tokenizer
+from sphereard.tokenizer.export import load_tokenizer
 from sphereard.tokenizer.inference import model_to_uint8
 from sphereard.tracking import image_grid, start_run
 from sphereard.train import load_weights
 from sphereard.utils.device import default_device
 from sphereard.utils.io import atomic_path, atomic_write_text
+from sphereard.utils.weights import load_state_strict
 
 log = logging.getLogger("pipelines.sample")
 
@@ -63,15 +65,15 @@ def _sync(device: torch.device) -> None:
 
 
 def load_models(params: Params, posterior: str, device: torch.device):
-    """EMA generator (or the raw weights of its last checkpoint) + the tokenizer it was trained on."""
+    """EMA generator (or the raw weights of its last checkpoint) + the tokenizer it was trained on.
+
+    Raises UserError naming the file for missing, corrupt or mismatched exports / checkpoint weights."""
     gen_dir = Path(params.generator.out) / posterior
-    model, meta = load_generator(gen_dir / "model", device)
+    model, meta = load_generator(gen_dir / "model", device, posterior=posterior)
     if not params.sampling.use_ema:
-        model.load_state_dict(load_weights(gen_dir / "ckpt", "model", device))
-    vae, _ = load_tokenizer(tokenizer_model_dir(params, posterior), device)
-    if (vae.latent_dim, vae.grid_size) != (model.arch.token_dim, model.arch.grid_size):
-        raise UserError(f"{tokenizer_model_dir(params, posterior)}: tokenizer latents (d={vae.latent_dim}, "
-                        f"grid {vae.grid_size}) do not fit the generator in {gen_dir / 'model'}")
+        load_state_strict(model, load_weights(gen_dir / "ckpt", "model", device), gen_dir / "ckpt")
+    vae, _ = load_tokenizer(tokenizer_model_dir(params, posterior), device, posterior=posterior)
+    check_pair(vae, tokenizer_model_dir(params, posterior), model, gen_dir / "model")
     return model, vae, meta
 
 

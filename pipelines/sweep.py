@@ -16,11 +16,13 @@ summary.csv and plots/<metric>_vs_cfg.png (`sphereard/sweep/results.py`), also t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 from pathlib import Path
 
+import pandas as pd
 import ray
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 from ray import tune
@@ -33,8 +35,8 @@ from sphereard.data import MANIFEST_NAME
 from sphereard.errors import UserError
 from sphereard.eval.setup import classifier_model_dir, reference_path
 from sphereard.export import META_FILE, read_export
-from sphereard.sweep.grid import TrialSettings, expand_grid, search_space, settings_of, tune_trial_name
-from sphereard.sweep.results import aggregate_over_seeds, results_frame, write_outputs
+from sphereard.sweep.grid import SETTING_COLUMNS, TrialSettings, expand_grid, search_space, settings_of, tune_trial_name
+from sphereard.sweep.results import ID_COLUMNS, aggregate_over_seeds, results_frame, write_outputs
 from sphereard.sweep.trial import ASHA_METRIC, DONE_KEY, MANIFEST_TAG, SweepContext, run_trial
 from sphereard.tokenizer.presets import tokenizer_arch
 from sphereard.tracking import git_commit, mlflow_client, start_run, tracking_uri
@@ -148,8 +150,34 @@ def close_stopped_runs(rows: list[dict], uri: str | None) -> None:
             client.set_terminated(row["mlflow_run_id"], "KILLED")
 
 
+def dag_posteriors_only(params: Params) -> Params:
+    """Without `sweep.train`, trials sample from the DAG's models: drop posteriors it does not train."""
+    sweep = params.sweep
+    kept = [p for p in sweep.posteriors if sweep.train or p in params.tokenizer.posteriors]
+    if kept == sweep.posteriors:
+        return params
+    if not kept:
+        raise UserError(f"sweep.posteriors={sweep.posteriors}: none is in tokenizer.posteriors="
+                        f"{params.tokenizer.posteriors} (or set sweep.train: true)")
+    log.info("sweep.posteriors: leaving out %s (not in tokenizer.posteriors; sweep.train is false)",
+             ", ".join(p for p in sweep.posteriors if p not in kept))
+    return dataclasses.replace(params, sweep=dataclasses.replace(sweep, posteriors=kept))
+
+
+def write_disabled(out: str | Path) -> None:
+    """`sweep.enabled: false`: the stage's outputs exist (DVC needs them) and hold no trial."""
+    Path(out, "trials").mkdir(parents=True, exist_ok=True)
+    write_outputs(out, pd.DataFrame(columns=list(ID_COLUMNS)),
+                  pd.DataFrame(columns=[*SETTING_COLUMNS, "num_seeds", "seeds"]))
+
+
 def run(params: Params, args) -> None:
     params = absolute_paths(params)
+    if not params.sweep.enabled:
+        log.info("sweep.enabled=false: no trials; writing empty tables to %s", params.sweep.out)
+        write_disabled(params.sweep.out)
+        return
+    params = dag_posteriors_only(params)
     sweep, repo_root = params.sweep, str(Path(".").resolve())
     trials = expand_grid(sweep, trained_radii(params), default_train_radius(params))
     log.info("sweep: %d trials (%s): %s", len(trials), sweep.scheduler, ", ".join(t.name for t in trials))

@@ -23,6 +23,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -38,12 +39,14 @@ from sphereard.ar.task import (
 from sphereard.config import Params, absolute_paths, as_dict
 from sphereard.errors import UserError
 from sphereard.export import META_FILE, export_model
-from sphereard.latents import LATENTS_FILE, PARAM_COLUMNS, read_latent_meta
+from sphereard.latents import LATENTS_FILE, PARAM_COLUMNS, decode_column, read_latent_meta
 from sphereard.tokenizer.posterior import sample_from_params
 from sphereard.tracking import start_run
 from sphereard.train import LoopSpec, fit, load_latest
+from sphereard.train.checkpoint import latest_state
 from sphereard.utils.device import default_device
 from sphereard.utils.io import atomic_write_text
+from sphereard.utils.weights import load_state_strict
 
 log = logging.getLogger("pipelines.train_ar")
 
@@ -59,9 +62,9 @@ def generator_dir(params: Params, posterior: str) -> Path:
 def export_ema(params: Params, posterior: str, ckpt_dir: Path, model_dir: Path, radius: float, run_id: str | None):
     """Rebuild the generator from the last checkpoint's EMA weights and export it."""
     gen = params.generator
-    ckpt = load_latest(ckpt_dir)
+    ckpt, ema = latest_state(ckpt_dir, "ema")
     model = create_generator(gen.preset, **gen.overrides)
-    model.load_state_dict(ckpt.states["ema"])
+    load_state_strict(model, ema, f"{ckpt.path}: 'ema'")
     meta = {**generator_meta(params, posterior, radius, tokenizer_model_dir(params, posterior)), "step": ckpt.step,
             "params": count_params(model), "mlflow_run_id": run_id}
     export_model(model_dir, model, meta)
@@ -71,15 +74,18 @@ def export_ema(params: Params, posterior: str, ckpt_dir: Path, model_dir: Path, 
 def eval_batches(cache_dir: Path, num_batches: int, batch: int, seed: int):
     """Yield (params (B, L, P), labels (B,)) of random rows, each batch from a random Parquet row group,
     so the estimate never loads the whole cache (ImageNet: tens of GB). Un-flipped images only."""
-    meta = read_latent_meta(cache_dir, verify=False)
-    shape = (meta["num_tokens"], meta["params_dim"])
-    parquet, rng = pq.ParquetFile(cache_dir / LATENTS_FILE), np.random.default_rng(seed)
-    for _ in range(num_batches):
-        group = parquet.read_row_group(int(rng.integers(parquet.num_row_groups)), columns=["label", PARAM_COLUMNS[0]])
-        rows = group.take(rng.choice(group.num_rows, size=min(batch, group.num_rows), replace=False))
-        params = rows.column(PARAM_COLUMNS[0]).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        yield (torch.from_numpy(params.reshape(-1, *shape).astype(np.float32)),
-               torch.from_numpy(rows.column("label").to_numpy().astype(np.int64)))
+    meta, path = read_latent_meta(cache_dir, verify=False), cache_dir / LATENTS_FILE
+    rng = np.random.default_rng(seed)
+    try:
+        parquet = pq.ParquetFile(path)
+        for _ in range(num_batches):
+            group = parquet.read_row_group(int(rng.integers(parquet.num_row_groups)),
+                                           columns=["label", PARAM_COLUMNS[0]])
+            rows = group.take(rng.choice(group.num_rows, size=min(batch, group.num_rows), replace=False))
+            yield (decode_column(rows.column(PARAM_COLUMNS[0]), meta).float(),  # (B, L, P) raw params
+                   torch.from_numpy(rows.column("label").to_numpy().astype(np.int64)))
+    except (pa.ArrowException, OSError) as err:
+        raise UserError(f"{path}: not a readable latent cache ({type(err).__name__}: {err})") from None
 
 
 @torch.no_grad()

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from pipelines._cli import stage_main
 from sphereard.config import Params, as_dict
-from sphereard.data import load_manifest
+from sphereard.data import MANIFEST_NAME, load_manifest
 from sphereard.eval import save_classifier, train_classifier
+from sphereard.eval.classifier import check_classes
 from sphereard.eval.setup import classifier_model_dir
 from sphereard.tracking import start_run
 from sphereard.utils.device import default_device
@@ -24,11 +25,13 @@ log = logging.getLogger("pipelines.train_classifier")
 
 def run(params: Params, args) -> None:
     out = Path(params.classifier.out)
+    manifest = load_manifest(params.data.out)  # checked before a tracking run starts (UserError: one line)
+    check_classes(manifest["num_classes"], Path(params.data.out) / MANIFEST_NAME)
     tags = {"stage": "train_classifier", "profile": params.profile}
     with start_run(params.tracking, ".", "classifier", params={"classifier": as_dict(params.classifier)},
                    tags=tags) as mlrun:
         model, accuracy = train_classifier(params.data.out, params.classifier, default_device(), seed=params.seed)
-        save_classifier(model, classifier_model_dir(params), accuracy, load_manifest(params.data.out)["classes"])
+        save_classifier(model, classifier_model_dir(params), accuracy, manifest["classes"])
         metrics = {"test_accuracy": accuracy, "steps": params.classifier.steps}
         mlrun.log_metrics({"classifier/test_accuracy": accuracy}, step=params.classifier.steps)
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))

@@ -25,7 +25,9 @@ from sphereard.tokenizer.inference import reconstruct
 from sphereard.tokenizer.task import TokenizerTask, tokenizer_meta
 from sphereard.tracking import image_grid, start_run
 from sphereard.train import LoopSpec, fit, load_latest
+from sphereard.train.checkpoint import latest_state
 from sphereard.utils.io import atomic_path, atomic_write_text
+from sphereard.utils.weights import load_state_strict
 
 log = logging.getLogger("pipelines.train_vae")
 
@@ -40,9 +42,9 @@ def tokenizer_dir(params: Params, posterior: str) -> Path:
 def export_ema(params: Params, posterior: str, ckpt_dir: Path, model_dir: Path, run_id: str | None):
     """Rebuild the tokenizer from the last checkpoint's EMA weights and export it."""
     tok = params.tokenizer
-    ckpt = load_latest(ckpt_dir)
+    ckpt, ema = latest_state(ckpt_dir, "ema")
     vae = create_tokenizer(tok.preset, posterior=posterior, radius=tok.radius, **tok.overrides)
-    vae.load_state_dict(ckpt.states["ema"])
+    load_state_strict(vae, ema, f"{ckpt.path}: 'ema'")
     meta = {**tokenizer_meta(params, posterior, vae.radius), "step": ckpt.step, "mlflow_run_id": run_id}
     export_model(model_dir, vae, meta)
     return vae.eval()

@@ -21,6 +21,7 @@ DEFAULT_PARAMS_FILE = "params.yaml"
 Posterior = Literal["spherical", "gaussian_norm", "gaussian"]
 Projection = Literal["auto", "sphere", "none"]
 POSTERIORS: tuple[str, ...] = ("spherical", "gaussian_norm", "gaussian")
+MAX_SEED = 2**63 - 1  # numpy's SeedSequence takes no negative seed; torch.manual_seed none above 2**64 - 1
 
 
 @dataclass
@@ -204,6 +205,7 @@ class SamplingConfig:
         require(self.cfg_scale >= 0, "cfg_scale", self.cfg_scale, "must be >= 0 (1 = no guidance)")
         require(self.steps > 0, "steps", self.steps, "must be positive")
         require(0 <= self.final_step < 1, "final_step", self.final_step, "must be in [0, 1)")
+        require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"must be in [0, {MAX_SEED}]")
 
 
 @dataclass
@@ -253,8 +255,11 @@ class EvaluationConfig:
 
 @dataclass
 class SweepConfig:
-    """Ray Tune ablation grid (`sweep` stage)."""
+    """Ray Tune ablation grid (`sweep` stage). `enabled: false` runs no trial (the stage writes empty
+    tables, the report says the sweep is off). Without `train`, posteriors that the DAG does not
+    train (`tokenizer.posteriors`) are left out of the sweep, with one log line."""
 
+    enabled: bool = True
     cfg_scales: list[float] = field(default_factory=lambda: [1.0, 3.0, 6.0])
     radii: list[float | None] = field(default_factory=lambda: [None])
     posteriors: list[Posterior] = field(default_factory=lambda: list(POSTERIORS))
@@ -280,8 +285,11 @@ class SweepConfig:
                 "must be in (0, 1]")
         require(self.train_reports > 0, "train_reports", self.train_reports, "must be positive")
         require(self.gpus_per_trial >= 0, "gpus_per_trial", self.gpus_per_trial, "must be >= 0")
+        require(self.gpus_per_trial <= 1 or self.gpus_per_trial.is_integer(), "gpus_per_trial",
+                self.gpus_per_trial, "must be a fraction <= 1 or a whole number (Ray's rule for GPU requests)")
         require(self.scheduler != "asha" or self.train, "scheduler", self.scheduler,
                 "asha stops trials on their AR training loss: set sweep.train: true")
+        require(all(0 <= s <= MAX_SEED for s in self.seeds), "seeds", self.seeds, f"must all be in [0, {MAX_SEED}]")
         for name in ("cfg_scales", "radii", "posteriors", "projections", "sampler_steps", "seeds"):
             require(len(getattr(self, name)) > 0, name, getattr(self, name), "list at least one value")
 
@@ -294,6 +302,10 @@ class TrackingConfig:
     experiment: str = "sphereard"
     store: str = "mlflow.db"
     artifacts: str = "mlartifacts"
+
+    def __post_init__(self):
+        for name in ("experiment", "store", "artifacts"):  # MLflow refuses empty names
+            require(bool(getattr(self, name).strip()), name, getattr(self, name), "must not be empty")
 
 
 @dataclass
@@ -310,13 +322,18 @@ class Params:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
+    def __post_init__(self):
+        require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"must be in [0, {MAX_SEED}] (numpy and torch seeds)")
+
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: params file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: params file unreadable ({type(err).__name__}: {err})") from None
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -337,7 +354,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
 
 def validate_cross_block(params: Params) -> None:
     """Rules spanning blocks: the tokenizer must fit the data, the generator the tokenizer."""
-    from sphereard.ar.presets import resolve_generator_arch
+    from sphereard.ar.arch import resolve_generator_arch
     from sphereard.tokenizer.presets import tokenizer_arch
 
     tok = tokenizer_arch(params.tokenizer.preset, **params.tokenizer.overrides)

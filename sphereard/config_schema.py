@@ -1,12 +1,14 @@
 """Strict conversion of YAML mappings into typed dataclasses.
 
-Every key is checked against the dataclass fields and every value against its type hint;
-the first problem raises one `UserError` naming the full key path and the value.
+Every key is checked against the dataclass fields and every value against its type hint; no
+value anywhere may be NaN or +-Inf. The first problem raises one `UserError` naming the full key
+path and the value.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Union
@@ -24,9 +26,22 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
+def _reject_non_finite(value: Any, key: str) -> None:
+    """No NaN or +-Inf anywhere (YAML `.nan`, `.inf`), also inside free-form mappings (`overrides`)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{key}={value!r}: must be a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _reject_non_finite(v, f"{key}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _reject_non_finite(v, f"{key}[{i}]")
+
+
 def _convert(hint: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    _reject_non_finite(value, key)
     if hint is Any:
         return value
     if origin in (Union, types.UnionType):

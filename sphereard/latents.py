@@ -4,6 +4,13 @@ The AR stage draws a fresh posterior sample from these parameters at every step 
 Sec. 4.1, as MAR does), instead of training on one frozen sample. One Parquet file per
 tokenizer: `label` (int32), `params` and, with flips, `params_flip` (fixed-size lists of L*P
 floats), plus `meta.json` (posterior kind, radius, shapes, views, dtype, the Parquet file's sha256).
+
+Lossless in range: format 2 (`meta.json` "format": 2) stores the posterior's unbounded positive
+scales (`log_channels`: the Power Spherical kappa) as their natural log, so no value overflows
+a float16 column (kappa > 65504 used to become inf, and PS(mu, inf) sampled -mu). Writing stops
+with one UserError naming the file, column, position and value when a parameter is not finite
+or cannot be stored in the cache dtype. Caches without "format" (format 1) hold raw parameters and
+are still read. Readers get raw parameters either way: `read_latent_cache`, `decode_column`.
 """
 
 from __future__ import annotations
@@ -18,19 +25,77 @@ import torch
 from torch.utils.data import Dataset
 
 from sphereard.errors import UserError
-from sphereard.utils.io import atomic_path, sha256_file
+from sphereard.tokenizer.posterior import cache_log_channels
+from sphereard.utils.io import atomic_path, read_json_object, require_fields, sha256_file
 
 LATENTS_FILE = "latents.parquet"
 META_FILE = "meta.json"
 PARAM_COLUMNS = ("params", "params_flip")
 ARROW_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 ROW_GROUP_ROWS = 8192
+CACHE_FORMAT = 2  # 1: raw params (no "format" key); 2: `log_channels` stored as log
 
 
-def _fixed_list(values: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
-    n = values.shape[0]
-    flat = pa.array(values.reshape(-1).astype(dtype), type=ARROW_DTYPES[dtype])
-    return pa.FixedSizeListArray.from_arrays(flat, values.size // max(n, 1))
+def encode_params(params: np.ndarray, log_channels, dtype: str) -> np.ndarray:
+    """Raw params (B, L, P) -> the stored values (B, L, P) in `dtype`: log of `log_channels`, rest as is."""
+    out = params.astype(np.float64)
+    if len(log_channels):
+        with np.errstate(divide="ignore", invalid="ignore"):  # log(<= 0) -> -inf / nan, caught by the caller
+            out[..., list(log_channels)] = np.log(out[..., list(log_channels)])
+    with np.errstate(over="ignore"):
+        return out.astype(dtype)
+
+
+def decode_params(stored: torch.Tensor, log_channels) -> torch.Tensor:
+    """Stored values (..., P) -> raw params (..., P): exp of `log_channels` (float32 then), rest as is."""
+    if not len(log_channels):
+        return stored
+    out = stored.to(torch.float32, copy=True)  # exp(log kappa) can exceed the float16 range
+    idx = list(log_channels)
+    out[..., idx] = out[..., idx].exp()
+    return out
+
+
+def _stored_values(column: pa.ChunkedArray | pa.Array, meta: dict) -> np.ndarray:
+    """One Parquet params column -> its stored values (n, L, P), possibly a read-only view."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, meta["num_tokens"], meta["params_dim"])
+
+
+def decode_column(column: pa.ChunkedArray | pa.Array, meta: dict) -> torch.Tensor:
+    """One Parquet params column of a cache with `meta` (any format) -> raw params (n, L, P).
+
+    For readers of row groups (`pipelines.train_ar.eval_batches`): the stored values are not the
+    parameters when meta["log_channels"] is non-empty."""
+    stored = np.require(_stored_values(column, meta), requirements="W")  # torch needs writable memory
+    return decode_params(torch.from_numpy(stored), meta.get("log_channels", ()))
+
+
+def _first_bad(bad: np.ndarray) -> tuple[int, int, int]:
+    """(image, token, channel) of the first True in a (B, L, P) mask."""
+    return tuple(int(i) for i in np.argwhere(bad)[0])
+
+
+def _checked_column(params: np.ndarray, log_channels, dtype: str, where: str, first_row: int) -> pa.FixedSizeListArray:
+    """Encode params (B, L, P) into a Parquet column; UserError (one line) for a value that is not
+    finite or whose stored form overflows `dtype` or does not decode to a finite float32."""
+    if not np.isfinite(params).all():
+        i, t, c = _first_bad(~np.isfinite(params))
+        raise UserError(f"{where}: non-finite posterior parameter {float(params[i, t, c])} at image {first_row + i}, "
+                        f"token {t}, channel {c} (encoder output)")
+    stored = encode_params(params, log_channels, dtype)
+    decoded = decode_params(torch.from_numpy(stored), log_channels).numpy()
+    bad = ~(np.isfinite(stored) & np.isfinite(decoded))
+    if bad.any():
+        i, t, c = _first_bad(bad)
+        why = ("is stored as its log, which needs 0 < value < 3.4e38" if c in log_channels
+               else f"overflows {dtype} (set encode.dtype=float32)")
+        raise UserError(f"{where}: posterior parameter {float(params[i, t, c]):g} at image {first_row + i}, "
+                        f"token {t}, channel {c} {why}")
+    n = stored.shape[0]
+    flat = pa.array(stored.reshape(-1), type=ARROW_DTYPES[dtype])
+    return pa.FixedSizeListArray.from_arrays(flat, stored.size // max(n, 1))
 
 
 class LatentCacheWriter:
@@ -44,6 +109,7 @@ class LatentCacheWriter:
         assert dtype in ARROW_DTYPES, f"cache dtype must be one of {sorted(ARROW_DTYPES)}"
         self.out_dir, self.meta, self.dtype = Path(out_dir), meta, dtype
         self.rows, self.shape, self.views, self.writer = 0, None, None, None
+        self.log_channels: tuple[int, ...] = ()
 
     def __enter__(self) -> "LatentCacheWriter":
         self._atomic = atomic_path(self.out_dir)
@@ -58,10 +124,15 @@ class LatentCacheWriter:
         assert self.shape in (None, params.shape[1:]), "every batch must have the same (L, P)"
         views = 1 if params_flip is None else 2
         assert self.views in (None, views), "every batch must have the same views (with or without flips)"
+        if self.shape is None:
+            assert "posterior" in self.meta, "cache meta must name the posterior kind"
+            self.log_channels = cache_log_channels(self.meta["posterior"], params.shape[2])
         self.shape, self.views = params.shape[1:], views
-        columns = {"label": pa.array(labels.astype(np.int32)), "params": _fixed_list(params, self.dtype)}
-        if params_flip is not None:
-            columns["params_flip"] = _fixed_list(params_flip, self.dtype)
+        columns = {"label": pa.array(labels.astype(np.int32))}
+        for name, values in zip(PARAM_COLUMNS, (params, params_flip)):
+            if values is not None:
+                where = f"{self.out_dir / LATENTS_FILE} column {name!r}"
+                columns[name] = _checked_column(values, self.log_channels, self.dtype, where, self.rows)
         table = pa.table(columns)
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.tmp / LATENTS_FILE, table.schema, compression="zstd")
@@ -74,37 +145,108 @@ class LatentCacheWriter:
         if exc_type is None:
             assert self.rows > 0, "the latent cache must hold at least one image"
             self.meta = {**self.meta, "rows": self.rows, "num_tokens": self.shape[0], "params_dim": self.shape[1],
-                         "views": self.views, "dtype": self.dtype, "sha256": sha256_file(self.tmp / LATENTS_FILE)}
+                         "views": self.views, "dtype": self.dtype, "format": CACHE_FORMAT,
+                         "log_channels": list(self.log_channels), "sha256": sha256_file(self.tmp / LATENTS_FILE)}
             (self.tmp / META_FILE).write_text(json.dumps(self.meta, indent=2))
         self._atomic.__exit__(exc_type, exc, tb)
 
 
+META_FIELDS = {"posterior": str, "sha256": str, "rows": int, "num_tokens": int, "params_dim": int}
+COUNT_FIELDS = ("rows", "num_tokens", "params_dim")
+PARQUET_ERRORS = (pa.ArrowException, OSError)
+RERUN = "re-run the encode stage"
+
+
+def _check_meta(meta_path: Path, meta: dict) -> dict:
+    """Raises UserError naming meta.json: a format newer than this code, a key of META_FIELDS missing
+    or of another type, a count below 1, or `log_channels` that are not channels of the params."""
+    if "format" in meta:
+        require_fields(meta_path, meta, {"format": int})
+        if meta["format"] > CACHE_FORMAT:
+            raise UserError(f"{meta_path}: cache format {meta['format']} is newer than this code reads "
+                            f"(<= {CACHE_FORMAT}); {RERUN}")
+    require_fields(meta_path, meta, META_FIELDS)
+    for key in COUNT_FIELDS:
+        if meta[key] < 1:
+            raise UserError(f"{meta_path}: key {key!r} must be >= 1, got {meta[key]}")
+    channels = meta.get("log_channels", [])
+    if not isinstance(channels, list) or not all(type(c) is int and 0 <= c < meta["params_dim"] for c in channels):
+        raise UserError(f"{meta_path}: key 'log_channels' must list channels in [0, {meta['params_dim']}), "
+                        f"got {channels!r}")
+    return meta
+
+
 def read_latent_meta(cache_dir: str | Path, verify: bool = True) -> dict:
+    """meta.json of a latent cache; with `verify`, latents.parquet must have the sha256 it records.
+
+    Raises UserError naming the file: either file missing, meta.json not a JSON object (truncated,
+    corrupt, not UTF-8) or failing `_check_meta`, or (with `verify`) a sha256 mismatch."""
     cache_dir = Path(cache_dir)
     meta_path, data_path = cache_dir / META_FILE, cache_dir / LATENTS_FILE
     for path in (meta_path, data_path):
         if not path.is_file():
             raise UserError(f"{path}: latent cache file missing (run the encode stage)")
-    meta = json.loads(meta_path.read_text())
+    meta = _check_meta(meta_path, read_json_object(meta_path, "latent cache metadata"))
     if verify and sha256_file(data_path) != meta["sha256"]:
         raise UserError(f"{data_path}: sha256 does not match {meta_path} (corrupt or modified cache)")
     return meta
 
 
+def _read_table(data_path: Path) -> pa.Table:
+    """The whole Parquet file; UserError naming it when it is not readable Parquet (truncated, corrupt)."""
+    try:
+        return pq.read_table(data_path, memory_map=True)
+    except PARQUET_ERRORS as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
+        raise UserError(f"{data_path}: not a readable latent cache ({type(err).__name__}: {detail}); {RERUN}") from None
+
+
+def _check_table(table: pa.Table, meta: dict, data_path: Path) -> None:
+    """Raises UserError naming the Parquet file when its rows or columns differ from what meta.json says:
+    the row count, a missing label / params column, or a params column that is not `num_tokens` x
+    `params_dim` floats per row without nulls."""
+    meta_path = data_path.with_name(META_FILE)
+    if table.num_rows != meta["rows"]:
+        raise UserError(f"{data_path}: holds {table.num_rows} rows, {meta_path} says {meta['rows']}; {RERUN}")
+    width = meta["num_tokens"] * meta["params_dim"]
+    for name in ("label", PARAM_COLUMNS[0]):
+        if name not in table.column_names:
+            raise UserError(f"{data_path}: no column {name!r} (not a latent cache of the encode stage); {RERUN}")
+    if not pa.types.is_integer(table.schema.field("label").type):
+        raise UserError(f"{data_path}: column 'label' holds {table.schema.field('label').type}, not integers")
+    for name in (c for c in PARAM_COLUMNS if c in table.column_names):
+        kind = table.schema.field(name).type
+        if not (pa.types.is_fixed_size_list(kind) and kind.list_size == width
+                and pa.types.is_floating(kind.value_type)):
+            raise UserError(f"{data_path}: column {name!r} holds {kind}, {meta_path} says {meta['num_tokens']} "
+                            f"tokens x {meta['params_dim']} floats per row")
+    for name in table.column_names:
+        if table.column(name).null_count:
+            raise UserError(f"{data_path}: column {name!r} has {table.column(name).null_count} null rows; {RERUN}")
+
+
 def read_latent_cache(cache_dir: str | Path, verify: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Returns params (N, V, L, P) [original, flipped when cached], labels (N,), meta."""
+    """Returns raw params (N, V, L, P) [original, flipped when cached], labels (N,), meta.
+
+    params have the cache dtype, or float32 when it stores log channels (decoded kappa can exceed float16).
+    Raises UserError naming the file: `read_latent_meta`'s checks, a Parquet file that is not
+    readable (truncated or corrupt; read with verify=False) or whose rows and columns differ from
+    meta.json (`_check_table`)."""
     meta = read_latent_meta(cache_dir, verify)
-    table = pq.read_table(Path(cache_dir) / LATENTS_FILE, memory_map=True)
-    shape = (meta["rows"], meta["num_tokens"], meta["params_dim"])
-    views = [table.column(c).combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(shape)
-             for c in PARAM_COLUMNS if c in table.column_names]
-    params = torch.from_numpy(np.stack(views, axis=1))  # (N, V, L, P)
+    data_path = Path(cache_dir) / LATENTS_FILE
+    table = _read_table(data_path)
+    _check_table(table, meta, data_path)
+    stored = np.stack([_stored_values(table.column(c), meta) for c in PARAM_COLUMNS if c in table.column_names],
+                      axis=1)  # (N, V, L, P)
+    params = decode_params(torch.from_numpy(stored), meta.get("log_channels", ()))
     labels = torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
     return params, labels, meta
 
 
 class LatentDataset(Dataset):
-    """Items (params (L, P) float32 of the image or, when cached, its flip, chosen at random; label)."""
+    """Items (params (V, L, P) float32 of every cached view: the image [and its flip]; label).
+
+    Deterministic per index: the training step picks a view (`pick_views`) under its own seed."""
 
     def __init__(self, cache_dir: str | Path, verify: bool = True):
         self.params, self.labels, self.meta = read_latent_cache(cache_dir, verify)
@@ -113,5 +255,10 @@ class LatentDataset(Dataset):
         return self.labels.shape[0]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        view = int(torch.randint(self.params.shape[1], ()))  # horizontal-flip augmentation, as cached
-        return self.params[index, view].float(), self.labels[index]
+        return self.params[index].float(), self.labels[index]
+
+
+def pick_views(params: torch.Tensor) -> torch.Tensor:
+    """One cached view per item, uniformly at random (the flip augmentation): (B, V, L, P) -> (B, L, P)."""
+    view = torch.randint(params.shape[1], (params.shape[0],), device=params.device)  # (B,)
+    return params[torch.arange(params.shape[0], device=params.device), view]

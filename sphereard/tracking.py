@@ -170,13 +170,30 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, value_range: tuple
     return to_pil_image(grid.clamp(0, 1))
 
 
+def parent_in(client, run_id: str, experiment_id: str, uri: str) -> bool:
+    """Whether `run_id` exists in this store and experiment (a run can only nest under such a parent);
+    otherwise one warning naming the missing run id."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.get_run(run_id).info.experiment_id == experiment_id
+    except MlflowException:
+        found = False
+    if not found:
+        log.warning("MLflow parent run %s is not in experiment %s of %s: logging this run un-nested",
+                    run_id, experiment_id, uri)
+    return found
+
+
 @contextlib.contextmanager
 def start_run(cfg: TrackingConfig, repo_root: str | Path, run_name: str, params: Mapping[str, Any] | None = None,
               tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
               enabled: bool = True) -> Iterator[Run]:
     """Open an MLflow run on the driver; it ends FINISHED, or FAILED if the block raises.
 
-    Pass the yielded run to workers (it pickles as uri + run_id). `parent_run_id` nests it (sweeps)."""
+    Pass the yielded run to workers (it pickles as uri + run_id). `parent_run_id` nests it (sweeps,
+    evaluation under training) when that run exists in the same store and experiment; otherwise the
+    run is logged un-nested with one warning naming the missing id."""
     from mlflow.entities import RunStatus
     from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
@@ -188,9 +205,9 @@ def start_run(cfg: TrackingConfig, repo_root: str | Path, run_name: str, params:
     all_tags = dict(tags or {})
     if commit := git_commit(repo_root):
         all_tags[MLFLOW_GIT_COMMIT] = commit
-    if parent_run_id:
-        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     client = mlflow_client(uri)
+    if parent_run_id and parent_in(client, parent_run_id, experiment_id, uri):
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     info = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info
     run = TrackedRun(uri, info.run_id)
     log.info("MLflow run %s (%s) in %s", run_name, info.run_id, uri)

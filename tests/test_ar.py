@@ -22,7 +22,8 @@ from sphereard.ar import (
     score_from_velocity,
     velocity_target,
 )
-from sphereard.ar.presets import NO_DECAY_PATTERNS, PAPER_PARAMS, README_PARAMS
+from sphereard.ar.arch import PAPER_PARAMS, README_PARAMS
+from sphereard.ar.presets import NO_DECAY_PATTERNS
 from sphereard.errors import UserError
 from sphereard.geometry import project_to_sphere
 from sphereard.train.optim import param_groups

@@ -139,8 +139,8 @@ def test_generator_task_learns_resumes_and_logs_samples(tmp_path):
 
 
 def test_items_per_batch_counts_tokens():
-    params, labels = torch.zeros(5, GRID * GRID, D + 1), torch.zeros(5, dtype=torch.long)
-    assert GeneratorTask(None, "spherical").items_per_batch((params, labels)) == 5 * GRID * GRID
+    views, labels = torch.zeros(5, 2, GRID * GRID, D + 1), torch.zeros(5, dtype=torch.long)  # (B, V, L, P)
+    assert GeneratorTask(None, "spherical").items_per_batch((views, labels)) == 5 * GRID * GRID
 
 
 def test_benchmark_on_cpu_reports_positive_throughput(tmp_path):
@@ -191,9 +191,10 @@ def test_smoke_chain_spherical(tmp_path):
     assert gen["steps"] == 10 and gen["ema_loss"] > 0 and gen["train_tokens_per_s"] > 0
     assert json.loads((tmp_path / "outputs/generator/spherical/model/model.json").read_text())["step"] == 10
     out = tmp_path / "outputs/samples/spherical"
-    images, labels = load_samples_npz(out / "samples.npz")  # the ADM reader accepts our file
+    images, labels = load_samples_npz(out / "samples.npz", channels=1)  # the ADM reader accepts our file
     with np.load(out / "samples.npz") as z:
         assert set(z.files) == {"arr_0", "arr_1", "latents", "norms"}
+        assert z["arr_0"].shape == (20, 32, 32, 3), "grey samples stored as RGB for the ADM evaluator"
         latents, norms = z["latents"], z["norms"]
     assert images.shape == (20, 32, 32, 1) and images.dtype == np.uint8
     assert np.bincount(labels).tolist() == [2] * 10, "class-balanced"

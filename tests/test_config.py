@@ -114,3 +114,66 @@ def test_stage_cli_rejects_bad_file_with_one_line(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "pipelines.prepare", "--params", str(tmp_path / "none.yaml")],
                              cwd=REPO, capture_output=True, text=True)
     assert missing.returncode == 2 and "none.yaml: params file not found" in missing.stderr
+
+
+def float_keys(cls=Params, prefix=""):
+    """Every params key whose type admits a float (float, float | None, list[float]), as dotted paths."""
+    import dataclasses
+    import typing
+
+    keys = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hint):
+            keys += float_keys(hint, key + ".")
+        elif float in (hint, *typing.get_args(hint)) or any(float in typing.get_args(a) for a in typing.get_args(hint)):
+            keys.append(key)
+    return keys
+
+
+def test_float_keys_cover_the_known_float_params():
+    keys = float_keys()
+    assert {"tokenizer.radius", "tokenizer.train.optim.lr", "tokenizer.train.kl_weight", "sampling.cfg_scale",
+            "sweep.radii", "sweep.cfg_scales", "generator.train.optim.betas"} <= set(keys)
+    assert len(keys) >= 25
+
+
+@pytest.mark.parametrize("text", [".inf", "-.inf", ".nan"])
+def test_every_float_param_rejects_non_finite_values_by_name(text):
+    value = yaml.safe_load(text)
+    for key in float_keys():
+        node = as_dict(Params())
+        for part in key.split("."):
+            node = node[part]
+        data = with_change(key, [value] if isinstance(node, list) else value)
+        with pytest.raises(UserError, match=rf"^{key}(\[0\])?={value!r}: must be a finite number$") as err:
+            parse_params(data)
+        assert "\n" not in str(err.value)
+
+
+def test_non_finite_values_inside_overrides_and_out_of_range_seeds_are_rejected():
+    with pytest.raises(UserError, match=r"^generator.overrides.label_dropout=nan: must be a finite number$"):
+        parse_params(with_change("generator.overrides", {"label_dropout": float("nan")}))
+    for key in ("seed", "sampling.seed"):
+        with pytest.raises(UserError, match=rf"^{key}=-1: must be in \[0, "):
+            parse_params(with_change(key, -1))
+    with pytest.raises(UserError, match=r"^sweep.seeds=\[0, -3\]: must all be in \[0, "):
+        parse_params(with_change("sweep.seeds", [0, -3]))
+    with pytest.raises(UserError, match=r"^sweep.gpus_per_trial=1.5: must be a fraction <= 1 or a whole number"):
+        parse_params(with_change("sweep.gpus_per_trial", 1.5))
+    with pytest.raises(UserError, match=r"^tracking.experiment=' ': must not be empty$"):
+        parse_params(with_change("tracking.experiment", " "))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe not utf-8", r"params\.yaml: params file unreadable \(UnicodeDecodeError"),
+    (b"data: [unclosed", r"params\.yaml: not valid YAML"),
+    (b"- a list\n", r"params\.yaml: expected a mapping of config blocks"),
+])
+def test_unreadable_params_files_are_one_user_error(tmp_path, content, message):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message) as err:
+        load_params(path)
+    assert "\n" not in str(err.value)

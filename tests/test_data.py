@@ -18,7 +18,7 @@ from PIL import Image
 
 from sphereard.data import ShardDataset, hash_split, images_as_uint8, load_manifest, prepare_dataset
 from sphereard.data.sources import parse_emoji_test
-from sphereard.data.transforms import (center_crop_resize, pad_to_square_size, random_hflip,
+from sphereard.data.transforms import (center_crop_resize, pad_to_square_size, random_hflip_batch,
                                        to_channels)
 from sphereard.errors import UserError
 
@@ -109,11 +109,12 @@ def test_shard_dataset_tensor_and_flip(fashion):
     expect = torch.from_numpy(images[3]).permute(2, 0, 1).float() / 127.5 - 1
     assert torch.allclose(x, expect) and y == labels[3]
     assert x.min() >= -1 and x.max() <= 1
-    flipped = ShardDataset(out, "test", flip=True, verify=False)
+    assert torch.equal(ds[3][0], x), "deterministic per index: flips happen in the training step"
+    batch = torch.stack([expect] * 64)  # (B, C, H, W)
     torch.manual_seed(0)
-    outs = [flipped[3][0] for _ in range(20)]
-    n_flip = sum(torch.equal(o, expect.flip(-1)) for o in outs)
-    assert sum(torch.equal(o, expect) for o in outs) + n_flip == 20 and 0 < n_flip < 20
+    flipped = random_hflip_batch(batch)
+    n_flip = sum(torch.equal(o, expect.flip(-1)) for o in flipped)
+    assert sum(torch.equal(o, expect) for o in flipped) + n_flip == 64 and 10 < n_flip < 54
     with pytest.raises(UserError, match="split"):
         ShardDataset(out, "val")
 
@@ -331,5 +332,5 @@ def test_transforms():
     assert center_crop_resize(Image.new("RGB", (300, 200)), 64).size == (64, 64)
     clear = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
     assert np.asarray(to_channels(clear, 3)).min() == 255 and to_channels(clear, 1).mode == "L"
-    x = torch.arange(6.0).reshape(1, 2, 3)
-    assert torch.equal(random_hflip(x, p=1.0), x.flip(-1)) and torch.equal(random_hflip(x, p=0.0), x)
+    x = torch.arange(12.0).reshape(2, 1, 2, 3)
+    assert torch.equal(random_hflip_batch(x, p=1.0), x.flip(-1)) and torch.equal(random_hflip_batch(x, p=0.0), x)

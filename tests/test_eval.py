@@ -239,13 +239,17 @@ def test_adm_npz_round_trip(fmnist, clf_ext, tmp_path):
     path = save_samples_npz(tmp_path / "samples.npz", x[:50], y[:50])
     with np.load(path) as z:
         assert set(z.files) == {"arr_0", "arr_1"} and z["arr_0"].dtype == np.uint8
-    images, labels = load_samples_npz(path)
+        assert np.array_equal(z["arr_0"], np.repeat(x[:50], 3, axis=-1)), "grey stored as RGB for the ADM evaluator"
+    images, labels = load_samples_npz(path, channels=1)
     assert np.array_equal(images, x[:50]) and np.array_equal(labels, y[:50])
+    grey = save_samples_npz(tmp_path / "grey.npz", x[:50], y[:50], rgb=False)
+    for channels in (None, 1):  # rgb=False keeps 1 channel; either layout reads back as grey
+        assert np.array_equal(load_samples_npz(grey, channels=channels)[0], x[:50])
     norms = np.linspace(1.0, 2.0, 50, dtype=np.float32)[:, None]  # (N, L): extras ride along, ADM readers skip them
     with_extra = save_samples_npz(tmp_path / "extra.npz", x[:50], y[:50], extra={"norms": norms})
     with np.load(with_extra) as z:
         assert set(z.files) == {"arr_0", "arr_1", "norms"} and np.array_equal(z["norms"], norms)
-    assert np.array_equal(load_samples_npz(with_extra)[0], x[:50])
+    assert np.array_equal(load_samples_npz(with_extra, channels=1)[0], x[:50])
     # reference batch with images -> features under any extractor
     ref = adm_ref_stats(path, clf_ext)
     assert ref.tag == "classifier" and ref.features.shape == (50, 32)

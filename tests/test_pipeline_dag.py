@@ -1,6 +1,7 @@
 """The whole DAG on the smoke profile in a fresh clone: `dvc repro`, a no-op second run, a
-sampling-only change that invalidates only the stages downstream of it, and the notebook on the
-real smoke outputs."""
+sampling-only change that invalidates only the stages downstream of it, a code edit that invalidates
+exactly the stages that run the edited module, the notebook on the real smoke outputs, and (last:
+it changes the clone) a one-posterior params file with the sweep disabled that still reproduces."""
 
 import json
 import os
@@ -106,3 +107,33 @@ def test_notebook_runs_on_smoke_outputs(dag, tmp_path, monkeypatch):
     assert not errors, errors
     assert {"metric_vs_cfg.png", "recon_vs_generation.png", "norm_trajectories.png"} <= {
         f.name for f in figures.iterdir()}
+
+
+@pytest.mark.slow
+def test_code_edit_invalidates_exactly_the_stages_that_run_it(dag):
+    """Editing the AR sampler reruns what samples (training media, sampling, evaluation, sweep)
+    and nothing upstream: no tokenizer is retrained, no data re-prepared."""
+    clone, env, _ = dag
+    sampler = clone / "sphereard/ar/sampler.py"
+    original = sampler.read_text()
+    try:
+        sampler.write_text(original + "\n# an edit\n")
+        changed = changed_stages(run(["dvc", "status", "--json"], clone, env))
+    finally:
+        sampler.write_text(original)
+    expected = {f"{s}@{p}" for s in ("train_ar", "sample", "evaluate") for p in POSTERIORS} | {"sweep"}
+    assert changed == expected, changed ^ expected
+
+
+@pytest.mark.slow
+def test_one_posterior_without_sweep_reproduces(dag):
+    clone, env, _ = dag
+    params_path = clone / "params.yaml"
+    data = yaml.safe_load(params_path.read_text())
+    data["tokenizer"]["posteriors"] = ["spherical"]
+    data["sweep"]["enabled"] = False
+    params_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    log = run(["dvc", "repro"], clone, env)
+    assert "Running stage 'report'" in log and "train_vae@gaussian" not in log
+    assert "Sweep disabled" in (clone / "reports/report.md").read_text()
+    assert changed_stages(run(["dvc", "status", "--json"], clone, env)) == set()

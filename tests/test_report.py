@@ -78,8 +78,8 @@ def fake_outputs(root: Path, numbers=NUMBERS, sweep=True, optional=True, extra_e
                  "norm_mean": 2.83 * (1 + (drift if proj == "none" and w == 6 else 0.01) * k / (L - 1)),
                  "norm_q05": 2.7, "norm_q95": 3.0} for proj in ("sphere", "none") for w in (1.0, 6.0) for k in range(L)]
         pd.DataFrame(rows).to_csv(out / "metrics" / p / "norm_trajectory.csv", index=False)
-        pd.DataFrame({"position": range(L), "radial": 0.1, "tangential": 0.9}).to_csv(
-            out / "metrics" / p / "error_split.csv", index=False)
+        pd.DataFrame([{"position": k, "series": part, "error": err} for part, err in (("radial", 0.1), ("tangential", 0.9))
+                      for k in range(L)]).to_csv(out / "metrics" / p / "error_split.csv", index=False)
         png(out / "metrics" / p / "norm_trajectory.png")
         png(out / "metrics" / p / "error_split.png")
     if sweep:

@@ -16,6 +16,7 @@ from sphereard.errors import UserError
 from sphereard.profiles import materialise
 from sphereard.sweep import (TrialSettings, aggregate_over_seeds, expand_grid, results_frame, search_space,
                              segment_ends, write_outputs)
+from sphereard.sweep.results import fd_plot_frame
 from sphereard.sweep.grid import settings_of
 from sphereard.sweep.trial import norm_deviation
 from sphereard.utils.io import sha256_file
@@ -114,6 +115,18 @@ def test_aggregation_over_two_seeds_and_outputs(tmp_path):
     assert {p.name for p in paths["plots"].iterdir()} == {
         "fd_classifier_vs_cfg.png", "class_consistency_classifier_vs_cfg.png", "norm_rel_dev_max_vs_cfg.png"}
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave nothing behind
+    fd = pd.read_csv(paths["fd_plot"])  # DVC plot input: one line per (setting, extractor), no fixed name
+    assert list(fd.columns) == ["cfg_scale", "series", "extractor", "fd_mean", "fd_std", "num_seeds"]
+    assert set(fd["series"]) == {"spherical proj_sphere classifier", "gaussian proj_none classifier"} and len(fd) == 4
+    assert fd[(fd.series == "gaussian proj_none classifier") & (fd.cfg_scale == 3.0)]["fd_mean"].item() == pytest.approx(75.0)
+
+
+def test_fd_plot_frame_has_one_series_per_extractor():
+    summary = pd.DataFrame({"cfg_scale": [1.0, 3.0], "num_seeds": [1, 1], "fd_inception_mean": [5.0, 4.0],
+                            "fd_inception_std": [np.nan, np.nan], "fd_effnet_mean": [2.0, 1.0]})
+    frame = fd_plot_frame(summary, pd.Series(["spherical", "spherical"]))
+    assert sorted(set(frame["series"])) == ["spherical effnet", "spherical inception"]
+    assert frame.groupby("extractor")["fd_mean"].apply(list).to_dict() == {"effnet": [2.0, 1.0], "inception": [5.0, 4.0]}
 
 
 class FakeResult:

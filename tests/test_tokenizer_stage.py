@@ -9,7 +9,8 @@ import torch
 from sphereard.config import absolute_paths, parse_params
 from sphereard.data import ShardDataset, prepare_dataset
 from sphereard.errors import UserError
-from sphereard.export import export_model, load_tokenizer
+from sphereard.export import export_model
+from sphereard.tokenizer.export import load_tokenizer
 from sphereard.latents import LATENTS_FILE, LatentDataset, read_latent_cache
 from sphereard.profiles import materialise
 from sphereard.tokenizer import create_tokenizer, reconstruction_loss
@@ -97,7 +98,7 @@ def test_encode_round_trip_reproduces_encoder_output(smoke_params):
             assert torch.allclose(params[:, 1].float() / scale, expected_flip / scale, atol=FP16_ATOL)
         assert torch.equal(labels, torch.as_tensor(dataset.labels[kept]))
         item, label = LatentDataset(latent_dir(smoke_params, posterior))[0]
-        assert item.shape == (vae.num_tokens, vae.params_dim) and item.dtype == torch.float32
+        assert item.shape == (2 if hflip else 1, vae.num_tokens, vae.params_dim) and item.dtype == torch.float32
 
 
 def test_encode_subset_is_seeded_sorted_and_unique():

@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from sphereard.train import (
     optimizer_step,
     save_checkpoint,
 )
-from sphereard.train.checkpoint import LATEST_FILE
+from sphereard.train.checkpoint import LATEST_FILE, load_optimizer_state
 from sphereard.train.launch import _root_cause, init_ray
 from sphereard.train.loop import StepContext, resolve_precision
 from sphereard.train.optim import param_groups
@@ -206,6 +207,25 @@ def test_tracking_logs_metrics_and_image_grid(tmp_path, mlflow_uri):
         off.log_image_grid(torch.rand(2, 3, 4, 4), "x", step=1)
 
 
+def test_a_run_nests_only_under_a_parent_in_its_own_experiment_and_store(tmp_path, mlflow_uri, caplog):
+    parent_tag = "mlflow.parentRunId"
+    with start_run(TrackingConfig(experiment="infra-train"), tmp_path, "train") as train:
+        pass
+    with start_run(TrackingConfig(experiment="infra-train"), tmp_path, "eval", parent_run_id=train.run_id) as ev:
+        pass
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(ev.run_id).data.tags[parent_tag] == train.run_id
+    caplog.clear()
+    with start_run(TrackingConfig(experiment="infra-other"), tmp_path, "eval", parent_run_id=train.run_id) as other:
+        pass
+    with start_run(TrackingConfig(experiment="infra-train"), tmp_path, "eval", parent_run_id="0" * 32) as missing:
+        pass
+    for run in (other, missing):
+        assert parent_tag not in client.get_run(run.run_id).data.tags
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "un-nested" in r.getMessage()]
+    assert len(warnings) == 2 and train.run_id in warnings[0] and "0" * 32 in warnings[1]
+
+
 class RegressionTask(TrainTask):
     """y = x . w* + noise with a small MLP; records every step's loss per rank; can fail once at a step."""
 
@@ -312,6 +332,56 @@ def test_worker_user_error_reaches_driver_as_user_error(tmp_path):
     assert isinstance(_root_cause(wrapped), UserError)
 
 
+def test_resume_user_error_names_the_first_mismatched_tensor_and_both_shapes(tmp_path):
+    """A task that loads with plain `load_state_dict` (a RuntimeError whose first line is only a header):
+    the one-line UserError still names the tensor and both shapes."""
+    other = nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 1))
+    opt = build_optimizer(other.named_parameters(), OptimConfig())
+    save_checkpoint(tmp_path / "ckpt", 2, {"model": other.state_dict(), "ema": other.state_dict(),
+                                           "optim": opt.state_dict()})
+    spec = LoopSpec(task_factory=functools.partial(RegressionTask, str(tmp_path)),
+                    loop=_loop(tmp_path, steps=4, num_workers=0), ckpt_dir=str(tmp_path / "ckpt"))
+    with pytest.raises(UserError) as info:
+        fit(spec, "infra-other-model")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(tmp_path / "ckpt" / "step-00000002"))
+    assert re.search(r"does not fit the current model \(RuntimeError: Error\(s\) in loading state_dict for "
+                     r"Sequential: size mismatch for 0\.weight: copying a param with shape torch\.Size\(\[4, 8\]\)"
+                     r".*remove .*ckpt to start over$", message), message
+
+
+def test_resume_reads_a_bad_ray_pointer_as_one_warning(tmp_path, caplog):
+    """The pointer Ray restores is for the log only: unreadable, it is one warning line, never a traceback."""
+    from sphereard.train.loop import RAY_POINTER_FILE, _ray_pointer_step
+
+    (tmp_path / RAY_POINTER_FILE).write_text(json.dumps({"ckpt_dir": "x", "step": 12}))
+    assert _ray_pointer_step(tmp_path) == 12
+    for text in ('{"ckpt_dir": "x", "st', "[12]", '{"ckpt_dir": "x"}'):
+        (tmp_path / RAY_POINTER_FILE).write_text(text)
+        caplog.clear()
+        assert _ray_pointer_step(tmp_path) is None
+        [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert warning.startswith(str(tmp_path / RAY_POINTER_FILE)) and "\n" not in warning
+
+
+def test_checkpoint_optimizer_state_of_another_model_is_one_user_error():
+    """`load_optimizer_state` (the tasks' resume): groups, sizes and per-parameter shapes must fit."""
+    model = TinyNet()
+    opt = build_optimizer(model.named_parameters(), OptimConfig(lr=1e-2), NO_DECAY_PATTERNS)
+    _train_steps(model, opt, 1)
+    state = opt.state_dict()
+    fewer = {**state, "param_groups": [{**state["param_groups"][0], "params": state["param_groups"][0]["params"][1:]},
+                                       *state["param_groups"][1:]]}
+    with pytest.raises(UserError, match=r"^state 'optimizer': optimizer state of a different model: parameter group 0 "
+                                        r"holds \d+ parameters in the checkpoint, \d+ now$"):
+        load_optimizer_state(opt, fewer, "state 'optimizer'")
+    with pytest.raises(UserError, match=r"1 parameter group\(s\) in the checkpoint, 2 in the optimizer now"):
+        load_optimizer_state(opt, {**state, "param_groups": state["param_groups"][:1]}, "state 'optimizer'")
+    with pytest.raises(UserError, match=r"not an optimizer state"):
+        load_optimizer_state(opt, {"weight": torch.zeros(1)}, "state 'optimizer'")
+    load_optimizer_state(opt, state, "state 'optimizer'")  # its own state fits
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
@@ -350,3 +420,25 @@ def test_worker_group_larger_than_local_ray_fails_fast(tmp_path, ray_local, monk
                     ckpt_dir=str(tmp_path / "ckpt"))
     with pytest.raises(UserError, match=rf"ray.num_workers=2 x ray.cpus_per_worker={too_many} needs {2 * too_many} CPUs"):
         fit(spec, "infra-too-big")
+
+
+def ray_session_listeners() -> list[tuple[str, int, str]]:
+    """(address, port, process) of every listening socket of this process and the local Ray instance's."""
+    import psutil
+
+    session = ray._private.worker._global_node.get_session_dir_path()
+    pids = {psutil.Process().pid} | {c.pid for c in psutil.Process().children(recursive=True)}
+    pids |= {p.pid for p in psutil.process_iter(["cmdline"]) if any(session in a for a in p.info["cmdline"] or [])}
+    return [(c.laddr.ip, c.laddr.port, psutil.Process(c.pid).name())
+            for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in pids]
+
+
+def test_local_ray_listens_on_loopback_only(ray_local):
+    import ipaddress
+
+    listeners = ray_session_listeners()
+    names = {name for _, _, name in listeners}
+    assert {"gcs_server", "raylet"} <= names, names  # the instance's own servers were found
+    exposed = [entry for entry in listeners
+               if not ipaddress.ip_address(entry[0].removeprefix("::ffff:")).is_loopback]
+    assert not exposed, f"listening beyond loopback: {exposed}"

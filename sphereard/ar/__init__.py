@@ -1,34 +1,16 @@
 """SphereAR generator: causal transformer, diffusion head, rectified flow, CFG, projection, sampling."""
 
-from sphereard.ar.cfg import CFG_SCHEDULES, cfg_combine, cfg_scale_at
-from sphereard.ar.diffusion_head import DiffusionHead, timestep_embedding
-from sphereard.ar.flow import (
-    SAMPLERS,
-    euler,
-    euler_maruyama,
-    flow_loss,
-    integrate,
-    interpolate,
-    sample_t,
-    score_from_velocity,
-    velocity_target,
-)
-from sphereard.ar.presets import (
-    GENERATOR_PRESETS,
-    GeneratorArch,
-    SphereARModel,
-    count_params,
-    create_generator,
-    resolve_generator_arch,
-)
-from sphereard.ar.projection import PROJECTIONS, default_projection, project_tokens
-from sphereard.ar.sampler import generate
-from sphereard.ar.transformer import ARTransformer, DecodeState
+from sphereard.utils.lazy import lazy_exports
 
-__all__ = [
-    "ARTransformer", "CFG_SCHEDULES", "DecodeState", "DiffusionHead", "GENERATOR_PRESETS", "GeneratorArch",
-    "PROJECTIONS", "SAMPLERS", "SphereARModel", "cfg_combine", "cfg_scale_at", "count_params",
-    "create_generator", "default_projection", "euler", "euler_maruyama", "flow_loss", "generate",
-    "integrate", "interpolate", "project_tokens", "resolve_generator_arch", "sample_t",
-    "score_from_velocity", "timestep_embedding", "velocity_target",
-]
+_EXPORTS = {  # public name -> submodule defining it (imported on first use)
+    "CFG_SCHEDULES": "cfg", "cfg_combine": "cfg", "cfg_scale_at": "cfg",
+    "DiffusionHead": "diffusion_head", "timestep_embedding": "diffusion_head",
+    "SAMPLERS": "flow", "euler": "flow", "euler_maruyama": "flow", "flow_loss": "flow", "integrate": "flow",
+    "interpolate": "flow", "sample_t": "flow", "score_from_velocity": "flow", "velocity_target": "flow",
+    "GENERATOR_PRESETS": "arch", "GeneratorArch": "arch", "resolve_generator_arch": "arch", "SphereARModel": "presets",
+    "count_params": "presets", "create_generator": "presets",
+    "PROJECTIONS": "projection", "default_projection": "projection", "project_tokens": "projection",
+    "generate": "sampler",
+    "ARTransformer": "transformer", "DecodeState": "transformer",
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

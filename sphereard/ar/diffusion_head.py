@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from timm.layers import SwiGLU
 from torch import nn
 
-HEAD_MLP_RATIO = 1.5
+from sphereard.ar.arch import HEAD_MLP_RATIO
+
 TIME_FREQ_DIM = 256
 TIME_SCALE = 1000.0  # t in [0, 1] is embedded as 1000 t, like diffusion timesteps
 MAX_PERIOD = 10_000.0

@@ -17,14 +17,17 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from sphereard.ar.presets import (NO_DECAY_PATTERNS, GeneratorArch, SphereARModel, create_generator,
-                                  resolve_generator_arch)
+from sphereard.ar.arch import GeneratorArch, resolve_generator_arch
+from sphereard.ar.presets import NO_DECAY_PATTERNS, SphereARModel, create_generator
 from sphereard.ar.projection import default_projection
 from sphereard.config import OptimConfig, Params, SamplingConfig
 from sphereard.errors import UserError
-from sphereard.latents import LatentDataset, read_latent_meta
+from sphereard.latents import META_FILE, LatentDataset, pick_views, read_latent_meta
 from sphereard.tokenizer.posterior import sample_from_params
 from sphereard.train import StepContext, TrainTask, build_ema, build_optimizer, build_scheduler, optimizer_step
+from sphereard.train.checkpoint import load_optimizer_state, require_state
+from sphereard.utils.io import require_fields
+from sphereard.utils.weights import load_state_strict
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ def generator_arch_for_cache(params: Params, posterior: str) -> tuple[GeneratorA
     """Resolve generator.preset + overrides and check them against `encode.out/<posterior>/meta.json`."""
     cache_dir = latent_cache_dir(params, posterior)
     meta = read_latent_meta(cache_dir, verify=False)
+    require_fields(cache_dir / META_FILE, meta, {"num_classes": int, "latent_dim": int, "grid_size": int,
+                                                 "radius": float})  # what the generator needs of the cache
     arch = resolve_generator_arch(params.generator.preset, params.generator.overrides, "generator")
     check_arch_fits_cache(arch, meta, cache_dir)
     if meta["posterior"] != posterior:
@@ -62,7 +67,7 @@ def generator_arch_for_cache(params: Params, posterior: str) -> tuple[GeneratorA
 
 
 def generator_meta(params: Params, posterior: str, radius: float, tokenizer_dir: str | Path) -> dict:
-    """What `sphereard.export.load_generator` and the sampling stage need."""
+    """What `sphereard.ar.export.load_generator` and the sampling stage need."""
     gen = params.generator
     return {"kind": "generator", "preset": gen.preset, "overrides": gen.overrides, "posterior": posterior,
             "radius": radius, "tokenizer_dir": str(tokenizer_dir)}
@@ -124,22 +129,27 @@ class GeneratorTask(TrainTask):
         self.opt, self.sched, self.ema = build_training(self.gen, ctx.optim, ctx.total_steps)
 
     def train_step(self, batch, step: int) -> dict:
-        params, labels = batch  # (B, L, P) cached posterior params, (B,)
+        views, labels = batch  # (B, V, L, P) cached posterior params of each view, (B,)
+        params = pick_views(views)  # (B, L, P): the image or its flip, under the step seed
         return train_update(self.gen, self.model, self.opt, self.sched, self.ema, params, labels, step,
                             self.kind, self.radius, self.ctx)
 
     def items_per_batch(self, batch) -> int:
         """Tokens (B * L): the loop's perf/items_per_s is then tokens/s."""
-        params, _ = batch
-        return int(params.shape[0] * params.shape[1])
+        views, _ = batch  # (B, V, L, P)
+        return int(views.shape[0] * views.shape[2])
 
     def state_dicts(self) -> dict:
         return {"model": self.gen.state_dict(), "ema": self.ema.module.state_dict(), "optimizer": self.opt.state_dict()}
 
     def load_state_dicts(self, states: dict) -> None:
-        self.gen.load_state_dict(states["model"])
-        self.ema.module.load_state_dict(states["ema"])
-        self.opt.load_state_dict(states["optimizer"])
+        """Resume model, EMA and optimizer.
+
+        Raises UserError "state '<name>': ..." (the loop prefixes the checkpoint path) when a state
+        is missing or belongs to another model (preset, overrides) or optimizer."""
+        load_state_strict(self.gen, require_state(states, "model"), "state 'model'")
+        load_state_strict(self.ema.module, require_state(states, "ema"), "state 'ema'")
+        load_optimizer_state(self.opt, require_state(states, "optimizer"), "state 'optimizer'")
 
     @torch.no_grad()
     def log_media(self, step: int, run) -> None:
@@ -147,7 +157,7 @@ class GeneratorTask(TrainTask):
         if not run.enabled:
             return
         if self.tokenizer is None:  # rank 0 only, loaded once
-            from sphereard.export import load_tokenizer
+            from sphereard.tokenizer.export import load_tokenizer
 
             self.tokenizer, _ = load_tokenizer(tokenizer_model_dir(self.params, self.posterior), self.ctx.device)
         cfg = SamplingConfig()  # fixed defaults: training does not depend on the `sampling` block

@@ -1,8 +1,10 @@
 """Data layer: raw sources -> Parquet shards + manifest (the `prepare` stage) -> torch Dataset."""
 
-from sphereard.data.shards import (MANIFEST_NAME, ShardDataset, decode_png, images_as_uint8,
-                                   load_manifest, prepare_dataset)
-from sphereard.data.sources import SOURCES, SPLITS, hash_split, open_source
+from sphereard.utils.lazy import lazy_exports
 
-__all__ = ["MANIFEST_NAME", "SOURCES", "SPLITS", "ShardDataset", "decode_png", "hash_split",
-           "images_as_uint8", "load_manifest", "open_source", "prepare_dataset"]
+_EXPORTS = {  # public name -> submodule defining it (imported on first use)
+    "MANIFEST_NAME": "shards", "ShardDataset": "shards", "decode_png": "shards", "images_as_uint8": "shards",
+    "load_manifest": "shards", "prepare_dataset": "shards",
+    "SOURCES": "sources", "SPLITS": "sources", "hash_split": "sources", "open_source": "sources",
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

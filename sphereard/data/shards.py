@@ -19,15 +19,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from sphereard.data.sources import SPLITS, CapSelector, open_source
-from sphereard.data.transforms import (center_crop_resize, pad_to_square_size, random_hflip,
+from sphereard.data.transforms import (center_crop_resize, pad_to_square_size,
                                        to_channels, to_unit_tensor)
 from sphereard.errors import UserError
-from sphereard.utils.io import atomic_path, sha256_file
+from sphereard.utils.io import atomic_path, read_json_object, require_fields, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,18 @@ def encode_png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """PNG bytes -> uint8 (H, W, C) array (C = 1 for greyscale)."""
-    arr = np.array(Image.open(io.BytesIO(data)))  # writable copy (torch.from_numpy needs one)
+def decode_png(data: bytes, where: str = "image") -> np.ndarray:
+    """PNG bytes -> uint8 (H, W, C) array (C = 1 for greyscale).
+
+    Raises UserError naming `where` when the bytes are not a decodable 8-bit image."""
+    try:
+        arr = np.array(Image.open(io.BytesIO(data)))  # writable copy (torch.from_numpy needs one)
+    except UnidentifiedImageError:
+        raise UserError(f"{where}: not a decodable image (no image format recognised)") from None
+    except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError) as e:
+        raise UserError(f"{where}: not a decodable image ({e})") from None
+    if arr.dtype != np.uint8:
+        raise UserError(f"{where}: image is {arr.dtype}, expected 8-bit")
     return arr[..., None] if arr.ndim == 2 else arr
 
 
@@ -137,67 +146,137 @@ def prepare_dataset(cfg, out_dir: str | Path) -> dict:
     return manifest
 
 
+MANIFEST_FIELDS = {"image_size": int, "channels": int, "classes": list, "num_classes": int, "splits": dict}
+SPLIT_FIELDS = {"shards": list}
+SHARD_FIELDS = {"file": str, "rows": int, "sha256": str}
+PARQUET_ERRORS = (pa.ArrowException, OSError, KeyError)
+
+
+def check_manifest(path: Path, manifest: dict) -> dict:
+    """Keys, types and values of a manifest read from `path`; raises UserError naming the key."""
+    require_fields(path, manifest, MANIFEST_FIELDS)
+    if manifest["image_size"] < 1:
+        raise UserError(f"{path}: key 'image_size' must be positive, got {manifest['image_size']}")
+    if manifest["channels"] not in (1, 3):
+        raise UserError(f"{path}: key 'channels' must be 1 or 3, got {manifest['channels']}")
+    if manifest["num_classes"] < 1 or len(manifest["classes"]) != manifest["num_classes"]:
+        raise UserError(f"{path}: key 'num_classes' is {manifest['num_classes']} but 'classes' lists "
+                        f"{len(manifest['classes'])}")
+    for split, info in manifest["splits"].items():
+        if not isinstance(info, dict):
+            raise UserError(f"{path}: key 'splits.{split}' must be an object, got {info!r}")
+        require_fields(path, info, SPLIT_FIELDS, f"splits.{split}.")
+        for i, shard in enumerate(info["shards"]):
+            if not isinstance(shard, dict):
+                raise UserError(f"{path}: key 'splits.{split}.shards[{i}]' must be an object, got {shard!r}")
+            require_fields(path, shard, SHARD_FIELDS, f"splits.{split}.shards[{i}].")
+    return manifest
+
+
 def load_manifest(root: str | Path, verify: bool = True) -> dict:
-    """Read manifest.json; with verify, check every shard exists with its row count and sha256."""
+    """Read manifest.json; with verify, check every shard exists with its row count and sha256.
+
+    Raises UserError naming manifest.json (missing, truncated, malformed: the key) or the shard."""
     root = Path(root)
     path = root / MANIFEST_NAME
     if not path.is_file():
         raise UserError(f"{path}: missing (run the prepare stage)")
-    try:
-        manifest = json.loads(path.read_text())
-        shards = [(s, sh) for s, info in manifest["splits"].items() for sh in info["shards"]]
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"{path}: not a valid manifest ({e!r})") from e
+    manifest = check_manifest(path, read_json_object(path, "dataset manifest"))
     if verify:
-        for split, sh in shards:
-            f = root / sh["file"]
-            if not f.is_file():
-                raise UserError(f"{f}: shard listed in {MANIFEST_NAME} is missing")
-            if sha256_file(f) != sh["sha256"]:
-                raise UserError(f"{f}: sha256 mismatch (shard modified or corrupt)")
-            rows = pq.read_metadata(f).num_rows
-            if rows != sh["rows"]:
-                raise UserError(f"{f}: has {rows} rows, manifest says {sh['rows']}")
+        for info in manifest["splits"].values():
+            for sh in info["shards"]:
+                _verify_shard(root / sh["file"], sh)
     return manifest
 
 
+def _verify_shard(f: Path, sh: dict) -> None:
+    if not f.is_file():
+        raise UserError(f"{f}: shard listed in {MANIFEST_NAME} is missing")
+    if sha256_file(f) != sh["sha256"]:
+        raise UserError(f"{f}: sha256 mismatch (shard modified or corrupt)")
+    rows = _parquet(f, lambda: pq.read_metadata(f).num_rows)
+    if rows != sh["rows"]:
+        raise UserError(f"{f}: has {rows} rows, manifest says {sh['rows']}")
+
+
+def _parquet(path: Path, read):
+    """`read()` of one Parquet shard; a corrupt file or missing column is a UserError naming it."""
+    try:
+        return read()
+    except PARQUET_ERRORS as e:
+        raise UserError(f"{path}: not a readable shard ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
 def _read_split(root: Path, manifest: dict, split: str, columns: list[str]) -> pa.Table:
+    """The named columns of every shard of `split`.
+
+    Raises UserError for an unknown or empty split and for an unreadable shard."""
     if split not in manifest["splits"]:
         raise UserError(f"split: {split!r} not in {root / MANIFEST_NAME} (has {sorted(manifest['splits'])})")
     files = [root / sh["file"] for sh in manifest["splits"][split]["shards"]]
-    if not files:
-        return SCHEMA.empty_table().select(columns)
-    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+    tables = [_parquet(f, lambda f=f: pq.read_table(f, columns=columns)) for f in files]
+    if sum(t.num_rows for t in tables) == 0:
+        raise UserError(f"{root / MANIFEST_NAME}: split {split!r} has no images")
+    return pa.concat_tables(tables)
+
+
+def _checked_labels(root: Path, manifest: dict, split: str, table: pa.Table) -> np.ndarray:
+    """int64 labels (N,) of a split's table; UserError naming the manifest if one is outside its classes."""
+    labels = table.column("label").to_numpy().astype(np.int64)
+    if len(labels) and not (labels.min() >= 0 and labels.max() < manifest["num_classes"]):
+        raise UserError(f"{root / MANIFEST_NAME}: split {split!r} has labels outside [0, {manifest['num_classes']})")
+    return labels
+
+
+def _decode_row(root: Path, manifest: dict, split: str, i: int, data: bytes) -> np.ndarray:
+    """Row `i` of a split decoded to uint8 (H, W, C); UserError naming its shard if it does not decode
+    or has another shape than the manifest's."""
+    image = decode_png(data, _row_source(root, manifest, split, i))
+    want = (manifest["image_size"], manifest["image_size"], manifest["channels"])
+    if image.shape != want:
+        raise UserError(f"{_row_source(root, manifest, split, i)}: image is {image.shape}, {MANIFEST_NAME} says {want}")
+    return image
+
+
+def _row_source(root: Path, manifest: dict, split: str, row: int) -> str:
+    """'<shard file> row <i>' for row `row` of a split (error messages)."""
+    for sh in manifest["splits"][split]["shards"]:
+        if row < sh["rows"]:
+            return f"{root / sh['file']} row {row}"
+        row -= sh["rows"]
+    return f"{root / MANIFEST_NAME} split {split!r} row {row}"
 
 
 class ShardDataset(Dataset):
-    """Images of one split as float (C, H, W) tensors in [-1, 1] with int labels.
+    """Images of one split as float (C, H, W) tensors in [-1, 1] with int labels; deterministic per
+    index (training flips batches in its step: `transforms.random_hflip_batch`).
 
     The (small) PNG bytes of the whole split are held in memory; decoding is lazy, per item."""
 
-    def __init__(self, root: str | Path, split: str, flip: bool = False, verify: bool = True):
-        self.root, self.split, self.flip = Path(root), split, flip
+    def __init__(self, root: str | Path, split: str, verify: bool = True):
+        self.root, self.split = Path(root), split
         self.manifest = load_manifest(self.root, verify=verify)
         self.classes = self.manifest["classes"]
         self.num_classes = self.manifest["num_classes"]
         table = _read_split(self.root, self.manifest, split, ["image", "label"])
         # large_binary: 64-bit offsets, so one contiguous array may exceed 2 GiB
         self.images = table.column("image").cast(pa.large_binary()).combine_chunks()
-        self.labels = table.column("label").to_numpy().astype(np.int64)  # (N,)
+        self.labels = _checked_labels(self.root, self.manifest, split, table)  # (N,)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = to_unit_tensor(decode_png(self.images[i].as_py()))  # (C, H, W)
-        if self.flip:
-            x = random_hflip(x)
+        x = to_unit_tensor(_decode_row(self.root, self.manifest, self.split, i, self.images[i].as_py()))  # (C, H, W)
         return x, int(self.labels[i])
 
 
 def images_as_uint8(root: str | Path, split: str, limit: int | None = None,
                     verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """First `limit` images of a split as uint8 (N, H, W, C) plus int64 labels (N,), for evaluation."""
+    """First `limit` images of a split as uint8 (N, H, W, C) plus int64 labels (N,), for evaluation.
+
+    Raises UserError naming the file for an unreadable manifest or shard, an empty split, an image
+    that does not decode or has another shape than the manifest's, labels outside the classes."""
     root = Path(root)
     manifest = load_manifest(root, verify=verify)
     table = _read_split(root, manifest, split, ["image", "label"])
@@ -206,5 +285,5 @@ def images_as_uint8(root: str | Path, split: str, limit: int | None = None,
     s, c = manifest["image_size"], manifest["channels"]
     images = np.empty((table.num_rows, s, s, c), np.uint8)
     for i, data in enumerate(table.column("image").to_pylist()):
-        images[i] = decode_png(data)
-    return images, table.column("label").to_numpy().astype(np.int64)
+        images[i] = _decode_row(root, manifest, split, i, data)
+    return images, _checked_labels(root, manifest, split, table)

@@ -13,13 +13,14 @@ import hashlib
 import io
 import logging
 import tarfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from sphereard.errors import UserError
 
@@ -80,9 +81,27 @@ def decode_image(data: bytes, name: str) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
+    except UnidentifiedImageError:
+        raise UserError(f"{name}: corrupt or truncated image (no image format recognised)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{name}: corrupt or truncated image ({e})") from e
     return img
+
+
+def read_file_bytes(path: Path) -> bytes:
+    """The bytes of a source file; an unreadable one is a UserError naming it."""
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: unreadable ({e.strerror or e})") from None
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """A UTF-8 text file; unreadable or not UTF-8 is a UserError naming it."""
+    try:
+        return read_file_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a UTF-8 text file ({what}): {e}") from None
 
 
 def _existing(path: str | None, what: str) -> Path:
@@ -97,7 +116,7 @@ def read_idx(path: Path) -> np.ndarray:
     """Read an idx ubyte file (optionally gzipped) as a uint8 array of its declared shape."""
     try:
         data = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise UserError(f"{path}: corrupt or truncated ({e})") from e
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != IDX_UBYTE:
         raise UserError(f"{path}: not an idx ubyte file")
@@ -123,6 +142,8 @@ def fashion_mnist(cfg) -> Source:
         images, labels = read_idx(_find_idx(root, img_stem)), read_idx(_find_idx(root, lbl_stem))
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise UserError(f"{root / img_stem}: shape {images.shape} does not match labels {labels.shape}")
+        if len(labels) == 0:
+            raise UserError(f"{root / lbl_stem}: holds no labels")
         if labels.max() >= len(FASHION_MNIST_CLASSES):
             raise UserError(f"{root / lbl_stem}: label {labels.max()} out of range")
         arrays[split] = images, labels
@@ -145,7 +166,7 @@ def parse_emoji_test(path: Path, level: str) -> list[tuple[str, str, str]]:
     if level not in ("group", "subgroup"):
         raise UserError(f"emoji_label: must be 'group' or 'subgroup', got {level!r}")
     header, current, out = f"# {level}:", None, []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_text_file(path, "emoji-test.txt").splitlines():
         if line.startswith(header):
             current = line[len(header):].strip()
         elif line and not line.startswith("#") and ";" in line:
@@ -153,7 +174,11 @@ def parse_emoji_test(path: Path, level: str) -> list[tuple[str, str, str]]:
             if rest.split("#", 1)[0].strip() != EMOJI_STATUS:
                 continue
             cps = codes.split()
-            out.append(("_".join(cps), "".join(chr(int(c, 16)) for c in cps), current))
+            try:
+                text = "".join(chr(int(c, 16)) for c in cps)
+            except (ValueError, OverflowError):
+                raise UserError(f"{path}: line {line!r}: code points must be hex numbers") from None
+            out.append(("_".join(cps), text, current))
     if not out:
         raise UserError(f"{path}: no {EMOJI_STATUS} emoji found (expected emoji-test.txt)")
     return out
@@ -223,7 +248,7 @@ def image_folder(cfg) -> Source:
                     key = f.relative_to(root).as_posix()
                     split = given or hash_split(key, cfg.test_fraction)
                     if select.want(name, split):
-                        yield Item(key, decode_image(f.read_bytes(), str(f)), name, split)
+                        yield Item(key, decode_image(read_file_bytes(f), str(f)), name, split)
 
     return Source(classes, iterate, total, BLACK)
 

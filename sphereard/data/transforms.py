@@ -1,7 +1,9 @@
 """Image transforms: pure functions used when preparing shards and when reading them.
 
 Preparation (PIL in, PIL out): `to_channels` -> `pad_to_square_size` or `center_crop_resize`.
-Reading (uint8 array in, tensor out): `to_unit_tensor`, then `random_hflip` at train time.
+Reading (uint8 array in, tensor out): `to_unit_tensor`. Training-time augmentation runs on the
+batch inside the training step (`random_hflip_batch`), under the step's seed, so it is part of the
+exactly resumable random stream (`sphereard/train/loop.py`).
 """
 
 from __future__ import annotations
@@ -66,9 +68,10 @@ def to_unit_tensor(arr: np.ndarray) -> torch.Tensor:
     return x.float() / UINT8_HALF_RANGE - 1.0
 
 
-def random_hflip(x: torch.Tensor, p: float = FLIP_PROB,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flip a (..., H, W) image left-right with probability p (training augmentation)."""
-    if torch.rand((), generator=generator).item() < p:
-        return x.flip(-1)
-    return x
+def random_hflip_batch(x: torch.Tensor, p: float = FLIP_PROB) -> torch.Tensor:
+    """Flip each image of a (B, ..., H, W) batch left-right with probability p (global torch RNG).
+
+    Draws exactly B uniforms on x's device, whatever the outcome, so the RNG stream is the same
+    for every batch of a given size."""
+    flip = torch.rand(x.shape[0], device=x.device) < p  # (B,)
+    return torch.where(flip.view(-1, *([1] * (x.ndim - 1))), x.flip(-1), x)

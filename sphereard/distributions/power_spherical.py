@@ -5,18 +5,27 @@ Power Spherical: De Cao & Aziz 2020, "The Power Spherical distribution"; SphereA
 Density p(x; mu, kappa) = C(kappa, m) (1 + mu.x)^kappa on S^{m-1}, with
 alpha = (m-1)/2 + kappa, beta = (m-1)/2 and
 log C = -[(alpha+beta) log 2 + beta log pi + lgamma(alpha) - lgamma(alpha+beta)].
+
+Accurate at any concentration, in float32 as well: the lgamma / digamma differences go through
+`sphereard.distributions.special` (no cancellation, ~1e-5 relative from kappa = 0 to 1e30), and
+sampling draws 1 - z (small when kappa is large) rather than z, with its own large-alpha
+reparameterisation, so kappa = inf or any huge value samples mu with finite gradients.
 """
 
 import math
 
 import torch
 from torch import Tensor
-from torch.distributions import Beta, Distribution, constraints
+from torch.distributions import Beta, Distribution, Gamma, constraints
 from torch.distributions.kl import register_kl
 
+from sphereard.distributions.special import kl_power_spherical_uniform, log_gamma_ratio
 from sphereard.geometry import sphere_log_area
 
 SPHERE_TOL = 1e-4  # |  ||x|| - 1 | allowed by the unit-sphere constraint (float32 round-off)
+# alpha above which 1 - z ~ Beta(beta, alpha) is drawn as G_beta / (G_beta + G_alpha) with gamma draws:
+# torch's implicit Beta gradient degrades there (0 for beta = 1/2 at alpha 1e5, NaN from alpha ~1e7-1e10)
+GAMMA_DRAW_ALPHA = 1e3
 
 
 class _UnitSphere(constraints.Constraint):
@@ -38,11 +47,12 @@ def _half_dims(dim: int) -> float:
 
 
 def expected_dot(scale, dim: int):
-    """E[mu.x] = (alpha - beta) / (alpha + beta) = kappa / (kappa + m - 1) for x ~ PS(mu, kappa)."""
+    """E[mu.x] = (alpha - beta) / (alpha + beta) = kappa / (kappa + m - 1) for x ~ PS(mu, kappa); 1 at kappa = inf."""
     assert dim >= 2, "Power Spherical needs dimension m >= 2"
-    beta = _half_dims(dim)
-    alpha = beta + scale
-    return (alpha - beta) / (alpha + beta)
+    if not torch.is_tensor(scale):
+        return 1.0 if math.isinf(scale) else scale / (scale + dim - 1)
+    kappa = scale.clamp(max=torch.finfo(scale.dtype).max / 4)  # inf -> huge: ratio 1, gradient 0
+    return kappa / (kappa + (dim - 1))
 
 
 def _uniform_direction(shape: torch.Size, dim: int, device, dtype) -> Tensor:
@@ -83,7 +93,8 @@ class PowerSpherical(Distribution):
 
     loc: (..., m) unit mean direction; scale: (...) concentration kappa >= 0 (floats allowed).
     Parameters broadcast: batch_shape = broadcast(loc.shape[:-1], scale.shape), event_shape = (m,).
-    rsample is reparameterised in loc (Householder map) and scale (implicit Beta gradients).
+    rsample is reparameterised in loc (Householder map) and scale (implicit Beta gradients; gamma
+    pathwise gradients for alpha >= GAMMA_DRAW_ALPHA). scale may be inf: samples are then loc.
     """
 
     arg_constraints = {"loc": unit_sphere, "scale": constraints.nonnegative}
@@ -109,45 +120,76 @@ class PowerSpherical(Distribution):
         beta = torch.full_like(self.scale, _half_dims(self.dim))
         return beta + self.scale, beta
 
+    def _log_normalizer_at_half(self) -> Tensor:
+        """log C + kappa log 2 = lgamma(alpha+beta) - lgamma(alpha) - beta log(4 pi), stably. (...)"""
+        beta = _half_dims(self.dim)
+        return log_gamma_ratio(beta + self.scale, beta) - beta * math.log(4.0 * math.pi)
+
     def log_normalizer(self) -> Tensor:
         """log C(kappa, m) = -[(alpha+beta) log 2 + beta log pi + lgamma(alpha) - lgamma(alpha+beta)]. (...)"""
-        alpha, beta = self._alpha_beta
-        return -((alpha + beta) * math.log(2.0) + beta * math.log(math.pi)
-                 + torch.lgamma(alpha) - torch.lgamma(alpha + beta))
+        return self._log_normalizer_at_half() - self.scale * math.log(2.0)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """log C + kappa log(1 + loc.x). (..., m) -> (...); kappa = 0 gives the uniform density."""
+        """log C + kappa log(1 + loc.x) = [log C + kappa log 2] + kappa log((1 + loc.x) / 2). (..., m) -> (...).
+
+        (1 + t) / 2 is 1 - |x - mu|^2 / 4 = |x + mu|^2 / 4 on the unit sphere; the first form (through
+        log1p) keeps the O(|x - mu|^2) deviation when x is close to mu, where kappa is large and
+        1 + t would round it away. value is re-normalised first, so its float round-off off the sphere
+        (~1e-7 in float32) is not amplified by a large kappa. kappa = 0 gives the uniform density.
+        """
         if self._validate_args:
             self._validate_sample(value)
-        one_plus_dot = (1.0 + (self.loc * value).sum(-1)).clamp_min(0.0)  # (...)
-        return self.log_normalizer() + torch.xlogy(self.scale, one_plus_dot)
+        x = value / value.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(value.dtype).tiny)  # (..., m)
+        near = (self.loc * x).sum(-1) > 0  # (...)
+        gap = ((x - self.loc).square().sum(-1) / 4).clamp(max=0.5)  # (1 - t) / 2 where near
+        half = (x + self.loc).square().sum(-1) / 4  # (1 + t) / 2
+        log_half = torch.where(near, self.scale * torch.log1p(-gap), torch.xlogy(self.scale, half))
+        return self._log_normalizer_at_half() + log_half
 
     def entropy(self) -> Tensor:
-        """H = -[log C + kappa (log 2 + digamma(alpha) - digamma(alpha+beta))]. (...)"""
-        alpha, beta = self._alpha_beta
-        expected_log = math.log(2.0) + torch.digamma(alpha) - torch.digamma(alpha + beta)  # E[log(1+mu.x)]
-        return -(self.log_normalizer() + self.scale * expected_log)
+        """H = -[log C + kappa E log(1 + mu.x)] = log |S^{m-1}| - KL(PS || U), from the stable KL. (...)"""
+        return sphere_log_area(self.dim) - kl_power_spherical_uniform(self.scale, self.dim)
 
     @property
     def mean(self) -> Tensor:
         """E[x] = loc * (alpha - beta) / (alpha + beta). (..., m)"""
         return self.loc * expected_dot(self.scale, self.dim).unsqueeze(-1)
 
+    def _sample_tail(self, sample_shape: torch.Size) -> Tensor:
+        """w = 1 - Z with Z ~ Beta(alpha, beta), i.e. w ~ Beta(beta, alpha): S + B, in (0, 1).
+
+        alpha < GAMMA_DRAW_ALPHA: torch's Beta (implicit reparameterisation gradients). Above it,
+        w = G_b / (G_b + G_a) with G_b ~ Gamma(beta), G_a ~ Gamma(alpha) (same law; pathwise gradient
+        through G_a, accurate at any alpha); alpha is capped at a finite bound there, which leaves
+        w at the dtype's resolution: kappa = inf gives w ~ 1e-38 (float32), i.e. the sample mu.
+        Drawing w rather than Z keeps 1 - Z exact when it is far below the float epsilon.
+        """
+        alpha, beta = self._alpha_beta
+        use_gamma = alpha >= GAMMA_DRAW_ALPHA  # B
+        fill = torch.full_like(alpha, GAMMA_DRAW_ALPHA)
+        alpha_beta_draw = torch.where(use_gamma, fill, alpha)  # each draw sees its own domain only
+        alpha_gamma_draw = torch.where(use_gamma, alpha, fill).clamp(max=torch.finfo(alpha.dtype).max / 16)
+        w_beta = Beta(beta, alpha_beta_draw, validate_args=False).rsample(sample_shape)
+        ones = torch.ones_like(alpha)
+        g_b = Gamma(beta, ones, validate_args=False).sample(sample_shape)  # beta is a constant: no gradient
+        g_a = Gamma(alpha_gamma_draw, ones, validate_args=False).rsample(sample_shape)
+        w_gamma = g_b / (g_b + g_a)
+        return torch.where(use_gamma, w_gamma, w_beta)
+
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
         """Reparameterised samples, sample_shape + batch_shape + (m,).
 
-        t = 2Z - 1 with Z ~ Beta(alpha, beta) is the coordinate along e1, v ~ U(S^{m-2}) the
-        rest: y = [t, sqrt(1 - t^2) v]. Then an orthogonal map sending e1 to loc: the reflection
-        H_u y = y - 2 u (u.y) / (u.u) with u = e1 - s loc, times s, where s = -sign(loc_1)
-        (s = -1 when loc_1 = 0). This is the stable-QR sign choice: u.u >= 1 always, so
-        loc = +e1 or -e1 never divides by zero, and s H_u e1 = loc for unit loc.
+        t = 2Z - 1 = 1 - 2w with Z ~ Beta(alpha, beta), w = 1 - Z (`_sample_tail`) is the coordinate
+        along e1, v ~ U(S^{m-2}) the rest: y = [t, sqrt(1 - t^2) v]. Then an orthogonal map sending e1
+        to loc: the reflection H_u y = y - 2 u (u.y) / (u.u) with u = e1 - s loc, times s, where
+        s = -sign(loc_1) (s = -1 when loc_1 = 0). This is the stable-QR sign choice: u.u >= 1 always,
+        so loc = +e1 or -e1 never divides by zero, and s H_u e1 = loc for unit loc.
         """
         shape = self._extended_shape(sample_shape)  # S + B + (m,)
-        alpha, beta = self._alpha_beta
-        z = Beta(alpha, beta, validate_args=False).rsample(sample_shape)  # S + B
-        t = (2.0 * z - 1.0).unsqueeze(-1)  # S + B + (1,)
-        # sqrt(1 - t^2) = 2 sqrt(z (1 - z)), accurate when z is close to 0 or 1
-        r = 2.0 * (z * (1.0 - z)).clamp_min(torch.finfo(z.dtype).tiny).sqrt().unsqueeze(-1)
+        w = self._sample_tail(torch.Size(sample_shape))  # S + B
+        t = (1.0 - 2.0 * w).unsqueeze(-1)  # S + B + (1,)
+        # sqrt(1 - t^2) = 2 sqrt(w (1 - w)), accurate when w is close to 0 or 1
+        r = 2.0 * (w * (1.0 - w)).clamp_min(torch.finfo(w.dtype).tiny).sqrt().unsqueeze(-1)
         v = _uniform_direction(shape[:-1], self.dim - 1, self.loc.device, self.loc.dtype)  # S + B + (m-1,)
         y = torch.cat([t, r * v], dim=-1)  # S + B + (m,)
 
@@ -160,6 +202,7 @@ class PowerSpherical(Distribution):
 
 @register_kl(PowerSpherical, HypersphericalUniform)
 def _kl_power_spherical_uniform(p: PowerSpherical, q: HypersphericalUniform) -> Tensor:
-    """KL(PS(mu, kappa) || U(S^{m-1})) = log |S^{m-1}| - H(PS) (SphereAR Sec. 3.1). (...)"""
+    """KL(PS(mu, kappa) || U(S^{m-1})) = log |S^{m-1}| - H(PS) (SphereAR Sec. 3.1), computed directly
+    (`special.kl_power_spherical_uniform`): ~1e-5 relative in float32 also near kappa = 0. (...)"""
     assert p.dim == q.dim, "KL needs both distributions on the same sphere S^{m-1}"
-    return sphere_log_area(p.dim) - p.entropy()
+    return kl_power_spherical_uniform(p.scale, p.dim)

@@ -1,21 +1,20 @@
 """Evaluation: feature extractors (torch-fidelity), generation / reconstruction metrics, ADM interop,
 latent-geometry diagnostics. Metric keys always carry their feature extractor (`metric_name`)."""
 
-from sphereard.eval.adm import adm_ref_stats, load_adm_npz, load_samples_npz, save_samples_npz
-from sphereard.eval.classifier import SmallCNN, load_classifier, save_classifier, train_classifier
-from sphereard.eval.diagnostics import (NormDrift, detect_norm_drift, norm_trajectory, plot_error_split,
-                                        plot_metric_vs_cfg, plot_norm_trajectories, radial_tangential_error)
-from sphereard.eval.extractors import (EXTRACTORS, INCEPTION_WEIGHTS_ENV, build_extractor, extract_features,
-                                       metric_name)
-from sphereard.eval.metrics import (RefStats, compute_ref_stats, frechet_distance, generation_metric_keys,
-                                    generation_metrics, load_ref_stats, save_ref_stats)
-from sphereard.eval.reconstruction import psnr, reconstruction_metrics, ssim
+from sphereard.utils.lazy import lazy_exports
 
-__all__ = [
-    "EXTRACTORS", "INCEPTION_WEIGHTS_ENV", "NormDrift", "RefStats", "SmallCNN", "adm_ref_stats",
-    "build_extractor", "compute_ref_stats", "detect_norm_drift", "extract_features", "frechet_distance",
-    "generation_metric_keys", "generation_metrics", "load_adm_npz", "load_classifier", "load_ref_stats",
-    "load_samples_npz", "metric_name", "norm_trajectory", "plot_error_split", "plot_metric_vs_cfg",
-    "plot_norm_trajectories", "psnr", "radial_tangential_error", "reconstruction_metrics", "save_classifier",
-    "save_ref_stats", "save_samples_npz", "ssim", "train_classifier",
-]
+_EXPORTS = {  # public name -> submodule defining it (imported on first use)
+    "adm_ref_stats": "adm", "load_adm_npz": "adm", "load_samples_npz": "adm", "save_samples_npz": "adm",
+    "SmallCNN": "classifier", "load_classifier": "classifier", "save_classifier": "classifier",
+    "train_classifier": "classifier",
+    "NormDrift": "diagnostics", "detect_norm_drift": "diagnostics", "norm_trajectory": "diagnostics",
+    "plot_error_split": "diagnostics", "plot_metric_vs_cfg": "diagnostics",
+    "plot_norm_trajectories": "diagnostics", "radial_tangential_error": "diagnostics",
+    "EXTRACTORS": "extractors", "INCEPTION_WEIGHTS_ENV": "extractors", "build_extractor": "extractors",
+    "extract_features": "extractors", "metric_name": "extractors",
+    "RefStats": "metrics", "compute_ref_stats": "metrics", "frechet_distance": "metrics",
+    "generation_metric_keys": "metrics", "generation_metrics": "metrics", "load_ref_stats": "metrics",
+    "save_ref_stats": "metrics",
+    "psnr": "reconstruction", "reconstruction_metrics": "reconstruction", "ssim": "reconstruction",
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -3,7 +3,8 @@
 Reference batches (e.g. VIRTUAL_imagenet256_labeled.npz) hold `arr_0` uint8 (N, H, W, 3) images and
 `mu` / `sigma`: TF Inception pool3 (2048-d) statistics, which torch-fidelity's inception-v3-compat
 reproduces (the paper's ImageNet protocol). Sample batches hold `arr_0` images and `arr_1` labels;
-`save_samples_npz` writes ours in that layout so the ADM evaluator can read them unchanged.
+`save_samples_npz` writes ours in that layout so the ADM evaluator can read them unchanged (grey
+images as 3 equal channels, since its network takes RGB; the in-project metrics read either).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from sphereard.errors import UserError
-from sphereard.eval.metrics import RefStats, compute_ref_stats
-from sphereard.utils.io import atomic_path
+from sphereard.eval.metrics import RefStats, check_stats, compute_ref_stats
+from sphereard.utils.io import atomic_path, read_npz
 
 ADM_INCEPTION_DIM = 2048
 ADM_STATS_TAG = "inception"  # ADM mu/sigma come from the standard FID Inception graph
+MIN_SAMPLES = 2  # a Gaussian fit (FD) needs two feature rows
+ADM_CHANNELS = 3  # the ADM evaluator's Inception takes RGB
 
 
 def _check_images(images: np.ndarray, where: str) -> None:
@@ -26,27 +29,32 @@ def _check_images(images: np.ndarray, where: str) -> None:
                         f"{images.dtype} {images.shape}")
 
 
+def _check_labels(labels: np.ndarray, num_images: int | None, where: str) -> None:
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"{where}: arr_1 (labels) must be integers (N,), got {labels.dtype} {labels.shape}")
+    if num_images is not None and len(labels) != num_images:
+        raise UserError(f"{where}: {len(labels)} labels (arr_1) for {num_images} images (arr_0)")
+
+
 def load_adm_npz(path: str | Path) -> dict:
-    """{'images': uint8 (N, H, W, C) | None, 'labels': (N,) | None, 'mu': (D,) | None, 'sigma': (D, D) | None}."""
+    """{'images': uint8 (N, H, W, C) | None, 'labels': (N,) | None, 'mu': (D,) | None, 'sigma': (D, D) | None}.
+
+    Raises UserError naming the file: missing, not a .npz (another format, truncated), neither
+    images nor statistics, images not uint8 (N, H, W, 1|3), labels not integers (N,) matching
+    the images, only one of mu / sigma, mismatched shapes or non-finite statistics."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: ADM .npz file not found")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            out = {k: (z[src] if src in z.files else None)
-                   for k, src in (("images", "arr_0"), ("labels", "arr_1"), ("mu", "mu"), ("sigma", "sigma"))}
-    except (ValueError, OSError) as e:
-        raise UserError(f"{path}: not a readable .npz ({e})") from e
+    arrays = read_npz(path, ("arr_0", "arr_1", "mu", "sigma"), "ADM .npz file")
+    out = {k: arrays[src] for k, src in (("images", "arr_0"), ("labels", "arr_1"), ("mu", "mu"), ("sigma", "sigma"))}
     if out["images"] is None and out["mu"] is None:
         raise UserError(f"{path}: has neither arr_0 (images) nor mu/sigma (statistics)")
     if out["images"] is not None:
         _check_images(out["images"], str(path))
+    if out["labels"] is not None:
+        _check_labels(out["labels"], None if out["images"] is None else len(out["images"]), str(path))
     if (out["mu"] is None) != (out["sigma"] is None):
         raise UserError(f"{path}: has only one of mu / sigma")
     if out["mu"] is not None:
-        d = out["mu"].shape[0]
-        if out["mu"].ndim != 1 or out["sigma"].shape != (d, d):
-            raise UserError(f"{path}: mu {out['mu'].shape} / sigma {out['sigma'].shape} shapes do not match")
+        check_stats(out["mu"], out["sigma"], path)
     return out
 
 
@@ -55,9 +63,12 @@ def adm_ref_stats(path: str | Path, extractor=None, batch_size: int = 250) -> Re
 
     With an extractor and images: features of `arr_0` (enables KID / precision-recall). Otherwise
     the file's own `mu` / `sigma` (Inception pool3, FD only), valid for the inception extractor.
+    Raises UserError naming the file when it is unreadable (`load_adm_npz`) or cannot serve `extractor`.
     """
     ref = load_adm_npz(path)
     if extractor is not None and ref["images"] is not None:
+        if len(ref["images"]) < MIN_SAMPLES:
+            raise UserError(f"{path}: {len(ref['images'])} image(s) in arr_0; statistics need at least {MIN_SAMPLES}")
         return compute_ref_stats(ref["images"], extractor, batch_size)
     if ref["mu"] is None:
         raise UserError(f"{path}: holds images but no mu/sigma; give an extractor to compute statistics")
@@ -70,10 +81,16 @@ def adm_ref_stats(path: str | Path, extractor=None, batch_size: int = 250) -> Re
 
 
 def save_samples_npz(path: str | Path, images: np.ndarray, labels=None,
-                     extra: dict[str, np.ndarray] | None = None) -> Path:
+                     extra: dict[str, np.ndarray] | None = None, rgb: bool = True) -> Path:
     """Write samples in the ADM layout: arr_0 uint8 (N, H, W, C) [, arr_1 int64 labels (N,)],
-    plus `extra` per-image arrays (e.g. latents, norms) that ADM readers ignore."""
+    plus `extra` per-image arrays (e.g. latents, norms) that ADM readers ignore.
+
+    With `rgb` (default) grey images are stored as 3 equal channels, since the ADM evaluator's
+    network takes RGB; `rgb=False` keeps 1 channel. `load_samples_npz(..., channels=1)` reads
+    either back as grey."""
     _check_images(images, "samples")
+    if rgb and images.shape[-1] == 1:
+        images = np.repeat(images, ADM_CHANNELS, axis=-1)
     arrays = {"arr_0": images}
     if labels is not None:
         labels = np.asarray(labels, dtype=np.int64)
@@ -88,9 +105,40 @@ def save_samples_npz(path: str | Path, images: np.ndarray, labels=None,
     return Path(path)
 
 
-def load_samples_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(images uint8 (N, H, W, C), labels (N,) or None) from an ADM-layout sample file."""
+def _to_channels(images: np.ndarray, channels: int, where: str) -> np.ndarray:
+    """Images with `channels` channels: as stored, or 3 equal (grey) channels back to 1."""
+    c = images.shape[-1]
+    if c == channels:
+        return images
+    if c == ADM_CHANNELS and channels == 1:
+        grey = images[..., :1]
+        if not (np.array_equal(grey[..., 0], images[..., 1]) and np.array_equal(grey[..., 0], images[..., 2])):
+            raise UserError(f"{where}: images have 3 different channels (colour), the data has 1 channel (grey)")
+        return np.ascontiguousarray(grey)
+    raise UserError(f"{where}: images have {c} channel(s), the data has {channels}")
+
+
+def load_samples_npz(path: str | Path, *, image_size: int | None = None, channels: int | None = None,
+                     num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images uint8 (N, H, W, C), labels (N,) or None) from an ADM-layout sample file.
+
+    Given the data's `image_size`, `channels` and `num_classes`, the samples must match them: 3-channel
+    grey images come back as 1 channel for 1-channel data. Raises UserError naming the file when it is
+    unreadable (`load_adm_npz`), has no images or fewer than MIN_SAMPLES, another image size or channel
+    count, labels outside [0, num_classes), or a label count that differs from the image count."""
     ref = load_adm_npz(path)
-    if ref["images"] is None:
+    images, labels = ref["images"], ref["labels"]
+    if images is None:
         raise UserError(f"{path}: no arr_0 images")
-    return ref["images"], ref["labels"]
+    if len(images) < MIN_SAMPLES:
+        raise UserError(f"{path}: {len(images)} image(s); metrics need at least {MIN_SAMPLES}")
+    if image_size is not None and images.shape[1:3] != (image_size, image_size):
+        raise UserError(f"{path}: images are {images.shape[1]}x{images.shape[2]}, the data's are "
+                        f"{image_size}x{image_size}")
+    if channels is not None:
+        images = _to_channels(images, channels, str(path))
+    if labels is not None and num_classes is not None and len(labels) and not (
+            labels.min() >= 0 and labels.max() < num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)][0]
+        raise UserError(f"{path}: label {bad} (arr_1) outside the data's classes [0, {num_classes})")
+    return images, labels

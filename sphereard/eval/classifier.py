@@ -16,10 +16,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from sphereard.errors import UserError
-from sphereard.utils.io import atomic_path
+from sphereard.utils.io import atomic_path, read_json_object, require_fields
+from sphereard.utils.weights import load_state_strict, read_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,13 @@ def classifier_accuracy(model: SmallCNN, images: torch.Tensor, labels: torch.Ten
 def train_classifier(data_root: str | Path, cfg, device="cpu", seed: int = 0) -> tuple[SmallCNN, float]:
     """Train SmallCNN on the train split (AdamW, one-cycle cosine lr, random flips); return it with
     its test-split accuracy. `cfg` is a `ClassifierConfig`. Both splits are held in memory as uint8
-    (meant for the small in-project datasets; ImageNet-scale data uses the inception extractor)."""
-    from sphereard.data import images_as_uint8, load_manifest
+    (meant for the small in-project datasets; ImageNet-scale data uses the inception extractor).
+
+    Raises UserError naming manifest.json for a dataset with fewer than two classes or an empty split."""
+    from sphereard.data import MANIFEST_NAME, images_as_uint8, load_manifest
 
     manifest = load_manifest(data_root)
+    check_classes(manifest["num_classes"], Path(data_root) / MANIFEST_NAME)
     x_train, y_train = images_as_uint8(data_root, "train")
     x_test, y_test = images_as_uint8(data_root, "test")
     gen = torch.Generator().manual_seed(seed)
@@ -130,17 +134,43 @@ def save_classifier(model: SmallCNN, out_dir: str | Path, accuracy: float | None
     return Path(out_dir)
 
 
+CLASSIFIER_FIELDS = {"num_classes": int, "channels": int, "image_size": int, "width": int, "feature_dim": int}
+MIN_CLASSES = 2
+
+
+def check_classes(num_classes: int, where: str | Path) -> None:
+    """Raises UserError naming `where` unless there are at least MIN_CLASSES classes."""
+    if num_classes < MIN_CLASSES:
+        raise UserError(f"{where}: {num_classes} class(es); the classifier needs at least {MIN_CLASSES} "
+                        "(a one-class dataset has nothing to classify)")
+
+
+def read_classifier_meta(path: str | Path) -> dict:
+    """meta.json of a saved classifier, checked (keys, types, values).
+
+    Raises UserError naming meta.json and the key for a missing, truncated or malformed file."""
+    meta_path = Path(path) / META_NAME
+    meta = read_json_object(meta_path, "classifier metadata")
+    require_fields(meta_path, meta, CLASSIFIER_FIELDS)
+    check_classes(meta["num_classes"], f"{meta_path}: key 'num_classes'")
+    if meta["channels"] not in (1, 3):
+        raise UserError(f"{meta_path}: key 'channels' must be 1 or 3, got {meta['channels']!r}")
+    for key in ("image_size", "width", "feature_dim"):
+        if meta[key] < 1:
+            raise UserError(f"{meta_path}: key {key!r} must be positive, got {meta[key]!r}")
+    return meta
+
+
 def load_classifier(path: str | Path, device="cpu") -> tuple[SmallCNN, dict]:
-    """Load a directory written by `save_classifier`; returns (model in eval mode, meta)."""
+    """Load a directory written by `save_classifier`; returns (model in eval mode, meta).
+
+    Raises UserError naming the file: missing files, malformed meta.json, unreadable or non-finite
+    weights, weights that do not fit the network meta.json describes."""
     path = Path(path)
     for name in (WEIGHTS_NAME, META_NAME):
         if not (path / name).is_file():
             raise UserError(f"{path / name}: classifier file missing (run the train_classifier stage)")
-    try:
-        meta = json.loads((path / META_NAME).read_text())
-        model = SmallCNN(**{k: meta[k] for k in ("num_classes", "channels", "image_size", "width",
-                                                  "feature_dim")})
-        model.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
-    except (json.JSONDecodeError, KeyError, TypeError, RuntimeError) as e:
-        raise UserError(f"{path}: not a valid classifier checkpoint ({type(e).__name__}: {e})") from e
+    meta = read_classifier_meta(path)
+    model = SmallCNN(**{k: meta[k] for k in CLASSIFIER_FIELDS})
+    load_state_strict(model, read_safetensors(path / WEIGHTS_NAME, "classifier weights"), path / WEIGHTS_NAME)
     return model.to(device).eval(), meta

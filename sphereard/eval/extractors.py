@@ -30,6 +30,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from sphereard.errors import UserError
 from sphereard.eval.classifier import SmallCNN, load_classifier, uint8_to_unit
 from sphereard.utils.io import sha256_file
+from sphereard.utils.weights import load_state_strict, read_torch_weights, state_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class EffNetExtractor(_TwoHeadExtractor):
         if not path.is_file():
             raise UserError(f"{path}: EfficientNet-Lite0 weights file not found")
         self.net = EfficientNet.from_name(EFFNET_MODEL)
-        self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        load_state_strict(self.net, read_torch_weights(path, "EfficientNet-Lite0 weights"), path)
         self.net.eval().requires_grad_(False)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -175,12 +176,15 @@ class InceptionExtractor(FeatureExtractorInceptionV3):
 
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         path = resolve_inception_weights(feature_extractor_weights_path)
-        try:  # tensors only: refuse a pickle carrying code before torch-fidelity's full torch.load
-            torch.load(path, map_location="cpu", weights_only=True)
+        # tensors only: refuse a pickle carrying code before torch-fidelity's own (full) torch.load
+        state = read_torch_weights(path, "FID Inception weights (inception_weights)")
+        try:
             super().__init__(name, features_list, feature_extractor_weights_path=str(path), **kwargs)
         except (RuntimeError, OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
-            raise UserError(f"{path}: not torch-fidelity Inception-v3 weights ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0]})") from e
+            # torch-fidelity built the network, then its strict load failed: name the first differing key
+            problem = state_mismatch(self, state) if isinstance(e, RuntimeError) else None
+            raise UserError(f"{path}: not torch-fidelity Inception-v3 weights "
+                            f"({problem or type(e).__name__ + ': ' + str(e).splitlines()[0]})") from None
         digest = sha256_file(path)
         self.standard_weights = digest.startswith(INCEPTION_SHA256_PREFIX)
         if not self.standard_weights:

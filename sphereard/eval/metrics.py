@@ -3,7 +3,8 @@
 Per extractor tag T (classifier / effnet / inception / inception_unverified):
   fd_T           Frechet distance of Gaussian fits (Heusel et al. 2017); `fid_inception` only with
                  the verified FID Inception weights
-  kid_T, kid_std_T        unbiased polynomial-kernel MMD^2 over random subsets (Binkowski et al. 2018)
+  kid_T, kid_std_T        unbiased polynomial-kernel MMD^2 over random subsets (Binkowski et al. 2018);
+                          rows present in both sets are one sample, not an independent pair (`kid`)
   precision_T, recall_T   k-NN manifold precision / recall (Kynkaanniemi et al. 2019)
   is_T, is_std_T          Inception Score from the extractor's logits (classifier and inception only;
                           `is_classifier` is the in-project analogue, not the Inception Score)
@@ -11,6 +12,11 @@ Per extractor tag T (classifier / effnet / inception / inception_unverified):
                           (classifier only, when labels are given)
 KID and precision/recall need reference features; statistics-only references (ADM mu/sigma) give
 fd only. The maths is torch-fidelity 0.4's (`metric_fid`, `metric_kid`, `metric_prc`, `metric_isc`).
+
+Any sample size: a setting that exceeds the data adapts with one warning naming it
+(`evaluation.kid_subset_size=500 > 120 samples: using 120`, `evaluation.pr_neighbours`, the
+Inception-Score splits); what no setting can repair (FD, KID or PR of fewer than 2 samples) is one
+UserError naming the setting that controls the sample count.
 """
 
 from __future__ import annotations
@@ -23,17 +29,23 @@ import numpy as np
 import torch
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
-from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+from torch_fidelity.metric_kid import kernel_poly
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
 from sphereard.errors import UserError
 from sphereard.eval.extractors import extract_features, metric_name
-from sphereard.utils.io import atomic_path
+from sphereard.utils.io import atomic_path, read_npz
 
 log = logging.getLogger(__name__)
 
 KID_SUBSETS = 100
 IS_SPLITS = 10
+# Inception-Score splits hold >= this many samples per class of the logits: a random split of n
+# samples from a perfect balanced generator over C classes scores about C exp(-(C - 1) / (2n)),
+# so n >= 50 C keeps it within 1% of C (10 splits of 5000 Inception samples: ~10% low)
+IS_MIN_PER_CLASS_PER_SPLIT = 50
+FAKE_COUNT_SETTING = "sampling.num_per_class (sweep.num_per_class in sweeps)"
+REAL_COUNT_SETTING = "evaluation.num_real"
 PR_BATCH = 1000  # rows of the k-NN distance matrix held at once
 IS_TAGS = ("classifier", "inception", "inception_unverified")
 
@@ -49,10 +61,25 @@ class RefStats:
     num_images: int = 0
 
 
-def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
-    """(N, D) -> mean (D,) and unbiased covariance (D, D), float64."""
+def _require_samples(n: int, minimum: int, metric: str, setting: str) -> None:
+    """UserError (one line naming `setting`) when a metric gets fewer than `minimum` samples."""
+    if n < minimum:
+        raise UserError(f"{setting}: {metric} needs at least {minimum} samples, got {n}")
+
+
+def _adapt(value: int, limit: int, setting: str, reason: str) -> int:
+    """min(value, limit), with one warning naming the setting when it adapts."""
+    if value <= limit:
+        return value
+    log.warning("%s=%d %s: using %d", setting, value, reason, limit)
+    return limit
+
+
+def feature_stats(features, setting: str = "feature rows") -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) -> mean (D,) and unbiased covariance (D, D), float64; UserError naming `setting` if N < 2."""
     f = np.asarray(features, dtype=np.float64)
-    assert f.ndim == 2 and len(f) > 1, "need at least two feature rows (N, D)"
+    assert f.ndim == 2, "features must be (N, D)"
+    _require_samples(len(f), 2, "the Frechet distance (a covariance)", setting)
     return f.mean(0), np.cov(f, rowvar=False)
 
 
@@ -65,28 +92,82 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return fid_statistics_to_metric(s1, s2, verbose=False)[KEY_METRIC_FID]
 
 
+def _row_ids(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One integer per row of a (N, D) and b (M, D), equal exactly for identical rows (in either set)."""
+    ids: dict[bytes, int] = {}
+    return tuple(np.array([ids.setdefault(row.tobytes(), len(ids)) for row in x], dtype=np.int64) for x in (a, b))
+
+
+def mmd2_shared_units(k_xx: np.ndarray, k_yy: np.ndarray, k_xy: np.ndarray, same: np.ndarray) -> float:
+    """Unbiased MMD^2 from kernel blocks (m, m) of two subsets that may share samples: the within-set
+    sums leave out i = j, and the cross sum leaves out the pairs `same` (m, m) of one shared sample,
+    the U-statistic of Binkowski et al. (2018) for overlapping samples. No shared pair: torch-fidelity's
+    `mmd2(..., mmd_est="unbiased")` exactly; a set vs itself: 0 (not -2 (mean k(x,x) - mean k(x,y)) / m)."""
+    m = k_xx.shape[0]
+    within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+    cross = k_xy[~same].sum() / max(int((~same).sum()), 1)
+    return float(within - 2.0 * cross)
+
+
 def kid(fake: torch.Tensor, real: torch.Tensor, subset_size: int = 500, subsets: int = KID_SUBSETS,
         seed: int = 0) -> tuple[float, float]:
-    """KID mean and std over subsets; subset_size is capped by the smaller set."""
-    size = min(subset_size, len(fake), len(real))
-    if size < subset_size:
-        log.info("KID subset size capped at %d (fewer samples than %d)", size, subset_size)
-    # float64: torch-fidelity computes the kernels in the features' dtype, float32 cancels badly
-    out = kid_features_to_metric(fake.double(), real.double(), kid_subsets=subsets, kid_subset_size=size, rng_seed=seed,
-                                 verbose=False)
-    return out[KEY_METRIC_KID_MEAN], out[KEY_METRIC_KID_STD]
+    """KID mean and std over `subsets` random subsets of fake (N, D) and real (M, D) (torch-fidelity 0.4's
+    sampling, polynomial kernel (x.y / D + 1)^3, float64). subset_size adapts to min(N, M) (one warning);
+    the unbiased MMD^2 needs >= 2 samples (UserError naming the count setting). A row found in both
+    sets is one sample: its pair is left out of the cross term (`mmd2_shared_units`), so a set scores
+    ~0 against itself or an overlapping set, at any size."""
+    _require_samples(len(fake), 2, "KID", FAKE_COUNT_SETTING)
+    _require_samples(len(real), 2, "KID", REAL_COUNT_SETTING)
+    size = _adapt(subset_size, min(len(fake), len(real)), "evaluation.kid_subset_size",
+                  f"> {min(len(fake), len(real))} samples")
+    # float64: kernels in float32 cancel badly
+    f1, f2 = fake.double().cpu().numpy(), real.double().cpu().numpy()
+    ids1, ids2 = _row_ids(f1, f2)
+    rng = np.random.RandomState(seed)
+    mmds = np.zeros(subsets)
+    for i in range(subsets):
+        a, b = rng.choice(len(f1), size, replace=False), rng.choice(len(f2), size, replace=False)  # (size,) each
+        x, y = f1[a], f2[b]
+        mmds[i] = mmd2_shared_units(kernel_poly(x, x), kernel_poly(y, y), kernel_poly(x, y),
+                                    ids1[a][:, None] == ids2[b][None, :])
+    return float(mmds.mean()), float(mmds.std())
 
 
 def precision_recall(fake: torch.Tensor, real: torch.Tensor, k: int = 3) -> tuple[float, float]:
-    """Precision: fraction of fakes inside some real k-NN ball; recall: reals inside some fake ball."""
+    """Precision: fraction of fakes inside some real k-NN ball; recall: reals inside some fake ball.
+
+    The k-th neighbour other than the point itself exists for k <= N - 1 in both sets: k adapts to
+    that (one warning); fewer than 2 samples in a set is a UserError naming its count setting."""
+    _require_samples(len(fake), 2, "precision/recall", FAKE_COUNT_SETTING)
+    _require_samples(len(real), 2, "precision/recall", REAL_COUNT_SETTING)
+    n = min(len(fake), len(real))
+    k = _adapt(k, n - 1, "evaluation.pr_neighbours", f">= {n} samples (a k-NN radius needs k <= N - 1)")
     out = prc_features_to_metric(fake, real, prc_neighborhood=k, prc_batch_size=PR_BATCH, save_cpu_ram=True,
                                  verbose=False)
     return out[KEY_METRIC_PRECISION], out[KEY_METRIC_RECALL]
 
 
-def inception_score(logits: torch.Tensor, splits: int = IS_SPLITS, seed: int = 0) -> tuple[float, float]:
-    """exp E_x KL(p(y|x) || p(y)) over splits (Salimans et al. 2016), from any classifier's logits."""
-    out = isc_features_to_metric(logits, max(1, min(splits, len(logits))), True, seed)
+def inception_score_splits(num_samples: int, num_classes: int, splits: int = IS_SPLITS) -> int:
+    """Splits of >= IS_MIN_PER_CLASS_PER_SPLIT samples per class, at most `splits`, at least 1 (warns when fewer)."""
+    limit = max(1, num_samples // (IS_MIN_PER_CLASS_PER_SPLIT * num_classes))
+    return _adapt(splits, limit, "inception_score splits",
+                  f"> {limit} for {num_samples} samples over {num_classes} classes "
+                  f"(>= {IS_MIN_PER_CLASS_PER_SPLIT} per class per split)")
+
+
+def inception_score(logits: torch.Tensor, splits: int = IS_SPLITS, seed: int = 0,
+                    adapt: bool = True) -> tuple[float, float]:
+    """exp E_x KL(p(y|x) || p(y)) (Salimans et al. 2016) from any classifier's logits (N, C): mean and
+    std over splits of the samples shuffled with `seed` (torch-fidelity's protocol), so the order of
+    the samples does not matter. Splits adapt (`inception_score_splits`) so that each split's class
+    marginal is estimated from enough samples: a perfect balanced generator scores C within 1%,
+    for any N >= 10 C (one split below 50 C samples per split). `adapt=False` keeps `splits` as
+    given (at most N): the published Inception Score protocol, 10 splits of the 50k samples, which
+    scores even a perfect 1000-class generator about 9% below 1000."""
+    assert logits.dim() == 2, "logits must be (N, C)"
+    _require_samples(len(logits), 1, "the Inception Score", FAKE_COUNT_SETTING)
+    n_splits = inception_score_splits(*logits.shape, splits) if adapt else min(splits, len(logits))
+    out = isc_features_to_metric(logits, n_splits, True, seed)
     return out[KEY_METRIC_ISC_MEAN], out[KEY_METRIC_ISC_STD]
 
 
@@ -101,7 +182,7 @@ def compute_ref_stats(real_uint8: np.ndarray, extractor, batch_size: int = 250,
                       keep_features: bool = True) -> RefStats:
     """Reference statistics of real uint8 (N, H, W, C) images under `extractor`."""
     feats = extract_features(extractor, real_uint8, batch_size)[extractor.FD_LAYER]
-    mu, sigma = feature_stats(feats)
+    mu, sigma = feature_stats(feats, REAL_COUNT_SETTING)
     return RefStats(extractor.tag, mu, sigma, feats.numpy().astype(np.float32) if keep_features else None,
                     len(feats))
 
@@ -116,21 +197,58 @@ def save_ref_stats(path: str | Path, stats: RefStats) -> Path:
     return Path(path)
 
 
+REF_STATS_WHAT = "reference statistics file"
+REF_STATS_REQUIRED = ("tag", "mu", "sigma", "num_images")  # + optional "features"
+
+
+def check_stats(mu: np.ndarray, sigma: np.ndarray, where: str | Path) -> None:
+    """Raises UserError naming `where` unless mu is (D,) and sigma (D, D), both finite real numbers."""
+    d = mu.shape[0] if mu.ndim == 1 else None
+    if d is None or sigma.shape != (d, d):
+        raise UserError(f"{where}: mu {mu.shape} / sigma {sigma.shape} shapes do not match (expected (D,) / (D, D))")
+    _check_finite_numbers(mu, "mu", where)
+    _check_finite_numbers(sigma, "sigma", where)
+
+
+def _check_finite_numbers(values: np.ndarray, name: str, where: str | Path) -> None:
+    """Raises UserError naming `where` and `name` unless `values` are finite integers or floats."""
+    if values.dtype.kind not in "iuf":
+        raise UserError(f"{where}: {name} must hold numbers, got dtype {values.dtype}")
+    if not np.isfinite(values).all():
+        raise UserError(f"{where}: {name} must be finite, it holds NaN or inf")
+
+
+def _check_scalar(value: np.ndarray, name: str, kinds: str, what: str, where: Path) -> None:
+    """Raises UserError naming `where` unless `value` is a 0-d array of a dtype kind in `kinds`."""
+    if value.shape != () or value.dtype.kind not in kinds:
+        raise UserError(f"{where}: {name!r} must be {what}, got dtype {value.dtype} shape {value.shape}")
+
+
 def load_ref_stats(path: str | Path) -> RefStats:
+    """One extractor's reference statistics, as `save_ref_stats` wrote them.
+
+    Raises UserError naming the file when it is missing, not a .npz (truncated, corrupt, another
+    format), lacks one of tag / mu / sigma / num_images, or holds a tag that is not a string, a
+    negative or non-integer image count, statistics that are not finite numbers shaped mu (D,) and
+    sigma (D, D), or features that are not finite (N, D) rows."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: reference statistics file not found")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            features = z["features"] if "features" in z.files else None
-            stats = RefStats(str(z["tag"]), z["mu"].astype(np.float64), z["sigma"].astype(np.float64),
-                             features, int(z["num_images"]))
-    except (KeyError, ValueError, OSError) as e:
-        raise UserError(f"{path}: not a reference statistics file ({e})") from e
-    d = stats.mu.shape[0]
-    if stats.mu.ndim != 1 or stats.sigma.shape != (d, d):
-        raise UserError(f"{path}: mu {stats.mu.shape} / sigma {stats.sigma.shape} shapes do not match")
-    return stats
+    arrays = read_npz(path, (*REF_STATS_REQUIRED, "features"), REF_STATS_WHAT)
+    for name in REF_STATS_REQUIRED:
+        if arrays[name] is None:
+            raise UserError(f"{path}: {REF_STATS_WHAT} has no {name!r} array (re-run the reference stage)")
+    _check_scalar(arrays["tag"], "tag", "U", "a string", path)
+    _check_scalar(arrays["num_images"], "num_images", "iu", "an integer", path)
+    if int(arrays["num_images"]) < 0:
+        raise UserError(f"{path}: 'num_images' must be >= 0, got {int(arrays['num_images'])}")
+    mu, sigma, features = arrays["mu"], arrays["sigma"], arrays["features"]
+    check_stats(mu, sigma, path)
+    if features is not None:
+        if features.ndim != 2 or features.shape[1] != mu.shape[0]:
+            raise UserError(f"{path}: features {features.shape} do not match mu {mu.shape} "
+                            f"(expected (N, {mu.shape[0]}))")
+        _check_finite_numbers(features, "features", path)
+    return RefStats(str(arrays["tag"]), mu.astype(np.float64), sigma.astype(np.float64), features,
+                    int(arrays["num_images"]))
 
 
 def generation_metric_keys(tags, with_labels: bool = True, with_ref_features: bool = True) -> list[str]:
@@ -164,7 +282,7 @@ def generation_metrics(fake_uint8: np.ndarray, fake_labels, ref, extractors, *, 
             raise UserError(f"reference stats: computed with {r.tag!r}, samples with {tag!r}")
         feats = extract_features(ext, fake_uint8, batch_size)
         fake = feats[ext.FD_LAYER]
-        out[metric_name("fd", tag)] = frechet_distance(*feature_stats(fake), r.mu, r.sigma)
+        out[metric_name("fd", tag)] = frechet_distance(*feature_stats(fake, FAKE_COUNT_SETTING), r.mu, r.sigma)
         if r.features is not None:
             real = torch.from_numpy(r.features)
             out[metric_name("kid", tag)], out[metric_name("kid_std", tag)] = kid(fake, real, kid_subset_size,
@@ -173,7 +291,7 @@ def generation_metrics(fake_uint8: np.ndarray, fake_labels, ref, extractors, *, 
                 fake, real, pr_neighbours)
         if tag in IS_TAGS:
             out[metric_name("is", tag)], out[metric_name("is_std", tag)] = inception_score(
-                feats[ext.LOGITS_LAYER], seed=seed)
+                feats[ext.LOGITS_LAYER], seed=seed, adapt=not tag.startswith("inception"))  # published protocol
         if tag == "classifier" and fake_labels is not None:
             out[metric_name("class_consistency", tag)] = class_consistency(feats[ext.LOGITS_LAYER], fake_labels)
         log.info("%s: %s", tag, ", ".join(f"{k}={v:.4g}" for k, v in out.items() if k.endswith(tag)))

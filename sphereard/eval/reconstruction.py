@@ -61,7 +61,8 @@ def reconstruction_metrics(real_uint8, recon_uint8, extractors=(), lpips=None,
     for ext in extractors:
         f_recon = extract_features(ext, recon_uint8, batch_size)[ext.FD_LAYER]
         f_real = extract_features(ext, real_uint8, batch_size)[ext.FD_LAYER]
-        out[metric_name("rfd", ext.tag)] = frechet_distance(*feature_stats(f_recon), *feature_stats(f_real))
+        out[metric_name("rfd", ext.tag)] = frechet_distance(*feature_stats(f_recon, "tokenizer.eval_images"),
+                                                            *feature_stats(f_real, "tokenizer.eval_images"))
     if lpips is not None:
         out[LPIPS_KEY] = lpips_distance(lpips, x, y, batch_size)
     return out

@@ -1,15 +1,10 @@
 """Shared Transformer layers: 2D RoPE, attention with KV cache, SwiGLU block."""
 
-from sphereard.nn.attention import Attention, KVCache
-from sphereard.nn.block import TransformerBlock, swiglu_hidden_dim
-from sphereard.nn.rope import RoPE2D, apply_rope, grid_positions
+from sphereard.utils.lazy import lazy_exports
 
-__all__ = [
-    "Attention",
-    "KVCache",
-    "RoPE2D",
-    "TransformerBlock",
-    "apply_rope",
-    "grid_positions",
-    "swiglu_hidden_dim",
-]
+_EXPORTS = {  # public name -> submodule defining it (imported on first use)
+    "Attention": "attention", "KVCache": "attention",
+    "TransformerBlock": "block", "swiglu_hidden_dim": "block",
+    "RoPE2D": "rope", "apply_rope": "rope", "grid_positions": "rope",
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -1,11 +1,12 @@
 """Ray Tune sweeps over SphereAR's ablation axes (`sweep` stage): grid expansion and trial names
 (`grid`), the trial function Ray runs (`trial`), result tables and plots (`results`)."""
 
-from sphereard.sweep.grid import (SETTING_COLUMNS, TrialSettings, expand_grid, format_cfg, format_radius,
-                                  search_space, segment_ends, trial_name)
-from sphereard.sweep.results import aggregate_over_seeds, main_metrics, results_frame, write_outputs
+from sphereard.utils.lazy import lazy_exports
 
-__all__ = [
-    "SETTING_COLUMNS", "TrialSettings", "aggregate_over_seeds", "expand_grid", "format_cfg", "format_radius",
-    "main_metrics", "results_frame", "search_space", "segment_ends", "trial_name", "write_outputs",
-]
+_EXPORTS = {  # public name -> submodule defining it (imported on first use)
+    "SETTING_COLUMNS": "grid", "TrialSettings": "grid", "expand_grid": "grid", "format_cfg": "grid",
+    "format_radius": "grid", "search_space": "grid", "segment_ends": "grid", "trial_name": "grid",
+    "aggregate_over_seeds": "results", "main_metrics": "results", "results_frame": "results",
+    "write_outputs": "results",
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

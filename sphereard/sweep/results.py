@@ -4,6 +4,8 @@
                 mlflow_run_id
   summary.csv   per setting (SETTING_COLUMNS): num_seeds, seeds, and <metric>_mean / <metric>_std
                 over the finished trials' seeds (sample std, ddof 1: empty with one seed)
+  fd_vs_cfg.csv long format for DVC plots (`series` template): cfg_scale, series, extractor, fd_mean,
+                fd_std, num_seeds; one line per (setting, extractor), whatever the extractors are
   plots/<metric>_vs_cfg.png   summary means vs CFG scale, one line per series (the settings that vary)
 All written atomically.
 """
@@ -23,6 +25,8 @@ from sphereard.utils.io import atomic_path
 log = logging.getLogger(__name__)
 
 RESULTS_FILE, SUMMARY_FILE, PLOTS_DIR = "results.csv", "summary.csv", "plots"
+FD_PLOT_FILE = "fd_vs_cfg.csv"
+FD_PREFIX = "fd_"  # fd_<extractor>: Frechet distance in that extractor's feature space
 ID_COLUMNS = ("trial", "status", *SETTING_COLUMNS, "seed")
 TEXT_COLUMNS = ("mlflow_run_id",)
 NORM_METRICS = ("norm_rel_dev_mean", "norm_rel_dev_max")
@@ -79,6 +83,21 @@ def series_labels(summary: pd.DataFrame) -> pd.Series:
     return summary.apply(lambda r: " ".join(parts[c](r[c]) for c in varying), axis=1)
 
 
+def fd_plot_frame(summary: pd.DataFrame, series: pd.Series) -> pd.DataFrame:
+    """Long format of every `fd_<extractor>_mean` column: (cfg_scale, series, extractor, fd_mean, fd_std,
+    num_seeds), `series` = "<setting label> <extractor>" so each setting and extractor is one line."""
+    columns = ["cfg_scale", SERIES_COLUMN, "extractor", "fd_mean", "fd_std", "num_seeds"]
+    parts = []
+    for col in (c for c in summary.columns if c.startswith(FD_PREFIX) and c.endswith("_mean")):
+        extractor = col[len(FD_PREFIX):-len("_mean")]
+        parts.append(pd.DataFrame({
+            "cfg_scale": summary["cfg_scale"], SERIES_COLUMN: series + " " + extractor, "extractor": extractor,
+            "fd_mean": summary[col], "fd_std": summary.get(f"{FD_PREFIX}{extractor}_std", np.nan),
+            "num_seeds": summary["num_seeds"]}))
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    return frame[columns].sort_values([SERIES_COLUMN, "cfg_scale"]).reset_index(drop=True)
+
+
 def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
@@ -86,11 +105,12 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def write_outputs(out: str | Path, results: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Path]:
-    """results.csv, summary.csv and plots/<metric>_vs_cfg.png under `out` (each atomic)."""
+    """results.csv, summary.csv, fd_vs_cfg.csv and plots/<metric>_vs_cfg.png under `out` (each atomic)."""
     out = Path(out)
     paths = {"results": _write_csv(results, out / RESULTS_FILE), "summary": _write_csv(summary, out / SUMMARY_FILE)}
     means = summary.copy()
-    means[SERIES_COLUMN] = series_labels(summary) if len(summary) else []
+    means[SERIES_COLUMN] = series_labels(summary) if len(summary) else pd.Series(dtype=str)
+    paths["fd_plot"] = _write_csv(fd_plot_frame(summary, means[SERIES_COLUMN]), out / FD_PLOT_FILE)
     with atomic_path(out / PLOTS_DIR) as tmp:
         tmp.mkdir()
         for metric in main_metrics(results):

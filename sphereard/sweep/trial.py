@@ -33,6 +33,7 @@ from pipelines.train_ar import export_ema as export_generator
 from pipelines.train_vae import export_ema as export_tokenizer
 from sphereard.ar.task import GeneratorTask, sampling_kwargs
 from sphereard.config import Params, as_dict
+from sphereard.errors import UserError
 from sphereard.eval import detect_norm_drift, generation_metrics
 from sphereard.eval.setup import build_extractors, load_references
 from sphereard.sweep.grid import TrialSettings, scaled_steps, segment_ends, settings_of, training_run_name
@@ -41,7 +42,7 @@ from sphereard.tracking import TRACKING_URI_ENV, image_grid, start_run
 from sphereard.train import LoopSpec, fit
 from sphereard.train.checkpoint import STEP_DIR_RE, latest_step_dir
 from sphereard.utils.device import default_device
-from sphereard.utils.io import atomic_path, atomic_write_text
+from sphereard.utils.io import atomic_path, atomic_write_text, read_json_object, require_fields
 
 log = logging.getLogger(__name__)
 
@@ -141,15 +142,40 @@ TRAINING_OUTPUTS = ("tokenizer", "latents", "generator")
 
 
 def _fresh_or_resumable(out: Path, config: dict) -> None:
-    """Keep an interrupted trial's checkpoints only if it trained with exactly this config."""
+    """Keep an interrupted trial's checkpoints only if it trained with exactly this config.
+
+    Raises UserError naming train_config.json when it is not a JSON object (truncated, corrupt):
+    whether the checkpoints beside it may be resumed is then unknown."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
     marker = out / TRAIN_CONFIG_FILE
-    if marker.is_file() and json.loads(marker.read_text()).get("sha256") != digest:
+    if marker.is_file() and _read_marker(marker).get("sha256") != digest:
         log.info("%s: trained with another config; starting over", out)
         for sub in TRAINING_OUTPUTS:
             shutil.rmtree(out / sub, ignore_errors=True)
         (out / REPORTS_FILE).unlink(missing_ok=True)
     atomic_write_text(marker, json.dumps({"sha256": digest, "config": config}, indent=2, default=str))
+
+
+def _read_marker(marker: Path) -> dict:
+    """train_config.json of an interrupted trial; UserError naming it when it is not a JSON object."""
+    try:
+        return read_json_object(marker, "trial training marker")
+    except UserError as err:
+        raise UserError(f"{err}; delete it (or the trial dir {marker.parent}) to retrain the trial") from None
+
+
+def read_reports(path: Path) -> dict[str, float | None]:
+    """{segment end step (a decimal string): AR loss or None} of ar_reports.json; {} when absent.
+
+    Raises UserError naming the file when it is not a JSON object (truncated, corrupt), a key is
+    not a step number, or a value is neither a number nor null."""
+    if not path.is_file():
+        return {}
+    reports = read_json_object(path, "AR loss reports")
+    for key in reports:
+        if not key.isascii() or not key.isdigit():
+            raise UserError(f"{path}: key {key!r} is not a step number")
+    return require_fields(path, reports, {key: (float, type(None)) for key in reports})
 
 
 def _latest_step(ckpt_dir: Path) -> int:
@@ -179,7 +205,7 @@ def train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext,
         vae = export_tokenizer(tp, p, tok_dir / "ckpt", tok_dir / "model", run.run_id)
     encode_split(tp, p, device)
     reports_path = out / REPORTS_FILE
-    reports = json.loads(reports_path.read_text()) if reports_path.is_file() else {}
+    reports = read_reports(reports_path)
     total = tp.generator.train.steps
     ends = segment_ends(total, tp.sweep.train_reports) if ctx.report_segments else [total]
     spec = LoopSpec(task_factory=functools.partial(GeneratorTask, tp, p), loop=tp.generator.train,

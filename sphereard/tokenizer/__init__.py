@@ -1,48 +1,16 @@
 """Hybrid CNN + ViT VAE tokenizer: posterior heads, preset registry, losses (SphereAR Sec. 3.1, 4.1)."""
 
-from sphereard.tokenizer.losses import (
-    LPIPS_WEIGHTS_ENV,
-    PatchDiscriminator,
-    PerceptualLoss,
-    adversarial_weight,
-    d_hinge_loss,
-    g_hinge_loss,
-    load_lpips,
-    reconstruction_loss,
-)
-from sphereard.tokenizer.posterior import (
-    POSTERIOR_CLASSES,
-    GaussianNormPosterior,
-    GaussianPosterior,
-    Posterior,
-    SphericalPosterior,
-    build_posterior,
-    default_radius,
-    sample_from_params,
-)
-from sphereard.tokenizer.presets import TOKENIZER_PRESETS, TokenizerArch, create_tokenizer, tokenizer_arch
-from sphereard.tokenizer.vae import HybridVAE
+from sphereard.utils.lazy import lazy_exports
 
-__all__ = [
-    "LPIPS_WEIGHTS_ENV",
-    "PatchDiscriminator",
-    "PerceptualLoss",
-    "adversarial_weight",
-    "d_hinge_loss",
-    "g_hinge_loss",
-    "load_lpips",
-    "reconstruction_loss",
-    "POSTERIOR_CLASSES",
-    "TOKENIZER_PRESETS",
-    "GaussianNormPosterior",
-    "GaussianPosterior",
-    "HybridVAE",
-    "Posterior",
-    "SphericalPosterior",
-    "TokenizerArch",
-    "build_posterior",
-    "create_tokenizer",
-    "default_radius",
-    "sample_from_params",
-    "tokenizer_arch",
-]
+_EXPORTS = {  # public name -> submodule defining it (imported on first use)
+    "LPIPS_WEIGHTS_ENV": "losses", "PatchDiscriminator": "losses", "PerceptualLoss": "losses",
+    "adversarial_weight": "losses", "d_hinge_loss": "losses", "g_hinge_loss": "losses",
+    "load_lpips": "losses", "reconstruction_loss": "losses",
+    "POSTERIOR_CLASSES": "posterior", "GaussianNormPosterior": "posterior", "GaussianPosterior": "posterior",
+    "Posterior": "posterior", "SphericalPosterior": "posterior", "build_posterior": "posterior",
+    "default_radius": "posterior", "sample_from_params": "posterior",
+    "TOKENIZER_PRESETS": "presets", "TokenizerArch": "presets", "create_tokenizer": "vae",
+    "tokenizer_arch": "presets",
+    "HybridVAE": "vae",
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

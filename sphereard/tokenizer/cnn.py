@@ -12,15 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-GN_MAX_GROUPS = 32
-GN_CHANNELS_PER_GROUP = 4  # groups = min(32, channels / 4)
+from sphereard.tokenizer.presets import gn_groups
+
 GN_EPS = 1e-6
 UPSAMPLE_MODES = ("transpose", "nearest")
-
-
-def gn_groups(channels: int) -> int:
-    """GroupNorm group count used everywhere in the stems: min(32, channels // 4)."""
-    return max(1, min(GN_MAX_GROUPS, channels // GN_CHANNELS_PER_GROUP))
 
 
 def norm_act(channels: int) -> list[nn.Module]:

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sphereard.errors import UserError
-from sphereard.tokenizer.cnn import gn_groups
+from sphereard.tokenizer.presets import gn_groups
+from sphereard.utils.weights import load_state_strict, read_torch_weights
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,11 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, kind: str = "
 
 
 # --- LPIPS -----------------------------------------------------------------------------------
-def _backbone_state(state: dict, slices: nn.Module) -> dict:
+def _backbone_state(state: dict, slices: nn.Module, source: str | os.PathLike = "lpips_weights_path") -> dict:
     """Map a torchvision vgg16 state dict (features.{i}.*) onto lpips' slice{k}.{i}.* names.
 
     A state dict already in lpips layout (slice{k}.* or net.slice{k}.*) passes through.
+    Raises UserError naming `source` and the first missing key otherwise.
     """
     names = list(slices.state_dict())
     stripped = {k.removeprefix("net."): v for k, v in state.items()}
@@ -55,7 +57,7 @@ def _backbone_state(state: dict, slices: nn.Module) -> dict:
         _, idx, param = name.split(".")  # slice{k}.{i}.{weight|bias}
         key = f"features.{idx}.{param}"
         if key not in state:
-            raise UserError(f"lpips_weights_path: not a torchvision vgg16 state dict (missing {key})")
+            raise UserError(f"{source}: not a torchvision vgg16 state dict (missing {key})")
         out[name] = state[key]
     return out
 
@@ -82,7 +84,8 @@ def load_lpips(weights_path: str | os.PathLike | None = None, device=None) -> Pe
     """LPIPS-VGG with the backbone from a local torchvision vgg16 state dict.
 
     `weights_path` (or $SPHEREARD_LPIPS_VGG16) names the file. Neither set: return None and log
-    one line (the LPIPS weight is 0). Set but missing: UserError naming the file.
+    one line (the LPIPS weight is 0). Set but missing, unreadable, not tensors only, or not VGG16
+    weights (a missing key, another shape): UserError naming the file.
     """
     path = weights_path or os.environ.get(LPIPS_WEIGHTS_ENV)
     if not path:
@@ -92,6 +95,7 @@ def load_lpips(weights_path: str | os.PathLike | None = None, device=None) -> Pe
     path = Path(path)
     if not path.is_file():
         raise UserError(f"lpips_weights_path={str(path)!r}: VGG16 weights file does not exist")
+    state = read_torch_weights(path, "VGG16 weights (lpips_weights_path)")  # before the model: fail fast
     import lpips  # lazy: pulls in torchvision
 
     # pnet_rand: build VGG16 with random weights (no download); pretrained=False: heads loaded below
@@ -100,8 +104,7 @@ def load_lpips(weights_path: str | os.PathLike | None = None, device=None) -> Pe
         model = lpips.LPIPS(pretrained=False, net=LPIPS_NET, version=LPIPS_VERSION, pnet_rand=True, verbose=False)
     heads = Path(lpips.__file__).parent / "weights" / f"v{LPIPS_VERSION}" / f"{LPIPS_NET}.pth"
     model.load_state_dict(torch.load(heads, map_location="cpu", weights_only=True), strict=False)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.net.load_state_dict(_backbone_state(state, model.net))
+    load_state_strict(model.net, _backbone_state(state, model.net, path), path)
     log.info("LPIPS-VGG loaded (backbone %s)", path)
     return PerceptualLoss(model).to(device)
 

@@ -11,6 +11,8 @@ Layouts: spherical [mu (unit, d) | kappa (1)], kappa = softplus(raw) + 1, latent
 x ~ PowerSpherical(mu, kappa), KL to the uniform distribution on S^{d-1} (exact, no R term);
 gaussian_norm [mean (d) | logvar (d)], z = N_R(mean + std * eps), KL of the Gaussian to N(0, I);
 gaussian      [mean (d) | logvar (d)], z = mean + std * eps, KL to N(0, I).
+kappa may be arbitrarily large (also inf): the Power Spherical sampler then returns mu, and the
+latent cache stores log kappa (`cache_log_channels`); logvar is clamped to [-30, 20] already.
 
 KL normalisation: per-token KL (summed over the d channels for the Gaussians) and averaged over
 tokens, as the official S-VAE does before weighting it by 0.004; batch-mean it for the loss.
@@ -65,6 +67,11 @@ class Posterior:
     def kl(self, params: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def cache_log_channels(self) -> tuple[int, ...]:
+        """Channels of params that are unbounded positive scales (kappa): the latent cache stores their
+        log, which no float16 column overflows (kappa > 65504 would become inf). None by default."""
+        return ()
+
     def _check(self, params: torch.Tensor) -> None:
         assert params.shape[-1] == self.params_dim, (
             f"{self.name} posterior params must have last dim {self.params_dim} (latent_dim {self.latent_dim})")
@@ -99,6 +106,9 @@ class SphericalPosterior(Posterior):
 
     def mode(self, params: torch.Tensor) -> torch.Tensor:
         return self.radius * self.split(params)[0]
+
+    def cache_log_channels(self) -> tuple[int, ...]:
+        return (self.latent_dim,)  # kappa; mu is a unit vector
 
     def kl(self, params: torch.Tensor) -> torch.Tensor:
         prior = HypersphericalUniform(self.latent_dim, device=params.device, dtype=params.dtype)
@@ -166,6 +176,11 @@ def latent_dim_from_params(kind: str, params_dim: int) -> int:
         return params_dim - 1
     assert params_dim % 2 == 0, "Gaussian posterior params hold [mean | logvar], so P must be even"
     return params_dim // 2
+
+
+def cache_log_channels(kind: str, params_dim: int) -> tuple[int, ...]:
+    """Channels of a `kind` posterior's params (..., params_dim) that the latent cache stores as log."""
+    return build_posterior(kind, latent_dim_from_params(kind, params_dim)).cache_log_channels()
 
 
 def sample_from_params(kind: str, params: torch.Tensor, radius: float | None = None,

@@ -1,4 +1,4 @@
-"""Tokenizer architectures and the preset registry (`create_tokenizer`, like DiT's `DiT_models`).
+"""Tokenizer architectures and the preset registry (configuration only; `vae.create_tokenizer` builds one, like DiT's `DiT_models`).
 
 | preset     | image | C | patch | tokens | CNN channels      | enc/dec layers | width | heads | mlp  | regs | d  | params   | MFLOP/img (fwd+bwd) |
 |------------|-------|---|-------|--------|-------------------|----------------|-------|-------|------|------|----|----------|---------------------|
@@ -23,9 +23,15 @@ from typing import Literal
 
 from sphereard.config_schema import from_dict, require
 from sphereard.errors import UserError
-from sphereard.tokenizer.cnn import gn_groups
 
 ROPE_HEAD_MULTIPLE = 4  # 2D RoPE rotates pairs on two axes
+GN_MAX_GROUPS = 32
+GN_CHANNELS_PER_GROUP = 4  # groups = min(32, channels / 4)
+
+
+def gn_groups(channels: int) -> int:
+    """GroupNorm group count used everywhere in the CNN stems and the discriminator: min(32, channels // 4)."""
+    return max(1, min(GN_MAX_GROUPS, channels // GN_CHANNELS_PER_GROUP))
 
 
 @dataclass
@@ -106,10 +112,3 @@ def tokenizer_arch(name: str, **overrides) -> TokenizerArch:
         raise UserError(f"tokenizer.preset={name!r}: unknown preset (known: {', '.join(TOKENIZER_PRESETS)})")
     # from_dict rejects unknown keys and wrong types, naming `tokenizer.overrides.<key>`
     return from_dict(TokenizerArch, {**dataclasses.asdict(TOKENIZER_PRESETS[name]), **overrides}, "tokenizer.overrides")
-
-
-def create_tokenizer(name: str, posterior: str = "spherical", radius: float | None = None, **overrides):
-    """Build a HybridVAE from preset `name` (+ arch overrides); wrap in `with torch.device(...)` to place it."""
-    from sphereard.tokenizer.vae import HybridVAE
-
-    return HybridVAE(tokenizer_arch(name, **overrides), posterior=posterior, radius=radius)

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from sphereard.config import Params
 from sphereard.data import ShardDataset
+from sphereard.data.transforms import random_hflip_batch
 from sphereard.tokenizer.losses import (
     PatchDiscriminator,
     adversarial_weight,
@@ -20,8 +21,10 @@ from sphereard.tokenizer.losses import (
     load_lpips,
     reconstruction_loss,
 )
-from sphereard.tokenizer.presets import create_tokenizer
+from sphereard.tokenizer.vae import create_tokenizer
 from sphereard.train import StepContext, TrainTask, build_ema, build_optimizer, build_scheduler, optimizer_step
+from sphereard.train.checkpoint import load_optimizer_state, require_state
+from sphereard.utils.weights import load_state_strict
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,7 @@ NO_DECAY_PATTERNS = (r"register", r"from_latent", r"to_params")
 
 
 def tokenizer_meta(params: Params, posterior: str, radius: float) -> dict:
-    """What `sphereard.export.load_tokenizer` needs to rebuild the model."""
+    """What `sphereard.tokenizer.export.load_tokenizer` needs to rebuild the model."""
     cfg = params.tokenizer
     return {"kind": "tokenizer", "preset": cfg.preset, "overrides": cfg.overrides, "posterior": posterior,
             "radius": radius}
@@ -42,7 +45,7 @@ class TokenizerTask(TrainTask):
         self.cfg = params.tokenizer.train
 
     def dataset(self) -> Dataset:
-        return ShardDataset(self.params.data.out, "train", flip=True)
+        return ShardDataset(self.params.data.out, "train")  # flips: in train_step, under the step seed
 
     def build(self, ctx: StepContext) -> None:
         tok = self.params.tokenizer
@@ -65,6 +68,7 @@ class TokenizerTask(TrainTask):
 
     def train_step(self, batch, step: int) -> dict:
         x, _ = batch  # (B, C, H, W) in [-1, 1]
+        x = random_hflip_batch(x)  # the paper's flip augmentation
         if self.media_batch is None:
             self.media_batch = x[:MEDIA_IMAGES].detach().clone()
         gan_weight = adversarial_weight(step, self.cfg.disc_start, self.cfg.disc_weight) if self.disc else 0.0
@@ -103,12 +107,16 @@ class TokenizerTask(TrainTask):
         return states
 
     def load_state_dicts(self, states: dict) -> None:
-        self.vae.load_state_dict(states["model"])
-        self.ema.module.load_state_dict(states["ema"])
-        self.opt.load_state_dict(states["optimizer"])
+        """Resume model, EMA and optimizer (and the discriminator's, when both sides have one).
+
+        Raises UserError "state '<name>': ..." (the loop prefixes the checkpoint path) when a state
+        is missing or belongs to another model (preset, overrides) or optimizer."""
+        load_state_strict(self.vae, require_state(states, "model"), "state 'model'")
+        load_state_strict(self.ema.module, require_state(states, "ema"), "state 'ema'")
+        load_optimizer_state(self.opt, require_state(states, "optimizer"), "state 'optimizer'")
         if self.disc is not None and "disc" in states:
-            self.disc.load_state_dict(states["disc"])
-            self.disc_opt.load_state_dict(states["disc_optimizer"])
+            load_state_strict(self.disc, require_state(states, "disc"), "state 'disc'")
+            load_optimizer_state(self.disc_opt, require_state(states, "disc_optimizer"), "state 'disc_optimizer'")
 
     @torch.no_grad()
     def log_media(self, step: int, run) -> None:

@@ -14,7 +14,7 @@ from torch import nn
 
 from sphereard.tokenizer.cnn import CNNDecoder, CNNEncoder
 from sphereard.tokenizer.posterior import Posterior, build_posterior
-from sphereard.tokenizer.presets import TokenizerArch
+from sphereard.tokenizer.presets import TokenizerArch, tokenizer_arch
 from sphereard.tokenizer.vit import ViTDecoder, ViTEncoder, grid_to_tokens, tokens_to_grid
 
 
@@ -101,3 +101,8 @@ class HybridVAE(nn.Module):
         params = self.encode_params(x)
         z = self.sample(params) if sample else self.mode(params)
         return {"recon": self.decode(z), "z": z, "params": params, "kl": self.kl(params)}
+
+
+def create_tokenizer(name: str, posterior: str = "spherical", radius: float | None = None, **overrides) -> HybridVAE:
+    """Build a HybridVAE from preset `name` (+ arch overrides); wrap in `with torch.device(...)` to place it."""
+    return HybridVAE(tokenizer_arch(name, **overrides), posterior=posterior, radius=radius)

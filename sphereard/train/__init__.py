@@ -1,13 +1,13 @@
 """Shared training infrastructure: Ray Train launcher, generic loop, atomic checkpoints, optim/EMA."""
 
-from sphereard.train.checkpoint import Checkpoint, load_checkpoint, load_latest, load_weights, save_checkpoint
-from sphereard.train.launch import TrainingError, fit, run_training
-from sphereard.train.loop import LoopSpec, StepContext, TrainTask, train_loop_per_worker
-from sphereard.train.optim import build_ema, build_optimizer, build_scheduler, clip_grad, optimizer_step
+from sphereard.utils.lazy import lazy_exports
 
-__all__ = [
-    "Checkpoint", "load_checkpoint", "load_latest", "load_weights", "save_checkpoint",
-    "TrainingError", "fit", "run_training",
-    "LoopSpec", "StepContext", "TrainTask", "train_loop_per_worker",
-    "build_ema", "build_optimizer", "build_scheduler", "clip_grad", "optimizer_step",
-]
+_EXPORTS = {  # public name -> submodule defining it (imported on first use)
+    "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "load_latest": "checkpoint",
+    "load_weights": "checkpoint", "save_checkpoint": "checkpoint",
+    "TrainingError": "launch", "fit": "launch", "run_training": "launch",
+    "LoopSpec": "loop", "StepContext": "loop", "TrainTask": "loop", "train_loop_per_worker": "loop",
+    "build_ema": "optim", "build_optimizer": "optim", "build_scheduler": "optim", "clip_grad": "optim",
+    "optimizer_step": "optim",
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

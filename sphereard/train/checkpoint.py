@@ -23,21 +23,25 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from sphereard.errors import UserError
-from sphereard.utils.io import atomic_path, atomic_write_text
+from sphereard.utils.io import atomic_path, atomic_write_text, read_json_object, require_fields
+from sphereard.utils.weights import read_safetensors
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 LATEST_FILE = "latest"
 STATE_FILE = "state.json"
-STEP_DIR_RE = re.compile(r"^step-(\d{8})$")
+STEP_DIR_RE = re.compile(r"^step-([0-9]{8})\Z")  # also what `latest` may name: no path, no ".."
+STATE_NAME_RE = re.compile(r"^[A-Za-z0-9_]+\Z")  # a state's file is <name>.safetensors in the step dir
 DEFAULT_KEEP = 3
 STALE_PATTERNS = (".step-*.tmp-*", ".step-*.old-*", f".{LATEST_FILE}.tmp-*")  # crashed atomic writes
 TENSOR_TAG, TUPLE_TAG, ITEMS_TAG = "__tensor__", "__tuple__", "__items__"
+STRUCTURE_ERRORS = (KeyError, TypeError, ValueError, AttributeError)  # a state.json structure that was edited
+POINTER_SHOWN_CHARS = 60
+PARAM_SHAPED_STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")  # Adam(W), SGD
 
 
 @dataclass
@@ -143,7 +147,7 @@ def _step_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
 
 def _prune(ckpt_dir: Path, keep: int) -> None:
     """Remove all but the newest `keep` step dirs, plus leftovers of interrupted saves."""
-    latest = (ckpt_dir / LATEST_FILE).read_text().strip()
+    latest = _read_pointer(ckpt_dir / LATEST_FILE)
     for _, path in _step_dirs(ckpt_dir)[:-keep]:
         if path.name != latest:
             shutil.rmtree(path, ignore_errors=True)
@@ -152,14 +156,35 @@ def _prune(ckpt_dir: Path, keep: int) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+def _read_pointer(pointer: Path) -> str:
+    """The step dir name held by a `latest` pointer.
+
+    Raises UserError naming the pointer when it is unreadable, not UTF-8 text, or names anything but
+    a step dir of its own checkpoint dir (`step-XXXXXXXX`: no path, no `..`, nothing outside)."""
+    hint = "remove it to resume from the newest complete step dir"
+    try:
+        name = pointer.read_bytes().decode("utf-8").strip()
+    except OSError as err:
+        raise UserError(f"{pointer}: unreadable checkpoint pointer ({err})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{pointer}: not a text file naming a step dir (corrupt pointer); {hint}") from None
+    if not STEP_DIR_RE.match(name):
+        shown = name if len(name) <= POINTER_SHOWN_CHARS else name[:POINTER_SHOWN_CHARS] + "..."
+        raise UserError(f"{pointer}: names {shown!r}, not a step dir of {pointer.parent} (step-XXXXXXXX); {hint}")
+    return name
+
+
 def latest_step_dir(ckpt_dir: str | Path) -> Path | None:
-    """The step dir `latest` names (or the newest complete one if the pointer is missing); None if none."""
+    """The step dir `latest` names (or the newest complete one if the pointer is missing); None if none.
+
+    Raises UserError naming `latest` when it is not a step dir name (`_read_pointer`) or names a
+    step dir without a state.json."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return None
     pointer = ckpt_dir / LATEST_FILE
     if pointer.is_file():
-        path = ckpt_dir / pointer.read_text().strip()
+        path = ckpt_dir / _read_pointer(pointer)
         if not (path / STATE_FILE).is_file():
             raise UserError(f"{pointer}: names {path.name}, which has no {STATE_FILE}")
         return path
@@ -167,34 +192,54 @@ def latest_step_dir(ckpt_dir: str | Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: unreadable checkpoint state ({err})") from None
+def _read_record(path: Path) -> dict:
+    """A step dir's state.json, checked.
+
+    Raises UserError naming it when it is missing, not a JSON object (truncated, not UTF-8), not
+    this format, lacks 'step' (int >= 0) or 'structure' (object), has a 'meta' that is not an
+    object, or names a state that is not a plain name (its file must lie in the step dir)."""
+    record = read_json_object(path, "checkpoint state")
+    if record.get("format") != FORMAT_VERSION:
+        raise UserError(f"{path}: not a sphereard checkpoint (format {record.get('format')!r}, "
+                        f"expected {FORMAT_VERSION})")
+    require_fields(path, record, {"step": int, "structure": dict})
+    if not isinstance(record.get("meta", {}), dict):
+        raise UserError(f"{path}: key 'meta' must be an object, got {record['meta']!r}")
+    if record["step"] < 0:
+        raise UserError(f"{path}: key 'step' must be >= 0, got {record['step']}")
+    for name in record["structure"]:
+        if not STATE_NAME_RE.match(name):
+            raise UserError(f"{path}: state name {name!r} in 'structure' is not a plain name")
+    return record
 
 
 def _read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Raises UserError naming the file when it is missing or not a .safetensors file (truncated, corrupt)."""
+    return read_safetensors(path, "checkpoint tensors", device, finite=False)
+
+
+def _unflatten(tensors: Mapping[str, torch.Tensor], structure: Any, file: Path) -> Any:
+    """`unflatten_state`; UserError naming `file` when the structure asks for a tensor it lacks or is malformed."""
     try:
-        return load_file(str(path), device=str(device))
-    except (OSError, SafetensorError) as err:
-        raise UserError(f"{path}: unreadable checkpoint tensors ({err})") from None
+        return unflatten_state(tensors, structure)
+    except KeyError as err:
+        raise UserError(f"{file}: missing tensor {err}") from None
+    except STRUCTURE_ERRORS as err:
+        raise UserError(f"{file}: does not match its structure in {STATE_FILE} ({type(err).__name__}: {err})") from None
 
 
 def load_checkpoint(step_dir: str | Path) -> Checkpoint:
-    """Load one step dir (all named states, on CPU)."""
+    """Load one step dir (all named states, on CPU).
+
+    Raises UserError naming the file: state.json unreadable or malformed (`_read_record`), a state's
+    .safetensors file missing or corrupt, or tensors that do not match the recorded structure."""
     step_dir = Path(step_dir)
-    record = _read_json(step_dir / STATE_FILE)
-    if record.get("format") != FORMAT_VERSION or "structure" not in record:
-        raise UserError(f"{step_dir / STATE_FILE}: not a sphereard checkpoint (format {record.get('format')!r})")
+    record = _read_record(step_dir / STATE_FILE)
     states = {}
     for name, structure in record["structure"].items():
-        tensors = _read_tensors(step_dir / f"{name}.safetensors")
-        try:
-            states[name] = unflatten_state(tensors, structure)
-        except KeyError as err:
-            raise UserError(f"{step_dir / f'{name}.safetensors'}: missing tensor {err}") from None
-    return Checkpoint(step=int(record["step"]), path=step_dir, states=states, meta=record.get("meta", {}))
+        file = step_dir / f"{name}.safetensors"
+        states[name] = _unflatten(_read_tensors(file), structure, file)
+    return Checkpoint(step=record["step"], path=step_dir, states=states, meta=record.get("meta", {}))
 
 
 def load_latest(ckpt_dir: str | Path) -> Checkpoint | None:
@@ -215,3 +260,67 @@ def load_weights(path: str | Path, name: str = "model", device: str | torch.devi
     if not file.is_file():
         raise UserError(f"{file}: checkpoint has no {name!r} weights")
     return _read_tensors(file, device)
+
+
+def require_state(states: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """`states[name]`, a mapping (a state_dict).
+
+    Raises UserError "state '<name>': ..." when the checkpoint has no such state or it is not a
+    mapping (the training loop prefixes the checkpoint path)."""
+    if name not in states:
+        raise UserError(f"state {name!r}: missing from the checkpoint (it holds {sorted(states)})")
+    if not isinstance(states[name], Mapping):
+        raise UserError(f"state {name!r}: not a state dict (got {type(states[name]).__name__})")
+    return states[name]
+
+
+def latest_state(ckpt_dir: str | Path, name: str) -> tuple[Checkpoint, Mapping[str, Any]]:
+    """(newest checkpoint, its state `name`), e.g. the EMA weights a stage exports.
+
+    Raises UserError naming the directory when there is no checkpoint, or the step dir when it has
+    no such state."""
+    ckpt = load_latest(ckpt_dir)
+    if ckpt is None:
+        raise UserError(f"{ckpt_dir}: no checkpoint to read (run the training stage first)")
+    try:
+        return ckpt, require_state(ckpt.states, name)
+    except UserError as err:
+        raise UserError(f"{ckpt.path}: {err}") from None
+
+
+def optimizer_mismatch(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> str | None:
+    """None if `state` (an optimizer `state_dict()`) fits `optimizer`: same parameter groups and
+    sizes, and every per-parameter tensor of PARAM_SHAPED_STATE (exp_avg, ...) shaped like its
+    parameter; else one sentence naming the first difference."""
+    groups, per_param = state.get("param_groups"), state.get("state")
+    if not isinstance(groups, list) or not isinstance(per_param, Mapping) \
+            or not all(isinstance(g, Mapping) and isinstance(g.get("params"), list) for g in groups):
+        return "not an optimizer state (no 'state' / 'param_groups' with 'params')"
+    ours = optimizer.param_groups
+    if len(groups) != len(ours):
+        return f"{len(groups)} parameter group(s) in the checkpoint, {len(ours)} in the optimizer now"
+    for i, (saved, now) in enumerate(zip(groups, ours)):
+        if len(saved["params"]) != len(now["params"]):
+            return (f"parameter group {i} holds {len(saved['params'])} parameters in the checkpoint, "
+                    f"{len(now['params'])} now")
+        for index, param in zip(saved["params"], now["params"]):
+            entry = per_param.get(index) if isinstance(index, int) else None
+            for key, value in (entry.items() if isinstance(entry, Mapping) else ()):
+                if key in PARAM_SHAPED_STATE and torch.is_tensor(value) and value.shape != param.shape:
+                    return (f"{key!r} of parameter {index} (group {i}) has shape {tuple(value.shape)} in the "
+                            f"checkpoint, the parameter is {tuple(param.shape)}")
+    return None
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any], source: str) -> None:
+    """`optimizer.load_state_dict(state)` after checking that it fits (`optimizer_mismatch`).
+
+    Raises UserError "<source>: optimizer state of a different model: <first difference>"."""
+    problem = optimizer_mismatch(optimizer, state)
+    if problem is None:
+        try:
+            optimizer.load_state_dict(state)
+            return
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            problem = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+    raise UserError(f"{source}: optimizer state of a different model: {problem}")

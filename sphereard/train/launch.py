@@ -29,6 +29,9 @@ from sphereard.train.loop import LoopSpec, train_loop_per_worker
 log = logging.getLogger(__name__)
 
 RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+# Ray's switch for single-machine instances (its default on macOS/Windows): the node IP is loopback,
+# so every Ray server (GCS, raylet, workers, object manager, agents) listens on 127.0.0.1 only.
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOCAL_OBJECT_STORE_BYTES = 100 * 1024**2  # training data never goes through the object store
 RAY_CHECKPOINTS_TO_KEEP = 2  # Ray-side checkpoints are tiny pointers into our checkpoint dir
 
@@ -37,8 +40,20 @@ class TrainingError(RuntimeError):
     """Training failed on the workers after Ray's retries (FailureConfig.max_failures)."""
 
 
+def loopback_only() -> None:
+    """Make the next local Ray instance listen on loopback only (never on the machine's interfaces).
+
+    The Ray processes read the environment variable when they start; this process read it when
+    `ray` was first imported, so its cached copy is updated too."""
+    from ray._private import ray_constants
+
+    os.environ[LOOPBACK_ONLY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def init_ray(num_cpus_needed: int = 1) -> None:
-    """Join RAY_ADDRESS if set, else start a small local instance (no dashboard, small object store)."""
+    """Join RAY_ADDRESS if set, else start a small local instance: loopback only, no dashboard,
+    small object store."""
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
@@ -53,6 +68,7 @@ def init_ray(num_cpus_needed: int = 1) -> None:
         # about it every few seconds; the cleaner only matters if the controller dies ungracefully.
         logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
+    loopback_only()
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, num_cpus_needed), include_dashboard=False,
              object_store_memory=LOCAL_OBJECT_STORE_BYTES,
              runtime_env={"worker_process_setup_hook": quiet_state_api_warnings})

@@ -5,10 +5,13 @@ on GPU), this worker's shard of the task's dataset (endless, resumable: `sampler
 autocast when precision resolves to bf16, resume from the latest checkpoint in `spec.ckpt_dir`.
 Rank 0 writes checkpoints, logs metrics (means over the window and the workers) and media.
 
-Resume is exact: before every step the torch RNG is reseeded from (seed, step, rank), and the data
-order is a function of the step, so a resumed run draws the same batches and noise as an
-uninterrupted one (same batch_size and num_workers assumed; random augmentations running inside
-DataLoader worker processes restart their streams). Our checkpoint dir is the source of truth;
+Resume is bit-exact, at any step (mid-epoch included): the data order is a function of the step
+(`sampler.py`), the loader never draws from torch's global RNG, and after the batch is fetched the
+global RNG is reseeded from (seed, step, rank), so every random draw of `train_step` (augmentation,
+posterior samples, flow noise, label dropout) is the same in a resumed and an uninterrupted run
+(same batch_size, world size and thread count). Datasets are deterministic; augmentation happens
+in `train_step`. Training stops at the first non-finite step metric (`guard.py`) before anything
+is checkpointed from it. Our checkpoint dir is the source of truth;
 each checkpoint is also reported to Ray as a small pointer so Ray's FailureConfig restarts the
 worker group, which then resumes from the same dir (a shared filesystem on multi-node clusters).
 """
@@ -36,11 +39,14 @@ from sphereard.config import OptimConfig, TrainLoopConfig
 from sphereard.errors import UserError
 from sphereard.tracking import NullRun, Run
 from sphereard.train.checkpoint import DEFAULT_KEEP, load_latest, save_checkpoint, step_dir_name
+from sphereard.train.guard import FiniteGuard
 from sphereard.train.sampler import endless_batches, make_loader, to_device
+from sphereard.utils.io import read_json_object, require_fields
 
 log = logging.getLogger(__name__)
 
 RAY_POINTER_FILE = "pointer.json"
+RESUME_DETAIL_CHARS = 300  # of a library error quoted in a resume failure
 PROGRESS_MIN_INTERVAL_S = 5.0
 
 
@@ -182,26 +188,51 @@ def _checkpoint(spec: LoopSpec, task: TrainTask, ctx: StepContext, step: int, me
     _report(spec, ctx, step, metrics)
 
 
+def _ray_pointer_step(directory: str | Path) -> int | None:
+    """The step in the pointer of the checkpoint Ray restored, for the log only (our checkpoint dir is
+    the source of truth): an unreadable pointer is one warning line and None, never an error."""
+    path = Path(directory) / RAY_POINTER_FILE
+    try:
+        return require_fields(path, read_json_object(path, "Ray checkpoint pointer"), {"step": int})["step"]
+    except UserError as err:
+        log.warning("%s (ignored: resuming from the checkpoint dir)", err)
+        return None
+
+
+def _error_detail(err: BaseException) -> str:
+    """A library error on one line: its type and first two lines (a state_dict error's first line is only
+    its header), at most RESUME_DETAIL_CHARS characters."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()][:2]
+    text = f"{type(err).__name__}: {' '.join(lines)}"
+    return text if len(text) <= RESUME_DETAIL_CHARS else text[:RESUME_DETAIL_CHARS] + "..."
+
+
 def _resume(spec: LoopSpec, task: TrainTask, ctx: StepContext) -> int:
-    """Load the latest checkpoint (if any) into the task; returns the step to start from."""
+    """Load the latest checkpoint (if any) into the task; returns the step to start from.
+
+    Raises UserError naming the checkpoint (its step dir) when it is unreadable (`load_latest`) or
+    does not fit the task's models and optimizers: the task's own UserError (e.g. "state 'model':
+    weights of a different model: tensor 'x' has shape ...") or a library error, on one line."""
     ckpt = load_latest(spec.ckpt_dir)
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
-            pointer = json.loads((Path(d) / RAY_POINTER_FILE).read_text())
-        log.warning("Ray restarted the workers (last reported step %d); resuming from %s at step %s",
-                    pointer["step"], spec.ckpt_dir, None if ckpt is None else ckpt.step)
+            reported = _ray_pointer_step(d)
+        log.warning("Ray restarted the workers (last reported step %s); resuming from %s at step %s",
+                    reported, spec.ckpt_dir, None if ckpt is None else ckpt.step)
     if ckpt is None:
         return 0
     for key, now in _data_order(spec, ctx).items():
         if ckpt.meta.get(key) != now:
             log.warning("%s: saved with %s=%s, now %s: data order differs from an uninterrupted run",
                         ckpt.path, key, ckpt.meta.get(key), now)
+    start_over = f"remove {spec.ckpt_dir} to start over"
     try:
         task.load_state_dicts(ckpt.states)
-    except (RuntimeError, KeyError, ValueError) as err:
-        raise UserError(f"{ckpt.path}: does not fit the current model ({str(err).splitlines()[0]}); "
-                        f"remove {spec.ckpt_dir} to start over") from None
+    except UserError as err:
+        raise UserError(f"{ckpt.path}: {err}; {start_over}") from None
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise UserError(f"{ckpt.path}: does not fit the current model ({_error_detail(err)}); {start_over}") from None
     log.info("resumed from %s at step %d", ckpt.path, ckpt.step)
     return ckpt.step
 
@@ -235,21 +266,27 @@ def train_loop_per_worker(config: dict) -> None:
     log.info("rank %d/%d on %s (%s): steps %d..%d, %d batches/epoch", rank, world_size, device, ctx.precision,
              start, end, batches_per_epoch)
     progress = tqdm(total=loop.steps, initial=start, disable=rank != 0, mininterval=PROGRESS_MIN_INTERVAL_S)
-    window, logged = MetricWindow(), {}
+    window, logged, guard = MetricWindow(), {}, FiniteGuard()
     for step in range(start, end):
-        torch.manual_seed(step_seed(spec.seed, step, rank))
         batch = to_device(next(batches), device)
+        torch.manual_seed(step_seed(spec.seed, step, rank))  # after the fetch: the step's draws only
         metrics = task.train_step(batch, step)
+        guard.add(step, metrics)
         window.add(metrics, task.items_per_batch(batch))
         done = step + 1
         progress.update(1)
-        if done % loop.log_every == 0 or done == end:
+        is_log = done % loop.log_every == 0 or done == end
+        is_media = done % loop.sample_every == 0 or done == loop.steps
+        is_ckpt = done % loop.ckpt_every == 0 or done == end
+        if is_log or is_media or is_ckpt:  # the same steps on every worker
+            guard.check(world_size, device)  # raises on the first non-finite step, before any write
+        if is_log:
             logged = window.reduce(device, world_size)
             window = MetricWindow()
             ctx.run.log_metrics(logged, step=done)
             progress.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logged.items()}, refresh=False)
-        if rank == 0 and (done % loop.sample_every == 0 or done == loop.steps):
+        if rank == 0 and is_media:
             task.log_media(done, ctx.run)
-        if done % loop.ckpt_every == 0 or done == end:
+        if is_ckpt:
             _checkpoint(spec, task, ctx, done, logged)
     progress.close()

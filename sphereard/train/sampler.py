@@ -4,6 +4,11 @@ Global step `s` (updates done) maps to epoch `s // B` and batch `s % B` of that 
 B = batches per epoch per worker. The permutation of epoch `e` depends only on (seed, e), so a run
 resumed at step `s` reads exactly the batches an uninterrupted run would have read (given the same
 batch_size and number of workers).
+
+The loader never touches torch's global RNG: it has its own generator (reseeded per epoch from
+(seed, epoch)) for the DataLoader workers' base seed, so starting an epoch mid-way after a resume
+does not shift the training step's random stream. Datasets must be deterministic per index:
+random augmentation belongs in `TrainTask.train_step`, which runs under the step's seed.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ def make_loader(dataset: Dataset, local_batch_size: int, rank: int, world_size: 
         raise UserError(f"batch_size: {local_batch_size * world_size} is larger than the dataset "
                         f"({len(dataset)} items over {world_size} workers)")
     loader = DataLoader(dataset, batch_size=local_batch_size, sampler=sampler, drop_last=True,
-                        num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+                        num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                        generator=torch.Generator().manual_seed(seed))  # not the global RNG
     return loader, sampler, batches_per_epoch
 
 
@@ -54,6 +60,7 @@ def endless_batches(loader: DataLoader, sampler: ResumableSampler, start_step: i
     epoch, skip = divmod(start_step, batches_per_epoch)
     while True:
         sampler.set_epoch(epoch, skip * loader.batch_size)
+        loader.generator.manual_seed(sampler.seed + epoch)  # worker base seeds: a function of the epoch
         yield from loader
         epoch, skip = epoch + 1, 0
 

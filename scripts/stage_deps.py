@@ -1,0 +1,142 @@
+"""Derive each DVC stage's code dependencies from its imports, and check or rewrite dvc.yaml.
+
+A stage runs `python -m pipelines.<name>`; the code it can execute is that module plus every module
+of this repo (`sphereard`, `pipelines`) reachable through `import` statements anywhere in a file
+(function-level imports included), plus the `__init__.py` of every package on the way. That set,
+as a sorted list of files, must be exactly the code part of the stage's `deps` (the entries under
+`sphereard/` and `pipelines/`): then editing any executed module reruns the stage, and editing a
+module it never runs does not.
+
+    python scripts/stage_deps.py            # check: exit 1 and list the differences
+    python scripts/stage_deps.py --write    # rewrite the code deps in dvc.yaml (comments kept)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+import sys
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("sphereard", "pipelines")
+CMD_MODULE = re.compile(r"python -m (pipelines\.\w+)")
+
+
+def module_file(name: str, root: Path = REPO) -> Path | None:
+    """`a.b` -> root/a/b.py or root/a/b/__init__.py (None when it is not a module of this repo)."""
+    if name.split(".")[0] not in PACKAGES:
+        return None
+    base = root.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def lazy_exports_of(package: str, root: Path = REPO) -> dict[str, str]:
+    """The `_EXPORTS` literal (name -> submodule) of a package's `__init__.py` (`sphereard.utils.lazy`)."""
+    path = module_file(package, root)
+    if path is None or path.name != "__init__.py":
+        return {}
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_EXPORTS" for t in node.targets):
+            return ast.literal_eval(node.value)
+    return {}
+
+
+def _imported_names(path: Path, module: str, root: Path = REPO) -> set[str]:
+    """Module names a file may import: `import x.y`, `from x import y` (y may be a module or a lazy
+    export of package x, which imports x.<its submodule>), relative imports."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            names.add(base)
+            lazy = lazy_exports_of(base, root)
+            names.update(f"{base}.{lazy.get(alias.name, alias.name)}" for alias in node.names)
+    return names
+
+
+def code_closure(module: str, root: Path = REPO) -> list[str]:
+    """Repo-relative files a `python -m <module>` run can execute (sorted)."""
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__, a/b/__init__, then c
+            prefix = ".".join(parts[:i])
+            path = module_file(prefix, root)
+            if path is not None and prefix not in seen:
+                seen[prefix] = path
+                todo.extend(_imported_names(path, prefix, root))
+    return sorted(str(p.relative_to(root)) for p in seen.values())
+
+
+def is_code(dep: str) -> bool:
+    return dep.split("/")[0] in PACKAGES
+
+
+def stage_bodies(dvc: dict):
+    """(stage name, the mapping holding `cmd` and `deps`) for plain and `foreach` stages."""
+    for name, stage in dvc["stages"].items():
+        yield name, stage.get("do", stage)
+
+
+def differences(dvc: dict, root: Path = REPO) -> dict[str, tuple[list[str], list[str]]]:
+    """stage -> (missing code deps, extra code deps) where dvc.yaml differs from the import closure."""
+    out = {}
+    for name, body in stage_bodies(dvc):
+        match = CMD_MODULE.search(body["cmd"])
+        assert match, f"stage {name}: cmd must run `python -m pipelines.<stage>`"
+        want = set(code_closure(match.group(1), root))
+        have = {d for d in body.get("deps", []) if isinstance(d, str) and is_code(d)}
+        if want != have:
+            out[name] = (sorted(want - have), sorted(have - want))
+    return out
+
+
+def rewrite(dvc: dict, root: Path = REPO) -> None:
+    """Replace each stage's code deps with its closure (first, sorted); other deps keep their order."""
+    for _, body in stage_bodies(dvc):
+        module = CMD_MODULE.search(body["cmd"]).group(1)
+        others = [d for d in body.get("deps", []) if not (isinstance(d, str) and is_code(d))]
+        deps = body["deps"]
+        del deps[:]
+        deps.extend(code_closure(module, root) + others)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="rewrite dvc.yaml's code deps")
+    parser.add_argument("--dvc-yaml", type=Path, default=REPO / "dvc.yaml")
+    args = parser.parse_args(argv)
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=4, offset=2)  # the file's own style
+    dvc = yaml.load(args.dvc_yaml)
+    if args.write:
+        rewrite(dvc, args.dvc_yaml.parent)
+        yaml.dump(dvc, args.dvc_yaml)
+        return 0
+    diff = differences(dvc, args.dvc_yaml.parent)
+    for stage, (missing, extra) in diff.items():
+        print(f"{args.dvc_yaml}: stage {stage}: missing {missing or '-'}; not executed {extra or '-'}")
+    if diff:
+        print(f"fix with: python {Path(__file__).relative_to(REPO)} --write")
+    return 1 if diff else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
