@@ -9,7 +9,7 @@ import sys
 from typing import Callable
 
 from sphereard.config import DEFAULT_PARAMS_FILE, POSTERIORS, Params, load_params
-from sphereard.errors import UserError
+from sphereard.errors import UserError, one_line
 
 USER_ERROR_EXIT = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -61,8 +61,3 @@ def stage_main(description: str, run: Callable[[Params, argparse.Namespace], Non
     except UserError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
-
-
-def one_line(err: BaseException) -> str:
-    """The error's message on one line (a message quoting a multi-line library error stays one line)."""
-    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())

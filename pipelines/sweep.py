@@ -32,7 +32,7 @@ from ray.tune.schedulers import ASHAScheduler
 from pipelines._cli import stage_main
 from sphereard.config import Params, absolute_paths, as_dict
 from sphereard.data import MANIFEST_NAME
-from sphereard.errors import UserError
+from sphereard.errors import UserError, first_lines
 from sphereard.eval.setup import classifier_model_dir, reference_path
 from sphereard.export import META_FILE, read_export
 from sphereard.sweep.grid import SETTING_COLUMNS, TrialSettings, expand_grid, search_space, settings_of, tune_trial_name
@@ -126,9 +126,9 @@ def collect(grid) -> list[dict]:
     if failed:
         name, err = failed[0]
         if isinstance(err, UserError):
-            raise UserError(str(err).splitlines()[0])
+            raise UserError(first_lines(err))
         raise TrainingError(f"sweep: {len(failed)} trial(s) failed, first {name}: {type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''}") from err
+                            f"{first_lines(err)}") from err
     rows = []
     for r in grid:
         t, metrics = settings_of(r.config), dict(r.metrics or {})

@@ -37,7 +37,7 @@ from sphereard.ar.task import (
     tokenizer_model_dir,
 )
 from sphereard.config import Params, absolute_paths, as_dict
-from sphereard.errors import UserError
+from sphereard.errors import UserError, error_detail
 from sphereard.export import META_FILE, export_model
 from sphereard.latents import LATENTS_FILE, PARAM_COLUMNS, decode_column, read_latent_meta
 from sphereard.tokenizer.posterior import sample_from_params
@@ -85,7 +85,7 @@ def eval_batches(cache_dir: Path, num_batches: int, batch: int, seed: int):
             yield (decode_column(rows.column(PARAM_COLUMNS[0]), meta).float(),  # (B, L, P) raw params
                    torch.from_numpy(rows.column("label").to_numpy().astype(np.int64)))
     except (pa.ArrowException, OSError) as err:
-        raise UserError(f"{path}: not a readable latent cache ({type(err).__name__}: {err})") from None
+        raise UserError(f"{path}: not a readable latent cache ({error_detail(err)})") from None
 
 
 @torch.no_grad()

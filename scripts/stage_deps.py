@@ -54,8 +54,10 @@ def _imported_names(path: Path, module: str, root: Path = REPO) -> set[str]:
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
+        if isinstance(node, ast.Import):  # `import pkg` may reach any lazy export as `pkg.name`
+            for alias in node.names:
+                names.add(alias.name)
+                names.update(f"{alias.name}.{sub}" for sub in lazy_exports_of(alias.name, root).values())
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
@@ -83,8 +85,10 @@ def code_closure(module: str, root: Path = REPO) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in seen.values())
 
 
-def is_code(dep: str) -> bool:
-    return dep.split("/")[0] in PACKAGES
+def is_code(dep: str, root: Path = REPO) -> bool:
+    """A Python file (or a folder) of the repo's packages: the deps this script owns; data files
+    under them (none today) would be left to the hand-written part."""
+    return dep.split("/")[0] in PACKAGES and (dep.endswith(".py") or (root / dep).is_dir())
 
 
 def stage_bodies(dvc: dict):
@@ -100,7 +104,7 @@ def differences(dvc: dict, root: Path = REPO) -> dict[str, tuple[list[str], list
         match = CMD_MODULE.search(body["cmd"])
         assert match, f"stage {name}: cmd must run `python -m pipelines.<stage>`"
         want = set(code_closure(match.group(1), root))
-        have = {d for d in body.get("deps", []) if isinstance(d, str) and is_code(d)}
+        have = {d for d in body.get("deps", []) if isinstance(d, str) and is_code(d, root)}
         if want != have:
             out[name] = (sorted(want - have), sorted(have - want))
     return out
@@ -110,7 +114,7 @@ def rewrite(dvc: dict, root: Path = REPO) -> None:
     """Replace each stage's code deps with its closure (first, sorted); other deps keep their order."""
     for _, body in stage_bodies(dvc):
         module = CMD_MODULE.search(body["cmd"]).group(1)
-        others = [d for d in body.get("deps", []) if not (isinstance(d, str) and is_code(d))]
+        others = [d for d in body.get("deps", []) if not (isinstance(d, str) and is_code(d, root))]
         deps = body["deps"]
         del deps[:]
         deps.extend(code_closure(module, root) + others)

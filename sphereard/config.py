@@ -14,13 +14,14 @@ from typing import Any, Literal
 import yaml
 
 from sphereard.config_schema import from_dict, require
-from sphereard.errors import UserError
+from sphereard.errors import UserError, first_lines
 
 DEFAULT_PARAMS_FILE = "params.yaml"
 
 Posterior = Literal["spherical", "gaussian_norm", "gaussian"]
 Projection = Literal["auto", "sphere", "none"]
 POSTERIORS: tuple[str, ...] = ("spherical", "gaussian_norm", "gaussian")
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: optimizer scalars live in float32
 MAX_SEED = 2**63 - 1  # numpy's SeedSequence takes no negative seed; torch.manual_seed none above 2**64 - 1
 
 
@@ -87,6 +88,8 @@ class OptimConfig:
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0")
         require(self.grad_clip > 0, "grad_clip", self.grad_clip, "must be positive")
+        require(self.lr / (1 - self.betas[0]) <= FLOAT32_MAX, "lr", self.lr,
+                f"lr / (1 - betas[0]) must fit float32 (<= {FLOAT32_MAX:.3g}): AdamW's step size")
         require(0 <= self.ema_decay < 1, "ema_decay", self.ema_decay, "must be in [0, 1)")
 
 
@@ -335,7 +338,7 @@ def read_yaml(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: params file unreadable ({type(err).__name__}: {err})") from None
     except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{path}: not valid YAML ({first_lines(err)})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of config blocks at the top level")
     return data

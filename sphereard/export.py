@@ -15,15 +15,18 @@ from torch import nn
 
 from sphereard.errors import UserError
 from sphereard.utils.io import atomic_path, read_json_object, require_fields
-from sphereard.utils.weights import read_safetensors
+from sphereard.utils.weights import check_finite, read_safetensors
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
 
 
 def export_model(out_dir: str | Path, module: nn.Module, meta: dict) -> None:
-    """Atomically write the module's weights and the metadata needed to rebuild it."""
+    """Atomically write the module's weights and the metadata needed to rebuild it.
+
+    Raises UserError (nothing written) when a weight holds NaN or inf."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    check_finite(state, f"{out_dir}: weights to export")
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         save_file(state, str(tmp / WEIGHTS_FILE))

@@ -5,9 +5,11 @@ Sec. 4.1, as MAR does), instead of training on one frozen sample. One Parquet fi
 tokenizer: `label` (int32), `params` and, with flips, `params_flip` (fixed-size lists of L*P
 floats), plus `meta.json` (posterior kind, radius, shapes, views, dtype, the Parquet file's sha256).
 
-Lossless in range: format 2 (`meta.json` "format": 2) stores the posterior's unbounded positive
+No overflow: format 2 (`meta.json` "format": 2) stores the posterior's unbounded positive
 scales (`log_channels`: the Power Spherical kappa) as their natural log, so no value overflows
-a float16 column (kappa > 65504 used to become inf, and PS(mu, inf) sampled -mu). Writing stops
+a float16 column (kappa > 65504 used to become inf, and PS(mu, inf) sampled -mu). A float16
+cache rounds: mu to ~5e-4 and kappa to ~0.4% relative (its log to 2^-7 near log kappa = 10), far
+inside the posterior's own spread; `encode.dtype: float32` stores both to float32 precision. Writing stops
 with one UserError naming the file, column, position and value when a parameter is not finite
 or cannot be stored in the cache dtype. Caches without "format" (format 1) hold raw parameters and
 are still read. Readers get raw parameters either way: `read_latent_cache`, `decode_column`.
@@ -24,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
-from sphereard.errors import UserError
+from sphereard.errors import UserError, error_detail
 from sphereard.tokenizer.posterior import cache_log_channels
 from sphereard.utils.io import atomic_path, read_json_object, require_fields, sha256_file
 
@@ -197,8 +199,7 @@ def _read_table(data_path: Path) -> pa.Table:
     try:
         return pq.read_table(data_path, memory_map=True)
     except PARQUET_ERRORS as err:
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
-        raise UserError(f"{data_path}: not a readable latent cache ({type(err).__name__}: {detail}); {RERUN}") from None
+        raise UserError(f"{data_path}: not a readable latent cache ({error_detail(err)}); {RERUN}") from None
 
 
 def _check_table(table: pa.Table, meta: dict, data_path: Path) -> None:
@@ -225,10 +226,13 @@ def _check_table(table: pa.Table, meta: dict, data_path: Path) -> None:
             raise UserError(f"{data_path}: column {name!r} has {table.column(name).null_count} null rows; {RERUN}")
 
 
-def read_latent_cache(cache_dir: str | Path, verify: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def read_latent_cache(cache_dir: str | Path, verify: bool = True,
+                      decode: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Returns raw params (N, V, L, P) [original, flipped when cached], labels (N,), meta.
 
     params have the cache dtype, or float32 when it stores log channels (decoded kappa can exceed float16).
+    `decode=False` returns the stored values instead (cache dtype; `decode_params` turns them into
+    params), so a reader can keep the cache at its stored size and decode per item.
     Raises UserError naming the file: `read_latent_meta`'s checks, a Parquet file that is not
     readable (truncated or corrupt; read with verify=False) or whose rows and columns differ from
     meta.json (`_check_table`)."""
@@ -238,7 +242,9 @@ def read_latent_cache(cache_dir: str | Path, verify: bool = True) -> tuple[torch
     _check_table(table, meta, data_path)
     stored = np.stack([_stored_values(table.column(c), meta) for c in PARAM_COLUMNS if c in table.column_names],
                       axis=1)  # (N, V, L, P)
-    params = decode_params(torch.from_numpy(stored), meta.get("log_channels", ()))
+    params = torch.from_numpy(stored)
+    if decode:
+        params = decode_params(params, meta.get("log_channels", ()))
     labels = torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
     return params, labels, meta
 
@@ -246,16 +252,19 @@ def read_latent_cache(cache_dir: str | Path, verify: bool = True) -> tuple[torch
 class LatentDataset(Dataset):
     """Items (params (V, L, P) float32 of every cached view: the image [and its flip]; label).
 
-    Deterministic per index: the training step picks a view (`pick_views`) under its own seed."""
+    Holds the stored values (the cache dtype: half the memory of float32 for a float16 cache) and
+    decodes one item at a time. Deterministic per index: the training step picks a view
+    (`pick_views`) under its own seed."""
 
     def __init__(self, cache_dir: str | Path, verify: bool = True):
-        self.params, self.labels, self.meta = read_latent_cache(cache_dir, verify)
+        self.stored, self.labels, self.meta = read_latent_cache(cache_dir, verify, decode=False)  # (N, V, L, P)
+        self.log_channels = tuple(self.meta.get("log_channels", ()))
 
     def __len__(self) -> int:
         return self.labels.shape[0]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.params[index].float(), self.labels[index]
+        return decode_params(self.stored[index], self.log_channels).float(), self.labels[index]
 
 
 def pick_views(params: torch.Tensor) -> torch.Tensor:

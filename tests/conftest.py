@@ -11,6 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+pytest.register_assert_rewrite("bad_inputs_helpers")  # its shared checks report like test assertions
+
 TEST_TORCH_THREADS = 1  # tiny CPU models: more intra-op threads only add contention
 torch.set_num_threads(TEST_TORCH_THREADS)
 

@@ -162,6 +162,8 @@ def test_non_finite_values_inside_overrides_and_out_of_range_seeds_are_rejected(
         parse_params(with_change("sweep.seeds", [0, -3]))
     with pytest.raises(UserError, match=r"^sweep.gpus_per_trial=1.5: must be a fraction <= 1 or a whole number"):
         parse_params(with_change("sweep.gpus_per_trial", 1.5))
+    with pytest.raises(UserError, match=r"^tokenizer.train.optim.lr=1e\+39: lr / \(1 - betas\[0\]\) must fit float32"):
+        parse_params(with_change("tokenizer.train.optim.lr", 1e39))  # finite, but AdamW's step size overflows
     with pytest.raises(UserError, match=r"^tracking.experiment=' ': must not be empty$"):
         parse_params(with_change("tracking.experiment", " "))
 

@@ -269,6 +269,16 @@ def test_float32_kl_and_entropy_match_exact_values_at_any_concentration(m):
     torch.testing.assert_close(kl64, exact_kl, rtol=1e-11, atol=0)
 
 
+def test_float32_entropy_is_accurate_through_its_zero_crossing():
+    """H(PS) changes sign near kappa ~ 9.6 (m = 16): there the bound is absolute (README: 1e-6 nats)."""
+    m = 16
+    kappa = torch.logspace(-3, 8, 300)  # float32, dense around the crossing
+    d = PowerSpherical(F.normalize(torch.ones(len(kappa), m), dim=-1), kappa)
+    exact = sphere_log_area(m) - torch.tensor([_exact_kl(k, m)[0] for k in kappa.tolist()], dtype=F64)
+    assert (exact > 0).any() and (exact < 0).any(), "the grid must cross zero"
+    torch.testing.assert_close(d.entropy().double(), exact, rtol=F32_REL_TOL, atol=1e-6)
+
+
 @pytest.mark.parametrize("m", [3, 16, 256])
 def test_float32_kl_gradient_is_finite_and_exact(m):
     kappas = [0.0] + ACCURACY_KAPPAS + [1e12, 1e30]

@@ -59,7 +59,9 @@ def test_dvc_repro_runs_every_stage_and_writes_outputs(dag):
         assert np.isfinite(ev["fd_classifier"]) and "fid_inception" not in ev
         with np.load(clone / "outputs/samples" / p / "samples.npz") as npz:
             n = params["sampling"]["num_per_class"] * 10
-            assert npz["arr_0"].shape == (n, 32, 32, 1) and npz["arr_0"].dtype == np.uint8
+            images = npz["arr_0"]  # ADM layout: grey data as 3 equal channels (the ADM evaluator takes RGB)
+            assert images.shape == (n, 32, 32, 3) and images.dtype == np.uint8
+            assert (images == images[..., :1]).all()
             assert np.bincount(npz["arr_1"]).tolist() == [params["sampling"]["num_per_class"]] * 10
             if p != "gaussian":  # projection auto: sphere for spherical and gaussian_norm
                 norms = np.linalg.norm(npz["latents"], axis=-1)

@@ -76,6 +76,7 @@ def test_a_new_import_without_a_dvc_yaml_update_is_caught(tmp_path):
     """Function-level, relative and lazily exported imports all count."""
     write(tmp_path / "pipelines/__init__.py", "")
     write(tmp_path / "pipelines/stage.py", "def run():\n    from sphereard.pkg import thing\n")
+    write(tmp_path / "pipelines/other.py", "import sphereard.pkg as p\n\ndef run():\n    return p.thing\n")
     write(tmp_path / "sphereard/__init__.py", "")
     write(tmp_path / "sphereard/pkg/__init__.py", '_EXPORTS = {"thing": "impl"}\n')
     write(tmp_path / "sphereard/pkg/impl.py", "from .helper import x\nthing = x\n")
@@ -88,6 +89,8 @@ def test_a_new_import_without_a_dvc_yaml_update_is_caught(tmp_path):
     stage_deps.rewrite(dvc, tmp_path)
     assert stage_deps.differences(dvc, tmp_path) == {}
     assert dvc["stages"]["s"]["deps"][-1] == "data/in" and "sphereard/pkg/unused.py" not in dvc["stages"]["s"]["deps"]
+    # `import pkg` then `pkg.thing`: every lazy export of the package counts
+    assert "sphereard/pkg/impl.py" in stage_deps.code_closure("pipelines.other", tmp_path)
 
 
 def test_check_mode_exits_1_and_names_the_stage(tmp_path):

@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ from sphereard.train import (
     save_checkpoint,
 )
 from sphereard.train.checkpoint import LATEST_FILE, load_optimizer_state
+from sphereard.train.guard import NonFiniteError
 from sphereard.train.launch import _root_cause, init_ray
 from sphereard.train.loop import StepContext, resolve_precision
 from sphereard.train.optim import param_groups
@@ -273,6 +275,62 @@ class RegressionTask(TrainTask):
         self.opt.load_state_dict(states["optim"])
 
 
+class DivergingRegressionTask(RegressionTask):
+    """RegressionTask whose worker `bad_rank` reports a NaN probe metric from step `bad_from` on (its
+    gradients stay finite: only the guard's all-reduce can stop the other worker); counts attempts."""
+
+    def __init__(self, out_dir: str, bad_rank: int, bad_from: int):
+        super().__init__(out_dir)
+        self.bad_rank, self.bad_from = bad_rank, bad_from
+
+    def build(self, ctx):
+        with open(self.out / f"attempts-rank{ctx.rank}", "a") as f:
+            f.write("x")
+        super().build(ctx)
+
+    def train_step(self, batch, step):
+        metrics = super().train_step(batch, step)
+        bad = self.ctx.rank == self.bad_rank and step >= self.bad_from
+        return {**metrics, "probe": torch.tensor(float("nan") if bad else 0.0)}
+
+
+class OverflowingRegressionTask(RegressionTask):
+    """Finite loss and gradient norm at every step, but the weights become inf after update `at` (the
+    last one: no later step's metrics can reveal it, only the check of the states being saved)."""
+
+    def __init__(self, out_dir: str, at: int):
+        super().__init__(out_dir)
+        self.at = at
+
+    def train_step(self, batch, step):
+        metrics = super().train_step(batch, step)
+        if step == self.at:
+            with torch.no_grad():
+                self.model[2].bias.fill_(float("inf"))
+        return metrics
+
+
+def test_weights_that_overflow_are_never_checkpointed(tmp_path):
+    spec = LoopSpec(task_factory=functools.partial(OverflowingRegressionTask, str(tmp_path), at=19),
+                    loop=_loop(tmp_path, steps=20, num_workers=0), ckpt_dir=str(tmp_path / "ckpt"))
+    with pytest.raises(NonFiniteError, match=r"diverged at step 20: (model|ema|optim)\.\S+ holds NaN or Inf"):
+        fit(spec, "infra-overflow")
+    assert load_latest(tmp_path / "ckpt").step == 10
+
+
+def test_divergence_on_one_ray_worker_stops_both_once_without_retries(tmp_path, ray_local):
+    """2 workers, max_failures=2: NaN on rank 1 only stops both at the same check, in one attempt."""
+    out = tmp_path / "out"
+    out.mkdir()
+    spec = LoopSpec(task_factory=functools.partial(DivergingRegressionTask, str(out), bad_rank=1, bad_from=12),
+                    loop=_loop(tmp_path, steps=30, num_workers=2, max_failures=2), ckpt_dir=str(tmp_path / "ckpt"))
+    with pytest.raises(NonFiniteError, match=r"^training diverged at step 13: probe=nan on worker 1 is not finite"):
+        fit(spec, "infra-diverge")
+    assert [(out / f"attempts-rank{r}").read_text() for r in (0, 1)] == ["x", "x"], "Ray must not retry"
+    assert load_latest(tmp_path / "ckpt").step == 10
+    assert max(r["step"] for r in _records(out / "rank0.jsonl")) == 14  # stopped at the check after step 15
+
+
 def _records(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -442,3 +500,8 @@ def test_local_ray_listens_on_loopback_only(ray_local):
     exposed = [entry for entry in listeners
                if not ipaddress.ip_address(entry[0].removeprefix("::ffff:")).is_loopback]
     assert not exposed, f"listening beyond loopback: {exposed}"
+    # the switch was only on while the instance started: later cluster joins in this process are unaffected
+    from ray._private import ray_constants
+
+    from sphereard.train.launch import LOOPBACK_ONLY_ENV
+    assert LOOPBACK_ONLY_ENV not in os.environ and ray_constants.ENABLE_RAY_CLUSTER

@@ -1,4 +1,4 @@
-"""Generator architectures, the preset registry and the SphereAR model (transformer + diffusion head).
+"""The SphereAR model (transformer + diffusion head) built from a preset of `arch.py`'s registry.
 
 | preset     | AR depth/width/heads | class tok | head blocks x width | adaLN | grid x d   | classes | params     | reference           |
 |------------|----------------------|-----------|---------------------|-------|------------|---------|------------|---------------------|

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from sphereard.data.sources import SPLITS, CapSelector, open_source
 from sphereard.data.transforms import (center_crop_resize, pad_to_square_size,
                                        to_channels, to_unit_tensor)
-from sphereard.errors import UserError
+from sphereard.errors import UserError, error_detail
 from sphereard.utils.io import atomic_path, read_json_object, require_fields, sha256_file
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def _parquet(path: Path, read):
     try:
         return read()
     except PARQUET_ERRORS as e:
-        raise UserError(f"{path}: not a readable shard ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise UserError(f"{path}: not a readable shard ({error_detail(e)})") from None
 
 
 def _read_split(root: Path, manifest: dict, split: str, columns: list[str]) -> pa.Table:

@@ -135,7 +135,8 @@ class PowerSpherical(Distribution):
         (1 + t) / 2 is 1 - |x - mu|^2 / 4 = |x + mu|^2 / 4 on the unit sphere; the first form (through
         log1p) keeps the O(|x - mu|^2) deviation when x is close to mu, where kappa is large and
         1 + t would round it away. value is re-normalised first, so its float round-off off the sphere
-        (~1e-7 in float32) is not amplified by a large kappa. kappa = 0 gives the uniform density.
+        (~1e-7 in float32) is not amplified by a large kappa. kappa = 0 gives the uniform density;
+        kappa = inf is a point mass at loc, which has no density (NaN there, -inf elsewhere).
         """
         if self._validate_args:
             self._validate_sample(value)

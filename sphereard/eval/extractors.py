@@ -27,7 +27,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from sphereard.errors import UserError
+from sphereard.errors import UserError, error_detail
 from sphereard.eval.classifier import SmallCNN, load_classifier, uint8_to_unit
 from sphereard.utils.io import sha256_file
 from sphereard.utils.weights import load_state_strict, read_torch_weights, state_mismatch
@@ -184,7 +184,7 @@ class InceptionExtractor(FeatureExtractorInceptionV3):
             # torch-fidelity built the network, then its strict load failed: name the first differing key
             problem = state_mismatch(self, state) if isinstance(e, RuntimeError) else None
             raise UserError(f"{path}: not torch-fidelity Inception-v3 weights "
-                            f"({problem or type(e).__name__ + ': ' + str(e).splitlines()[0]})") from None
+                            f"({problem or error_detail(e)})") from None
         digest = sha256_file(path)
         self.standard_weights = digest.startswith(INCEPTION_SHA256_PREFIX)
         if not self.standard_weights:

@@ -100,9 +100,11 @@ def _row_ids(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def mmd2_shared_units(k_xx: np.ndarray, k_yy: np.ndarray, k_xy: np.ndarray, same: np.ndarray) -> float:
     """Unbiased MMD^2 from kernel blocks (m, m) of two subsets that may share samples: the within-set
-    sums leave out i = j, and the cross sum leaves out the pairs `same` (m, m) of one shared sample,
-    the U-statistic of Binkowski et al. (2018) for overlapping samples. No shared pair: torch-fidelity's
-    `mmd2(..., mmd_est="unbiased")` exactly; a set vs itself: 0 (not -2 (mean k(x,x) - mean k(x,y)) / m)."""
+    sums leave out i = j, and the cross sum leaves out the pairs `same` (m, m) of one shared sample.
+    Our extension of the unbiased estimator of Binkowski et al. (2018), who define the disjoint case:
+    with no shared pair it is torch-fidelity's `mmd2(..., mmd_est="unbiased")` exactly; a set vs
+    itself scores 0 (not -2 (mean k(x,x) - mean k(x,y)) / m). A deliberate deviation: a generator that
+    reproduces reference images exactly is scored on its other pairs only."""
     m = k_xx.shape[0]
     within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
     cross = k_xy[~same].sum() / max(int((~same).sum()), 1)

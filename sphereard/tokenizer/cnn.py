@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sphereard.tokenizer.presets import gn_groups
+from sphereard.tokenizer.groupnorm import gn_groups
 
 GN_EPS = 1e-6
 UPSAMPLE_MODES = ("transpose", "nearest")

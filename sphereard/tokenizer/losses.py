@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sphereard.errors import UserError
-from sphereard.tokenizer.presets import gn_groups
+from sphereard.tokenizer.groupnorm import gn_groups
 from sphereard.utils.weights import load_state_strict, read_torch_weights
 
 log = logging.getLogger(__name__)

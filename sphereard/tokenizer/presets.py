@@ -23,15 +23,9 @@ from typing import Literal
 
 from sphereard.config_schema import from_dict, require
 from sphereard.errors import UserError
+from sphereard.tokenizer.groupnorm import gn_groups
 
 ROPE_HEAD_MULTIPLE = 4  # 2D RoPE rotates pairs on two axes
-GN_MAX_GROUPS = 32
-GN_CHANNELS_PER_GROUP = 4  # groups = min(32, channels / 4)
-
-
-def gn_groups(channels: int) -> int:
-    """GroupNorm group count used everywhere in the CNN stems and the discriminator: min(32, channels // 4)."""
-    return max(1, min(GN_MAX_GROUPS, channels // GN_CHANNELS_PER_GROUP))
 
 
 @dataclass

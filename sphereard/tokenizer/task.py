@@ -95,8 +95,9 @@ class TokenizerTask(TrainTask):
             with self.ctx.autocast():
                 d_loss = d_hinge_loss(self.disc_model(x), self.disc_model(out["recon"].detach()))
             scale = 1.0 if gan_weight > 0 else 0.0  # before disc_start: zero-weighted, no update effect
-            optimizer_step(d_loss * scale, self.disc_opt, self.disc_sched, step, self.disc, self.ctx.optim.grad_clip)
-            metrics["d_hinge"] = d_loss.detach()
+            d_update = optimizer_step(d_loss * scale, self.disc_opt, self.disc_sched, step, self.disc,
+                                      self.ctx.optim.grad_clip)
+            metrics.update(d_hinge=d_loss.detach(), d_grad_norm=d_update["grad_norm"])  # both NaN-guarded
         return metrics
 
     def state_dicts(self) -> dict:

@@ -214,8 +214,9 @@ def _read_record(path: Path) -> dict:
 
 
 def _read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Raises UserError naming the file when it is missing or not a .safetensors file (truncated, corrupt)."""
-    return read_safetensors(path, "checkpoint tensors", device, finite=False)
+    """Raises UserError naming the file when it is missing, not a .safetensors file (truncated,
+    corrupt) or holds NaN / inf (the loop never saves such states: `guard.check_states_finite`)."""
+    return read_safetensors(path, "checkpoint tensors", device)
 
 
 def _unflatten(tensors: Mapping[str, torch.Tensor], structure: Any, file: Path) -> Any:

@@ -9,13 +9,14 @@ no worker start-up; errors propagate as raised), for debugging and seconds-scale
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import ray
 import ray.train
@@ -24,6 +25,7 @@ from ray.train.v2._internal.constants import V2_ENABLED_ENV_VAR, is_v2_enabled
 
 from sphereard.config import RayConfig
 from sphereard.errors import UserError
+from sphereard.train.guard import NON_FINITE_KEY, NonFiniteError
 from sphereard.train.loop import LoopSpec, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -40,15 +42,27 @@ class TrainingError(RuntimeError):
     """Training failed on the workers after Ray's retries (FailureConfig.max_failures)."""
 
 
-def loopback_only() -> None:
-    """Make the next local Ray instance listen on loopback only (never on the machine's interfaces).
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Inside the block, a local Ray instance started here listens on loopback only (never on the
+    machine's interfaces). Restored afterwards, so a later cluster join (RAY_ADDRESS, `ray start`)
+    in this process or its children is unaffected.
 
     The Ray processes read the environment variable when they start; this process read it when
-    `ray` was first imported, so its cached copy is updated too."""
+    `ray` was first imported, so its cached copy (a private constant) is switched too."""
     from ray._private import ray_constants
 
+    saved_env, saved_flag = os.environ.get(LOOPBACK_ONLY_ENV), ray_constants.ENABLE_RAY_CLUSTER
     os.environ[LOOPBACK_ONLY_ENV] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(LOOPBACK_ONLY_ENV, None)
+        else:
+            os.environ[LOOPBACK_ONLY_ENV] = saved_env
 
 
 def init_ray(num_cpus_needed: int = 1) -> None:
@@ -68,10 +82,10 @@ def init_ray(num_cpus_needed: int = 1) -> None:
         # about it every few seconds; the cleaner only matters if the controller dies ungracefully.
         logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
-    loopback_only()
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, num_cpus_needed), include_dashboard=False,
-             object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-             runtime_env={"worker_process_setup_hook": quiet_state_api_warnings})
+    with loopback_only():
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, num_cpus_needed), include_dashboard=False,
+                 object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                 runtime_env={"worker_process_setup_hook": quiet_state_api_warnings})
 
 
 def check_local_capacity(ray_cfg: RayConfig) -> None:
@@ -140,6 +154,12 @@ def run_training(train_fn: Callable[[dict], None], fn_config: dict, ray_cfg: Ray
 
 
 def fit(spec: LoopSpec, run_name: str) -> ray.train.Result:
-    """Run the generic loop (`loop.train_loop_per_worker`) for `spec` on Ray Train."""
+    """Run the generic loop (`loop.train_loop_per_worker`) for `spec` on Ray Train.
+
+    Raises NonFiniteError (a UserError: one line) when training diverged, UserError for bad input
+    on the workers, TrainingError when they failed otherwise (after Ray's retries)."""
     spec = dataclasses.replace(spec, ckpt_dir=str(Path(spec.ckpt_dir).resolve()))
-    return run_training(train_loop_per_worker, {"spec": spec}, spec.loop.ray, run_name)
+    result = run_training(train_loop_per_worker, {"spec": spec}, spec.loop.ray, run_name)
+    if NON_FINITE_KEY in (result.metrics or {}):
+        raise NonFiniteError(result.metrics[NON_FINITE_KEY])
+    return result

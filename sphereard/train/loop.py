@@ -36,10 +36,10 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from sphereard.config import OptimConfig, TrainLoopConfig
-from sphereard.errors import UserError
+from sphereard.errors import UserError, error_detail
 from sphereard.tracking import NullRun, Run
 from sphereard.train.checkpoint import DEFAULT_KEEP, load_latest, save_checkpoint, step_dir_name
-from sphereard.train.guard import FiniteGuard
+from sphereard.train.guard import NON_FINITE_KEY, FiniteGuard, NonFiniteError, check_states_finite
 from sphereard.train.sampler import endless_batches, make_loader, to_device
 from sphereard.utils.io import read_json_object, require_fields
 
@@ -175,6 +175,19 @@ def _report(spec: LoopSpec, ctx: StepContext, step: int, metrics: dict) -> None:
                          checkpoint_dir_name=step_dir_name(step))
 
 
+def _report_non_finite(ctx: StepContext, message: str) -> None:
+    """Every worker reports the divergence; rank 0 attaches a (marker) checkpoint, because the driver's
+    `Result.metrics` are those of the latest report that carried one (`launch.fit` raises it)."""
+    metrics = {NON_FINITE_KEY: message}
+    if not ctx.is_main:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / RAY_POINTER_FILE).write_text(json.dumps({"non_finite": message}))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name="non-finite")
+
+
 def _data_order(spec: LoopSpec, ctx: StepContext) -> dict:
     """What the data order depends on (saved in every checkpoint's meta)."""
     return {"seed": spec.seed, "world_size": ctx.world_size, "batch_size": spec.loop.batch_size}
@@ -202,8 +215,7 @@ def _ray_pointer_step(directory: str | Path) -> int | None:
 def _error_detail(err: BaseException) -> str:
     """A library error on one line: its type and first two lines (a state_dict error's first line is only
     its header), at most RESUME_DETAIL_CHARS characters."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()][:2]
-    text = f"{type(err).__name__}: {' '.join(lines)}"
+    text = error_detail(err, count=2)
     return text if len(text) <= RESUME_DETAIL_CHARS else text[:RESUME_DETAIL_CHARS] + "..."
 
 
@@ -266,6 +278,17 @@ def train_loop_per_worker(config: dict) -> None:
     log.info("rank %d/%d on %s (%s): steps %d..%d, %d batches/epoch", rank, world_size, device, ctx.precision,
              start, end, batches_per_epoch)
     progress = tqdm(total=loop.steps, initial=start, disable=rank != 0, mininterval=PROGRESS_MIN_INTERVAL_S)
+    try:
+        _run_steps(spec, task, ctx, batches, start, end, progress)
+    except NonFiniteError as err:  # raised on every worker at the same step (the guard all-reduces)
+        _report_non_finite(ctx, str(err))  # not raised: Ray would retry a deterministic failure
+    finally:
+        progress.close()
+
+
+def _run_steps(spec: LoopSpec, task: TrainTask, ctx: StepContext, batches, start: int, end: int, progress) -> None:
+    """Steps start .. end-1: fetch, reseed, train, check, log, media, checkpoint."""
+    loop, rank, world_size, device = spec.loop, ctx.rank, ctx.world_size, ctx.device
     window, logged, guard = MetricWindow(), {}, FiniteGuard()
     for step in range(start, end):
         batch = to_device(next(batches), device)
@@ -288,5 +311,5 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0 and is_media:
             task.log_media(done, ctx.run)
         if is_ckpt:
+            check_states_finite(task.state_dicts(), done)  # every worker: its replica of the states
             _checkpoint(spec, task, ctx, done, logged)
-    progress.close()

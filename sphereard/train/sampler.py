@@ -5,10 +5,11 @@ B = batches per epoch per worker. The permutation of epoch `e` depends only on (
 resumed at step `s` reads exactly the batches an uninterrupted run would have read (given the same
 batch_size and number of workers).
 
-The loader never touches torch's global RNG: it has its own generator (reseeded per epoch from
-(seed, epoch)) for the DataLoader workers' base seed, so starting an epoch mid-way after a resume
-does not shift the training step's random stream. Datasets must be deterministic per index:
-random augmentation belongs in `TrainTask.train_step`, which runs under the step's seed.
+The loader never touches torch's global RNG: it has its own generator (seeded from `seed`) for the
+DataLoader workers' base seed, so starting an epoch mid-way after a resume does not shift the
+training step's random stream. Datasets must be deterministic per index (the workers' own seeds
+then do not matter): random augmentation belongs in `TrainTask.train_step`, which runs under the
+step's seed.
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ def endless_batches(loader: DataLoader, sampler: ResumableSampler, start_step: i
     epoch, skip = divmod(start_step, batches_per_epoch)
     while True:
         sampler.set_epoch(epoch, skip * loader.batch_size)
-        loader.generator.manual_seed(sampler.seed + epoch)  # worker base seeds: a function of the epoch
         yield from loader
         epoch, skip = epoch + 1, 0
 

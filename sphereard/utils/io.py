@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from sphereard.errors import UserError
+from sphereard.errors import UserError, error_detail
 
 HASH_CHUNK_BYTES = 1 << 20
 
@@ -134,5 +134,4 @@ def read_npz(path: str | os.PathLike, names: tuple[str, ...], what: str = ".npz 
             return {name: (np.asarray(z[name]) if name in z.files else None) for name in names}
     except NPZ_READ_ERRORS as err:
         why = f"{what} truncated or corrupt" if isinstance(err, NPZ_CORRUPT_ERRORS) else f"cannot read {what}"
-        raise UserError(f"{path}: {why} ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
+        raise UserError(f"{path}: {why} ({error_detail(err)})") from None

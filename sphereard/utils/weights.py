@@ -17,16 +17,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from sphereard.errors import UserError
+from sphereard.errors import UserError, error_detail, first_lines
 
 TORCH_LOAD_ERRORS = (RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeError, ImportError,
                      pickle.UnpicklingError)
 WEIGHTS_ONLY_MARK = "WeightsUnpickler error:"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _torch_load_detail(err: BaseException) -> str:
@@ -35,7 +30,7 @@ def _torch_load_detail(err: BaseException) -> str:
     if WEIGHTS_ONLY_MARK in text:
         tail = text.split(WEIGHTS_ONLY_MARK, 1)[1].split("Check the documentation", 1)[0]
         return "refused by weights-only loading: " + " ".join(tail.split()).split(". ")[0]
-    return f"{type(err).__name__}: {_first_line(err)}"
+    return error_detail(err)
 
 
 def read_safetensors(path: str | os.PathLike, what: str = "weights", device: str | torch.device = "cpu",
@@ -51,7 +46,7 @@ def read_safetensors(path: str | os.PathLike, what: str = "weights", device: str
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise UserError(f"{path}: cannot read {what}: truncated, corrupt or not a .safetensors file "
-                        f"({_first_line(err)})") from None
+                        f"({first_lines(err)})") from None
     if finite:
         check_finite(state, path)
     return state
