@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -24,8 +25,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from sphereard.data.sources import SPLITS, CapSelector, open_source
-from sphereard.data.transforms import (center_crop_resize, pad_to_square_size,
-                                       to_channels, to_unit_tensor)
+from sphereard.data.transforms import center_crop_resize, pad_to_square_size, to_channels, to_unit_tensor
 from sphereard.errors import UserError, error_detail
 from sphereard.utils.io import atomic_path, read_json_object, require_fields, sha256_file
 
@@ -59,18 +59,22 @@ def encode_png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def decode_png(data: bytes, where: str = "image") -> np.ndarray:
+def decode_png(data: bytes, where: str | Callable[[], str] = "image") -> np.ndarray:
     """PNG bytes -> uint8 (H, W, C) array (C = 1 for greyscale).
 
-    Raises UserError naming `where` when the bytes are not a decodable 8-bit image."""
+    Raises UserError naming `where` (a string, or a function giving it: built only on error, off the
+    per-item hot path) when the bytes are not a decodable 8-bit image."""
+    def named() -> str:
+        return where() if callable(where) else where
+
     try:
         arr = np.array(Image.open(io.BytesIO(data)))  # writable copy (torch.from_numpy needs one)
     except UnidentifiedImageError:
-        raise UserError(f"{where}: not a decodable image (no image format recognised)") from None
+        raise UserError(f"{named()}: not a decodable image (no image format recognised)") from None
     except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError) as e:
-        raise UserError(f"{where}: not a decodable image ({e})") from None
+        raise UserError(f"{named()}: not a decodable image ({e})") from None
     if arr.dtype != np.uint8:
-        raise UserError(f"{where}: image is {arr.dtype}, expected 8-bit")
+        raise UserError(f"{named()}: image is {arr.dtype}, expected 8-bit")
     return arr[..., None] if arr.ndim == 2 else arr
 
 
@@ -231,7 +235,7 @@ def _checked_labels(root: Path, manifest: dict, split: str, table: pa.Table) -> 
 def _decode_row(root: Path, manifest: dict, split: str, i: int, data: bytes) -> np.ndarray:
     """Row `i` of a split decoded to uint8 (H, W, C); UserError naming its shard if it does not decode
     or has another shape than the manifest's."""
-    image = decode_png(data, _row_source(root, manifest, split, i))
+    image = decode_png(data, lambda: _row_source(root, manifest, split, i))
     want = (manifest["image_size"], manifest["image_size"], manifest["channels"])
     if image.shape != want:
         raise UserError(f"{_row_source(root, manifest, split, i)}: image is {image.shape}, {MANIFEST_NAME} says {want}")
