@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from sphereard.train import (
     save_checkpoint,
 )
 from sphereard.train.checkpoint import LATEST_FILE, load_optimizer_state
+from sphereard.train.fingerprint import run_fingerprint
 from sphereard.train.guard import NonFiniteError
 from sphereard.train.launch import _root_cause, init_ray
 from sphereard.train.loop import StepContext, resolve_precision
@@ -377,6 +379,48 @@ def test_stop_after_then_resume_matches_uninterrupted_run(tmp_path, mlflow_uri):
     assert [f.path for f in samples] == ["samples/pred/step-00000020.png"]
 
 
+def test_a_finished_run_is_reused_only_with_the_same_settings_and_code(tmp_path, caplog):
+    """DVC reruns a training stage when its params or code change; the persisted checkpoint of the
+    old run must then not be exported as the new result: training starts over (one warning)."""
+    loop = _loop(tmp_path, steps=12, num_workers=0)
+    spec = LoopSpec(task_factory=functools.partial(RegressionTask, str(tmp_path)), loop=loop,
+                    ckpt_dir=str(tmp_path / "ckpt"), seed=3, config_snapshot={"lr": 1})
+    fit(spec, "infra-fp")
+    fit(spec, "infra-fp")  # same settings and code: nothing to do
+    assert [r["step"] for r in _records(tmp_path / "rank0.jsonl")] == list(range(12))
+    caplog.clear()
+    fit(dataclasses.replace(spec, config_snapshot={"lr": 2}), "infra-fp")  # a params change
+    assert [r["step"] for r in _records(tmp_path / "rank0.jsonl")] == list(range(12)) * 2
+    assert any("written by other settings or code" in r.getMessage() and "removed" in r.getMessage()
+               for r in caplog.records)
+    ckpt = load_latest(spec.ckpt_dir)
+    assert ckpt.step == 12 and ckpt.meta["config"] == {"lr": 2}
+    assert ckpt.meta["fingerprint"] == run_fingerprint({"lr": 2}, 3, spec.task_factory)
+
+
+def test_code_fingerprint_covers_the_task_and_loop_code_and_nothing_else(tmp_path, monkeypatch):
+    """An edit to a module the task can run changes it; an edit elsewhere (the report) does not."""
+    from sphereard.tokenizer.task import TokenizerTask
+    from sphereard.train import fingerprint
+
+    repo = tmp_path / "repo"
+    shutil.copytree(fingerprint.REPO / "sphereard", repo / "sphereard")
+    shutil.copytree(fingerprint.REPO / "pipelines", repo / "pipelines")
+    monkeypatch.setattr(fingerprint, "REPO", repo)
+    monkeypatch.setattr(fingerprint, "code_closure", functools.partial(fingerprint.code_closure, root=repo))
+    factory = functools.partial(TokenizerTask, None, "spherical")
+    before = fingerprint.run_fingerprint({"a": 1}, 0, factory)
+    assert fingerprint.code_fingerprint(["sphereard.train.launch"]) != fingerprint.code_fingerprint(
+        ["sphereard.train.launch", "sphereard.tokenizer.task"])
+    with open(repo / "pipelines" / "report.py", "a") as f:  # not run by training
+        f.write("# edit\n")
+    assert fingerprint.run_fingerprint({"a": 1}, 0, factory) == before
+    with open(repo / "sphereard" / "distributions" / "power_spherical.py", "a") as f:  # run by the tokenizer
+        f.write("# edit\n")
+    assert fingerprint.run_fingerprint({"a": 1}, 0, factory) != before
+    assert fingerprint.run_fingerprint({"a": 1}, 1, factory) != fingerprint.run_fingerprint({"a": 2}, 1, factory)
+
+
 def test_worker_user_error_reaches_driver_as_user_error(tmp_path):
     ckpt_dir = tmp_path / "ckpt"
     ckpt_dir.mkdir()
@@ -396,7 +440,8 @@ def test_resume_user_error_names_the_first_mismatched_tensor_and_both_shapes(tmp
     other = nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 1))
     opt = build_optimizer(other.named_parameters(), OptimConfig())
     save_checkpoint(tmp_path / "ckpt", 2, {"model": other.state_dict(), "ema": other.state_dict(),
-                                           "optim": opt.state_dict()})
+                                           "optim": opt.state_dict()},
+                    meta={"fingerprint": run_fingerprint({}, 0, RegressionTask)})  # claims to be this run
     spec = LoopSpec(task_factory=functools.partial(RegressionTask, str(tmp_path)),
                     loop=_loop(tmp_path, steps=4, num_workers=0), ckpt_dir=str(tmp_path / "ckpt"))
     with pytest.raises(UserError) as info:

@@ -192,6 +192,22 @@ def latest_step_dir(ckpt_dir: str | Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def latest_meta(ckpt_dir: str | Path) -> dict | None:
+    """The `meta` of the newest checkpoint (its state.json only, no tensors); None when there is none."""
+    step_dir = latest_step_dir(ckpt_dir)
+    return None if step_dir is None else _read_record(step_dir / STATE_FILE).get("meta", {})
+
+
+def discard_checkpoints(ckpt_dir: str | Path) -> list[str]:
+    """Remove every step dir and the `latest` pointer of `ckpt_dir`; returns the removed names."""
+    ckpt_dir = Path(ckpt_dir)
+    removed = [p.name for _, p in _step_dirs(ckpt_dir)]
+    for name in removed:
+        shutil.rmtree(ckpt_dir / name)
+    (ckpt_dir / LATEST_FILE).unlink(missing_ok=True)
+    return removed
+
+
 def _read_record(path: Path) -> dict:
     """A step dir's state.json, checked.
 

@@ -25,6 +25,8 @@ from ray.train.v2._internal.constants import V2_ENABLED_ENV_VAR, is_v2_enabled
 
 from sphereard.config import RayConfig
 from sphereard.errors import UserError
+from sphereard.train.checkpoint import discard_checkpoints, latest_meta
+from sphereard.train.fingerprint import run_fingerprint
 from sphereard.train.guard import NON_FINITE_KEY, NonFiniteError
 from sphereard.train.loop import LoopSpec, train_loop_per_worker
 
@@ -153,12 +155,28 @@ def run_training(train_fn: Callable[[dict], None], fn_config: dict, ray_cfg: Ray
     return result
 
 
+def discard_stale_checkpoints(ckpt_dir: str, fingerprint: str) -> None:
+    """Resume only a run of the same settings, seed and code: remove the checkpoints of another
+    (one warning naming them), so a stage DVC reruns after a change trains from step 0."""
+    meta = latest_meta(ckpt_dir)
+    if meta is not None and meta.get("fingerprint") != fingerprint:
+        removed = discard_checkpoints(ckpt_dir)
+        log.warning("%s: checkpoints %s were written by other settings or code (fingerprint %s, now %s): "
+                    "removed; training starts from step 0", ckpt_dir, ", ".join(removed),
+                    str(meta.get("fingerprint"))[:12], fingerprint[:12])
+
+
 def fit(spec: LoopSpec, run_name: str) -> ray.train.Result:
     """Run the generic loop (`loop.train_loop_per_worker`) for `spec` on Ray Train.
 
+    Resumes from `spec.ckpt_dir` only when its checkpoints carry this run's fingerprint (settings,
+    seed, code: `fingerprint.py`); others are removed first (`discard_stale_checkpoints`).
     Raises NonFiniteError (a UserError: one line) when training diverged, UserError for bad input
     on the workers, TrainingError when they failed otherwise (after Ray's retries)."""
-    spec = dataclasses.replace(spec, ckpt_dir=str(Path(spec.ckpt_dir).resolve()))
+    spec = dataclasses.replace(spec, ckpt_dir=str(Path(spec.ckpt_dir).resolve()),
+                               fingerprint=spec.fingerprint or run_fingerprint(spec.config_snapshot, spec.seed,
+                                                                                spec.task_factory))
+    discard_stale_checkpoints(spec.ckpt_dir, spec.fingerprint)
     result = run_training(train_loop_per_worker, {"spec": spec}, spec.loop.ray, run_name)
     if NON_FINITE_KEY in (result.metrics or {}):
         raise NonFiniteError(result.metrics[NON_FINITE_KEY])

@@ -137,6 +137,7 @@ class LoopSpec:
     stop_after: int | None = None  # end this invocation after this many steps (checkpointed); rerun resumes
     keep_checkpoints: int = DEFAULT_KEEP
     config_snapshot: dict = field(default_factory=dict)
+    fingerprint: str = ""  # settings + seed + code (`fingerprint.py`); set by `launch.fit`
 
 
 class MetricWindow:
@@ -196,7 +197,7 @@ def _data_order(spec: LoopSpec, ctx: StepContext) -> dict:
 def _checkpoint(spec: LoopSpec, task: TrainTask, ctx: StepContext, step: int, metrics: dict) -> None:
     """Rank 0 saves to spec.ckpt_dir (others wait in the report barrier)."""
     if ctx.is_main:
-        meta = {**_data_order(spec, ctx), "config": spec.config_snapshot}
+        meta = {**_data_order(spec, ctx), "config": spec.config_snapshot, "fingerprint": spec.fingerprint}
         save_checkpoint(spec.ckpt_dir, step, task.state_dicts(), meta, keep=spec.keep_checkpoints)
     _report(spec, ctx, step, metrics)
 
