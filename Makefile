@@ -38,5 +38,6 @@ lock:  ## re-resolve requirements.in into the pinned requirements.lock
 	/tmp/sphereard-lock-venv/bin/python -m pip install -q -r requirements.in
 	/tmp/sphereard-lock-venv/bin/python -m pip freeze --exclude-editable > requirements.lock
 
-ui: venv  ## MLflow UI on the repo's store, bound to 127.0.0.1
-	mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts
+ui: venv  ## MLflow UI on the repo's store (or $MLFLOW_TRACKING_URI), bound to 127.0.0.1; prints the runs-table URL
+	uri=$$(python -m sphereard.tracking --base http://127.0.0.1:5000) && \
+	mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri "$$uri" --default-artifact-root $(CURDIR)/mlartifacts

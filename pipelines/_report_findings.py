@@ -1,44 +1,92 @@
 """The report's "What the numbers show / what they do not" sections.
 
-Every statement in "show" is computed from the numbers in the report (rankings, drift against
-`DRIFT_TOL`, degradation along the CFG sweep); "do not show" is fixed caveats filled in with this
-run's budget, extractor, sample count and seeds. Metric names stay the stages' keys; the word for
-the Inception metric appears only when a `fid_inception` value exists.
+Every statement in "show" is computed from the numbers in the report, and every comparison in it
+(rankings, "grows / shrinks with CFG", beyond / within the drift threshold, degradation along the
+CFG sweep) is decided by `_report_parts.compare`: differences within the tolerance (REL_TOL of the
+larger value; for sweep means over n > 1 seeds also the 95% t-intervals) are printed as ties, never
+as a ranking. "Do not show" is fixed caveats filled in with this run's budget, extractor, sample
+count, seeds and class balance. Metric names stay the stages' keys; the word for the Inception
+metric appears only when a `fid_inception` value exists.
 """
 
 from __future__ import annotations
 
-from pipelines._report_parts import (LOWER_BETTER, finite, fmt, generation_keys, norm_devs, recon_fd_keys, sweep_lines,
-                                     sweep_metrics)
+from pipelines._report_parts import (CONFIDENCE, LOWER_BETTER, REL_TOL, collapse, compare, counted, finite, fmt,
+                                     generation_keys, half_width, norm_devs, recon_fd_keys, sweep_lines, sweep_metrics,
+                                     trend)
 from sphereard.config import Params
 from sphereard.eval.diagnostics import DRIFT_TOL
 
 HIGHER_BETTER_GEN = ("class_consistency_", "precision_", "recall_", "is_")
 PAPER_BEST = "1.34 for SphereAR-H on ImageNet 256x256"
 MISSING_SAMPLES = "an unrecorded number of"
+# a norm deviation must also move by more than this (0.5 percentage points) to count as a change with CFG:
+# the diagnostics average a few dozen samples, which cannot resolve finer differences
+NORM_ABS_FLOOR = 0.005
+SPREAD_PREFIXES = ("kid_", "is_")  # metrics the evaluate stage reports with a std (`<prefix>std_<extractor>`)
 IMAGENET = "imagenet_tar"
+TIE = "no difference beyond the tolerance"
+IMBALANCE_RATIO = 2.0  # largest / smallest class (train images) above this is reported as imbalance
 
 
-def ranked(values: dict[str, float], lower_better: bool) -> list[tuple[str, float]]:
-    items = [(p, float(v)) for p, v in values.items() if finite(v)]
-    return sorted(items, key=lambda item: item[1] if lower_better else -item[1])
+def pct(v: float) -> str:
+    return f"{v:.1%}"
 
 
-def compare(key: str, values: dict[str, float], lower_better: bool) -> str | None:
-    """'**p** has the lowest `key` (v; then q w, ...).' or None with fewer than two finite values."""
-    order = ranked(values, lower_better)
-    if len(order) < 2:
+def tie_groups(values: dict[str, float], lower_better: bool, halves: dict[str, float] | None = None,
+               ) -> list[list[tuple[str, float]]]:
+    """Finite values best first, grouped by single linkage: a value joins the current group when it ties
+    (`compare` == 0) with the group's last (nearest) member, so no tie is ever split across two groups; any
+    two consecutive groups differ beyond the tolerance at every pair of neighbours."""
+    halves = halves or {}
+    order = sorted(((p, float(v)) for p, v in values.items() if finite(v)),
+                   key=lambda item: item[1] if lower_better else -item[1])
+    groups: list[list[tuple[str, float]]] = []
+    for p, v in order:
+        if groups and compare(v, groups[-1][-1][1], halves.get(p, 0.0), halves.get(groups[-1][-1][0], 0.0)) == 0:
+            groups[-1].append((p, v))
+        else:
+            groups.append([(p, v)])
+    return groups
+
+
+def best_of(values: dict[str, float], lower_better: bool, halves: dict[str, float] | None = None) -> str | None:
+    """The one best name, or None when the best is tied (or fewer than two finite values)."""
+    groups = tie_groups(values, lower_better, halves)
+    return groups[0][0][0] if len(groups) > 1 and len(groups[0]) == 1 else None
+
+
+def rank(key: str, values: dict[str, float], lower_better: bool, halves: dict[str, float] | None = None,
+         show=fmt) -> str | None:
+    """'**p** has the lowest `key` (v); then q w; then ...' with ties as ties; None with < 2 finite values."""
+    groups = tie_groups(values, lower_better, halves)
+    if sum(len(g) for g in groups) < 2:
         return None
-    (best, v), rest = order[0], order[1:]
-    values_text = ", ".join(f"{p} {fmt(x)}" for p, x in order)
-    if fmt(v) == fmt(rest[0][1]):
-        return f"`{key}` does not separate the tokenizers ({values_text})."
+    listed = ", ".join(f"{p} {show(v)}" for g in groups for p, v in g)
+    if len(groups) == 1:
+        return f"`{key}`: {TIE} between {', '.join(p for p, _ in groups[0])} ({listed})."
     word = "lowest" if lower_better else "highest"
-    return f"**{best}** has the {word} `{key}` ({fmt(v)}; then " + ", ".join(f"{p} {fmt(x)}" for p, x in rest) + ")."
+    head, rest = groups[0], groups[1:]
+    lead = (f"**{head[0][0]}** has the {word} `{key}` ({show(head[0][1])})" if len(head) == 1 else
+            f"**{', '.join(p for p, _ in head)}** tie for the {word} `{key}` "
+            f"({', '.join(f'{p} {show(v)}' for p, v in head)}: {TIE})")
+    then = "; ".join("then " + (" and ".join(f"{p} {show(v)}" for p, v in g) + (" (tied)" if len(g) > 1 else ""))
+                     for g in rest)
+    return f"{lead}; {then}."
 
 
 def per_posterior(inp, block: str, key: str) -> dict[str, float]:
-    return {p: inp.metrics[block][p].get(key) for p in inp.posteriors}
+    return {p: (inp.metrics[block][p] or {}).get(key) for p in inp.posteriors}
+
+
+def spread_halves(inp, key: str) -> dict[str, float]:
+    """Half-widths for ranking `key`: the std the evaluate stage reports with it (`kid_std_*` over the KID
+    subsets, `is_std_*` over the IS splits), so KID, which sits near 0 and may be negative, and the IS
+    analogue rank only when their values differ by more than the two stds together; {} otherwise."""
+    std_key = next((f"{prefix}std_{key[len(prefix):]}" for prefix in SPREAD_PREFIXES if key.startswith(prefix)), None)
+    if std_key is None:
+        return {}
+    return {p: float(v) for p, v in per_posterior(inp, "evaluation", std_key).items() if finite(v)}
 
 
 def generation_findings(inp) -> list[str]:
@@ -46,24 +94,34 @@ def generation_findings(inp) -> list[str]:
     out = []
     for key in generation_keys(ev):
         if key.startswith(LOWER_BETTER + HIGHER_BETTER_GEN):
-            out.append(compare(key, per_posterior(inp, "evaluation", key), key.startswith(LOWER_BETTER)))
+            out.append(rank(key, per_posterior(inp, "evaluation", key), key.startswith(LOWER_BETTER),
+                            spread_halves(inp, key)))
     psnr = {p: inp.metrics["tokenizer"][p].get("psnr", ev[p].get("recon_psnr")) for p in inp.posteriors}
-    out.append(compare("psnr", psnr, lower_better=False))
-    out += [compare(k, {p: ev[p].get(f"recon_{k}") for p in inp.posteriors}, True) for k in recon_fd_keys(ev)]
+    out.append(rank("psnr", psnr, lower_better=False))
+    out += [rank(k, {p: ev[p].get(f"recon_{k}") for p in inp.posteriors}, True) for k in recon_fd_keys(ev)]
     fd_keys = [k for k in generation_keys(ev) if k.startswith(("fd_", "fid_"))]
-    if fd_keys and (by_fd := ranked(per_posterior(inp, "evaluation", fd_keys[0]), True)) and \
-            (by_psnr := ranked(psnr, False)) and len(by_fd) > 1:
-        if by_fd[0][0] == by_psnr[0][0]:
-            out.append(f"The best reconstruction (psnr) and the best generation (`{fd_keys[0]}`) come from the "
-                       f"same tokenizer, **{by_fd[0][0]}**.")
+    if fd_keys and len(inp.posteriors) > 1:
+        fd = fd_keys[0]
+        by_fd, by_psnr = best_of(per_posterior(inp, "evaluation", fd), True), best_of(psnr, False)
+        if by_fd is None or by_psnr is None:
+            out.append(f"psnr and `{fd}` do not both single out one tokenizer beyond the tolerance: nothing is "
+                       "claimed about reconstruction vs generation.")
+        elif by_fd == by_psnr:
+            out.append(f"The best reconstruction (psnr) and the best generation (`{fd}`) come from the same "
+                       f"tokenizer, **{by_fd}**.")
         else:
-            out.append(f"Better reconstruction did not give better generation: **{by_psnr[0][0]}** has the highest "
-                       f"psnr, **{by_fd[0][0]}** the lowest `{fd_keys[0]}` (reconstruction / generation trade-off).")
+            out.append(f"Better reconstruction did not give better generation: **{by_psnr}** has the highest "
+                       f"psnr, **{by_fd}** the lowest `{fd}` (reconstruction / generation trade-off).")
     return [s for s in out if s]
 
 
+def against_threshold(v: float, half: float = 0.0) -> str:
+    """'beyond' / 'within' the drift threshold, or 'at' it when the difference is a tie."""
+    return {1: "beyond", -1: "within", 0: "at"}[compare(v, DRIFT_TOL, half)]
+
+
 def norm_findings(inp) -> list[str]:
-    out, drifting, stable = [], [], []
+    out, verdicts = [], {}
     w_top = None
     for p in inp.posteriors:
         devs = norm_devs(inp.metrics["evaluation"][p])
@@ -72,24 +130,30 @@ def norm_findings(inp) -> list[str]:
             continue
         (w_lo, v_lo), (w_hi, v_hi) = none[0], none[-1]
         w_top = w_hi
-        (drifting if v_hi > DRIFT_TOL else stable).append(p)
-        trend = "" if w_hi == w_lo else \
-            f"; it {'grows' if v_hi > v_lo else 'does not grow'} with CFG ({v_lo:.1%} at w={w_lo:g})"
+        verdicts[p] = verdict = against_threshold(v_hi)
+        change = "" if w_hi == w_lo else "; " + {
+            1: f"it grows with CFG (from {pct(v_lo)} at w={w_lo:g})",
+            -1: f"it shrinks with CFG (from {pct(v_lo)} at w={w_lo:g})",
+            None: f"not monotone in CFG ({', '.join(f'{pct(v)} at w={w:g}' for w, v in none)})",
+            0: f"{TIE} from w={w_lo:g} ({pct(v_lo)})"}[trend(none, NORM_ABS_FLOOR)]
         sphere = devs.get(("sphere", w_hi))
-        with_proj = f"; with projection to the sphere: {sphere:.1%}" if finite(sphere) else ""
-        out.append(f"{p}: without projection the mean pre-projection token norm deviates up to {v_hi:.1%} from R "
-                   f"at w={w_hi:g} ({'beyond' if v_hi > DRIFT_TOL else 'within'} the {DRIFT_TOL:.0%} threshold)"
-                   f"{trend}{with_proj}.")
+        with_proj = f"; sampled with projection to the sphere: {pct(sphere)}" if finite(sphere) else ""
+        out.append(f"{p}: sampled without projection, `norm_rel_dev_none_cfg{w_hi:g}` = {pct(v_hi)} ({verdict} the "
+                   f"{DRIFT_TOL:.0%} drift threshold){change}{with_proj}.")
     if w_top is not None:
-        drift_text = f"**{', '.join(drifting)}** drift" if drifting else "no tokenizer drifts"
-        stable_text = f"{', '.join(stable)} stay within {DRIFT_TOL:.0%}" if stable else "none stays within"
-        out.append(f"Norm drift without projection at the highest diagnostic CFG scale (w={w_top:g}): "
-                   f"{drift_text}; {stable_text}.")
-    radial = {p: inp.metrics["evaluation"][p].get("tf_radial_fraction") for p in inp.posteriors}
-    if order := ranked(radial, lower_better=False):
-        out.append(f"The radial share of teacher-forced squared error is largest for **{order[0][0]}** "
-                   f"({order[0][1]:.1%}); " + ", ".join(f"{p} {v:.1%}" for p, v in order[1:]) + ".")
+        groups = {word: [p for p, v in verdicts.items() if v == word] for word in ("beyond", "at", "within")}
+        text = "; ".join(f"{word} the threshold: {', '.join(ps)}" for word, ps in groups.items() if ps)
+        out.append(f"Norm drift without projection at the highest diagnostic CFG scale (w={w_top:g}, threshold "
+                   f"{DRIFT_TOL:.0%}): {text}.")
+    radial = per_posterior(inp, "evaluation", "tf_radial_fraction")
+    if statement := rank("tf_radial_fraction", radial, lower_better=False, show=pct):
+        out.append(statement)
     return out
+
+
+def _point(row, metric: str) -> tuple[float, float]:
+    """(mean, CONFIDENCE half-width) of one sweep point."""
+    return float(row[f"{metric}_mean"]), half_width(row.get(f"{metric}_std"), row.get("n"))
 
 
 def sweep_findings(inp) -> list[str]:
@@ -97,22 +161,36 @@ def sweep_findings(inp) -> list[str]:
         return ["No sweep outputs: nothing is claimed about metric vs CFG scale."]
     out, summary = [], inp.sweep
     w_max = float(summary["cfg_scale"].max())
+    lines = sweep_lines(summary)
     for metric in [m for m in sweep_metrics(summary) if m.startswith(("fd_", "fid_"))]:
-        change = {}
-        for label, line in sweep_lines(summary).items():
-            pts = line[["cfg_scale", f"{metric}_mean"]].dropna()
-            if len(pts) < 2 or float(pts["cfg_scale"].max()) != w_max:
+        kept, degraded, at_top = [], [], {}
+        for label, line in lines.items():
+            line = line.dropna(subset=[f"{metric}_mean"])
+            if len(line) < 2 or float(line["cfg_scale"].max()) != w_max:
                 continue
-            best = pts.loc[pts[f"{metric}_mean"].idxmin()]
-            high = float(pts[f"{metric}_mean"].iloc[-1])
-            change[label] = (high - best[f"{metric}_mean"]) / best[f"{metric}_mean"]
-            out.append(f"`{metric}` for {label}: best {fmt(best[f'{metric}_mean'])} at w={best['cfg_scale']:g}, "
-                       f"{fmt(high)} at w={w_max:g} ({change[label]:+.0%} from its best).")
-        if len(order := ranked(change, lower_better=True)) > 1:
-            out.append(f"Most stable `{metric}` up to w={w_max:g}: **{order[0][0]}** ({order[0][1]:+.0%} from its "
-                       f"best); least stable: {order[-1][0]} ({order[-1][1]:+.0%}) (paper Fig. 4: spherical most "
-                       "stable).")
-        out += seed_separation(summary, metric, w_max)
+            points = {float(r["cfg_scale"]): _point(r, metric) for _, r in line.iterrows()}
+            best_w = min(points, key=lambda w: points[w][0])
+            (best, h_best), (high, h_high) = points[best_w], points[w_max]
+            at_top[label] = (high, h_high)
+            tied = [w for w in points if w != best_w and compare(points[w][0], best, points[w][1], h_best) == 0]
+            also = f" ({TIE} at w={', '.join(f'{w:g}' for w in tied)})" if tied else ""
+            if best_w == w_max:
+                tail = f"w={w_max:g} is the highest scale swept"
+                kept.append(label)
+            elif compare(high, best, h_high, h_best) > 0:
+                tail = f"at w={w_max:g} {fmt(high)}, {(high - best) / best:+.0%} from its best (beyond the tolerance)"
+                degraded.append(f"{label} ({(high - best) / best:+.0%})")
+            else:
+                tail = f"at w={w_max:g} {fmt(high)}: {TIE} from its best"
+                kept.append(label)
+            out.append(f"`{metric}` for {label}: lowest {fmt(best)} at w={best_w:g}{also}; {tail}.")
+        if kept or degraded:
+            out.append(f"Up to w={w_max:g}, `{metric}` stays within the tolerance of its best for "
+                       f"{', '.join(kept) or 'none'}; rises beyond it for {', '.join(degraded) or 'none'} (paper "
+                       "Fig. 4: the spherical tokenizer degrades least).")
+        if statement := rank(metric, {k: v for k, (v, _) in at_top.items()}, lower_better=True,
+                             halves={k: h for k, (_, h) in at_top.items()}):
+            out.append(f"At w={w_max:g}: {statement}")
     return out + sweep_norm_findings(summary, w_max)
 
 
@@ -120,35 +198,44 @@ def sweep_norm_findings(summary, w: float, metric: str = "norm_rel_dev_max") -> 
     """Which sweep settings' pre-projection token norms leave R by more than DRIFT_TOL at CFG scale w."""
     if f"{metric}_mean" not in summary:
         return []
-    at_w = {label: float(line.loc[line["cfg_scale"] == w, f"{metric}_mean"].iloc[0])
-            for label, line in sweep_lines(summary).items() if (line["cfg_scale"] == w).any()}
-    beyond = [f"{label} ({v:.1%})" for label, v in at_w.items() if finite(v) and v > DRIFT_TOL]
-    within = [f"{label} ({v:.1%})" for label, v in at_w.items() if finite(v) and v <= DRIFT_TOL]
-    return [f"Sweep `{metric}` at w={w:g} (pre-projection token norm vs R, threshold {DRIFT_TOL:.0%}): beyond for "
-            f"{', '.join(beyond) or 'none'}; within for {', '.join(within) or 'none'}."]
+    groups: dict[str, list[str]] = {"beyond": [], "at": [], "within": []}
+    for label, line in sweep_lines(summary).items():
+        rows = line[line["cfg_scale"] == w]
+        if len(rows) and finite(float(rows[f"{metric}_mean"].iloc[0])):
+            v, h = _point(rows.iloc[0], metric)
+            groups[against_threshold(v, h)].append(f"{label} ({pct(v)})")
+    text = "; ".join(f"{word} for {', '.join(items)}" for word, items in groups.items() if items)
+    return [f"Sweep `{metric}` at w={w:g} (pre-projection token norm vs R, threshold {DRIFT_TOL:.0%}): {text}."]
 
 
-def seed_separation(summary, metric: str, w: float) -> list[str]:
-    """Whether the two best settings at CFG scale w differ by more than their summed seed std."""
-    rows = {label: line[line["cfg_scale"] == w].iloc[0] for label, line in sweep_lines(summary).items()
-            if (line["cfg_scale"] == w).any()}
-    order = ranked({label: r[f"{metric}_mean"] for label, r in rows.items()}, lower_better=True)
-    if len(order) < 2 or not all(rows[label]["n"] > 1 for label, _ in order[:2]):
+def data_findings(inp) -> list[str]:
+    """Class imbalance of the train split (largest / smallest class above IMBALANCE_RATIO)."""
+    classes = inp.classes
+    if classes is None or not len(classes):
         return []
-    (a, va), (b, vb) = order[:2]
-    spread = rows[a][f"{metric}_std"] + rows[b][f"{metric}_std"]
-    verdict = "larger" if vb - va > spread else "not larger"
-    return [f"At w={w:g}, the gap between {a} and {b} in `{metric}` ({fmt(vb - va)}) is {verdict} than their "
-            f"summed seed std ({fmt(spread)})."]
+    big, small = classes.loc[classes["train"].idxmax()], classes.loc[classes["train"].idxmin()]
+    total = classes["train"].sum()
+    if small["train"] == 0:
+        return [f"Class imbalance: class **{small['name']}** has no train images."]
+    ratio = big["train"] / small["train"]
+    if ratio <= IMBALANCE_RATIO:
+        return [f"Classes are balanced within {IMBALANCE_RATIO:g}x: largest {big['name']} ({fmt(int(big['train']))}"
+                f" train images), smallest {small['name']} ({fmt(int(small['train']))})."]
+    return [f"Class imbalance: the largest class **{big['name']}** holds {pct(big['train'] / total)} of the train "
+            f"images ({fmt(int(big['train']))}), {ratio:.1f}x the smallest, **{small['name']}** "
+            f"({fmt(int(small['train']))}); see the Data table."]
 
 
 def caveats(params: Params, inp) -> list[str]:
     tok, gen, ev = params.tokenizer.train, params.generator.train, inp.metrics["evaluation"]
     has_fid = any(finite(m.get("fid_inception")) for m in ev.values())
     acc = inp.classifier.get("test_accuracy") if inp.classifier else None
-    samples = sorted({m["num_samples"] for m in ev.values() if "num_samples" in m})
-    devices = ", ".join(sorted({s["device"] for s in inp.stats.values() if s and "device" in s})) or "unknown"
-    budget = (f"tokenizers trained {tok.steps} steps (batch {tok.batch_size}), generators {gen.steps} steps (batch "
+    samples = sorted({i["num_samples"] for i in inp.info["evaluation"].values() if i and "num_samples" in i})
+    devices = ", ".join(sorted({i["device"] for i in inp.info["sampling"].values() if i and "device" in i})) or \
+        "an unrecorded device"
+    tok_steps = collapse({p: (m or {}).get("step") for p, m in inp.exports.items()})
+    gen_steps = collapse({p: (i or {}).get("steps") for p, i in inp.info["generator"].items()})
+    budget = (f"tokenizers trained {tok_steps} steps (batch {tok.batch_size}), generators {gen_steps} steps (batch "
               f"{gen.batch_size}) on {params.data.source} {params.data.image_size}x{params.data.image_size}, "
               f"sampled on {devices}")
     out = [f"Small budget: {budget}. The paper trains for hundreds of epochs on ImageNet 256x256; these numbers "
@@ -161,34 +248,42 @@ def caveats(params: Params, inp) -> list[str]:
                    f"Inception-feature metric the paper reports (best {PAPER_BEST}); it is not comparable with the "
                    "paper's numbers.")
     out += [f"Sample sizes: generation metrics from {', '.join(map(fmt, samples)) or MISSING_SAMPLES} samples per "
-           f"tokenizer against {fmt(params.evaluation.num_real)} real images; Frechet distances are biased upward at "
-           "small N, so compare only numbers computed with the same N.",
-           f"Single seed (seed={params.seed}, sampling.seed={params.sampling.seed}) and one training run per "
-           "tokenizer for the main tables: no error bars; small differences between tokenizers may be noise.",
-           "`is_classifier` is an Inception-Score analogue on the in-project classifier's logits, not the IS."]
+            f"tokenizer against {counted(inp.info['evaluation'], 'reference_images')} real images; Frechet distances "
+            "are biased upward at small N, so compare only numbers computed with the same N.",
+            f"Single seed (seed={params.seed}, sampling.seed={params.sampling.seed}) and one training run per "
+            f"tokenizer for the main tables: a difference beyond the {REL_TOL:.0%} tolerance may still be noise.",
+            "`is_classifier` is an Inception-Score analogue on the in-project classifier's logits, not the IS."]
+    if inp.classes is not None and len(inp.classes) and inp.classes["train"].min() > 0 and \
+            inp.classes["train"].max() / inp.classes["train"].min() > IMBALANCE_RATIO:
+        out.append("Class mix: sampling draws the same number of images per class, while the real reference "
+                   "images are drawn from the imbalanced train split, so `fd_*`, `kid_*`, precision and recall "
+                   "also measure that class-mix mismatch.")
     if has_fid:
         out.append("`fid_inception` uses the standard FID Inception weights, but on this dataset and sample "
                    "count; it is still not the paper's 50k-sample ImageNet FID.")
     if inp.sweep is not None:
         n = inp.sweep["n"].dropna()
         if not len(n):
-            out.append("The sweep summary does not record how many seeds each point averages.")
+            out.append("The sweep summary does not record how many seeds each point averages: its differences are "
+                       f"judged by the {REL_TOL:.0%} tolerance alone.")
         elif int(n.min()) <= 1:
             out.append("The sweep has 1 trial per point: a single seed, so the CFG curves have no error bars and "
-                       "crossing curves may be noise.")
+                       f"differences beyond the {REL_TOL:.0%} tolerance may still be noise.")
         else:
-            out.append(f"The sweep has {int(n.min())} trial(s) per point (mean ± std); differences smaller than "
-                       "the std are not resolved.")
+            out.append(f"The sweep has {int(n.min())} trial(s) per point: sweep differences count only beyond the "
+                       f"{CONFIDENCE:.0%} t-intervals of the means (wide for few seeds).")
     out.append(f"Norm diagnostics use {params.evaluation.diagnostic_samples} samples and "
                f"{params.evaluation.diagnostic_steps} sampler steps per setting.")
     return out
 
 
 def section_findings(params: Params, inp) -> list[str]:
-    shows = generation_findings(inp) + norm_findings(inp) + sweep_findings(inp)
+    shows = data_findings(inp) + generation_findings(inp) + norm_findings(inp) + sweep_findings(inp)
     if inp.classifier and finite(inp.classifier.get("test_accuracy")):
         shows.append(f"The in-project classifier behind `*_classifier` reaches {inp.classifier['test_accuracy']:.1%} "
                      "test accuracy.")
-    return ["## What the numbers show", "", *[f"- {s}" for s in shows], "",
+    return ["## What the numbers show", "",
+            f"Comparisons follow the rule in Definitions ({REL_TOL:.0%} tolerance; {CONFIDENCE:.0%} t-intervals "
+            "where seeds exist); ties are stated as ties.", "",
+            *[f"- {s}" for s in shows], "",
             "## What they do not show", "", *[f"- {c}" for c in caveats(params, inp)]]
-

@@ -1,5 +1,11 @@
-"""Pieces of the `report` stage: markdown tables, the sweep summary, overview figures, and the
-statements derived from the numbers ("what the numbers show / what they do not").
+"""Pieces of the `report` stage: the comparison rule, the definitions, markdown tables, the sweep
+summary and the overview figures.
+
+Comparison rule (`compare`, the only place the report decides that two numbers differ): a and b
+differ when |a - b| > REL_TOL * max(|a|, |b|) and, for means over n > 1 seeds, also when |a - b|
+exceeds the sum of their 95% t-interval half-widths t(0.975, n - 1) * std / sqrt(n) (`half_width`),
+i.e. the two intervals do not overlap. Otherwise they tie. Rankings, "grows / falls with CFG" and
+"beyond / within a threshold" are all decided by `compare`.
 
 Sweep input (`sweep.out`, written by `pipelines.sweep` / `sphereard.sweep.results`): `results.csv`,
 one row per trial (`trial`, `status` done | stopped, the settings `posterior`, `radius`, `projection`,
@@ -18,10 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from scipy import stats
 
 from sphereard.config import POSTERIORS
-from sphereard.eval.diagnostics import FIG_DPI, FIG_SIZE
+from sphereard.eval.diagnostics import DRIFT_TOL, FIG_DPI, FIG_SIZE
 from sphereard.eval.extractors import metric_name
+from sphereard.eval.figures import norm_series_style, posterior_colour, reference_line, series_styles
 
 log = logging.getLogger("pipelines.report")
 
@@ -35,7 +43,21 @@ HIDDEN_PREFIXES = ("kid_std_", "is_std_")
 GEN_METRICS = ("fd", "kid", "precision", "recall", "is", "class_consistency")
 NORM_KEY = re.compile(r"^norm_rel_dev_(?P<projection>[a-z]+)_cfg(?P<cfg>[0-9.eE+-]+)$")
 MISSING = "n/a"
+MISSING_COUNT = "an unrecorded number of"
 DEFAULT_RADIUS = "sqrt(d)"
+
+REL_TOL = 0.02  # two numbers closer than 2% of the larger magnitude are a tie
+CONFIDENCE = 0.95  # two-sided t-interval of a mean over seeds
+COMPARISON_RULE = (
+    f"**Comparison rule.** Two numbers a, b are called different (ranked, \"grows\", \"beyond a threshold\") "
+    f"only when |a - b| > {REL_TOL:.0%} of max(|a|, |b|) (`REL_TOL`) and, for sweep points that average n > 1 "
+    f"seeds, also when |a - b| exceeds the sum of their {CONFIDENCE:.0%} t-interval half-widths "
+    "t(0.975, n - 1) * std / sqrt(n) (the intervals do not overlap). Otherwise they are a tie, printed as "
+    "\"no difference beyond the tolerance\". `kid_*` and `is_*` must also differ by more than the sum of the "
+    "stds the evaluate stage reports with them (`kid_std_*` over KID subsets, `is_std_*` over IS splits). A "
+    "change with CFG must hold at every consecutive diagnostic scale (else \"not monotone\"), and for norm "
+    "deviations exceed 0.5 percentage points. The main tables come from one seed per tokenizer, so only the "
+    f"{REL_TOL:.0%} tolerance applies there: a difference beyond it is not yet evidence beyond run-to-run noise.")
 
 
 def fmt(v) -> str:
@@ -57,12 +79,54 @@ def md_table(header, rows) -> str:
     return "\n".join(lines + ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows])
 
 
+def collapse(values: dict[str, object], show=fmt) -> str:
+    """One value when every posterior has the same (absent ones left out), else `p v, q w`; n/a if none."""
+    known = {p: v for p, v in values.items() if v is not None}
+    if not known:
+        return fmt(None)
+    if len({show(v) for v in known.values()}) == 1:
+        return show(next(iter(known.values())))
+    return ", ".join(f"{p} {show(v)}" for p, v in known.items())
+
+
 def is_metric(column: str) -> bool:
     return column.startswith(METRIC_PREFIXES) and not column.startswith(HIDDEN_PREFIXES)
 
 
 def finite(v) -> bool:
     return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# ---- the comparison rule ----
+
+def half_width(std, n) -> float:
+    """Half-width of the CONFIDENCE t-interval of a mean over n seeds with sample std `std`; 0 for n <= 1
+    or an unknown std (a single value has no interval)."""
+    if not (finite(n) and n > 1 and finite(std)):
+        return 0.0
+    return float(stats.t.ppf(0.5 + CONFIDENCE / 2, int(n) - 1) * std / math.sqrt(n))
+
+
+def compare(a: float, b: float, a_half: float = 0.0, b_half: float = 0.0, rel_tol: float = REL_TOL) -> int:
+    """+1 if a > b, -1 if a < b, 0 (a tie) unless |a - b| exceeds both rel_tol * max(|a|, |b|) and the
+    summed interval half-widths a_half + b_half (module docstring)."""
+    gap = float(a) - float(b)
+    if abs(gap) <= rel_tol * max(abs(a), abs(b)) or abs(gap) <= a_half + b_half:
+        return 0
+    return 1 if gap > 0 else -1
+
+
+def trend(series: list[tuple[float, float]], abs_floor: float = 0.0) -> int:
+    """+1 (grows) / -1 (shrinks) / 0 (no change beyond the tolerance) / None (not monotone) for values
+    [(x, v)] sorted by x: every consecutive step must move one way or tie (`compare`, and more than
+    `abs_floor` in absolute terms, e.g. percentage points for fractions), and the ends must differ."""
+    def step(a: float, b: float) -> int:
+        return 0 if abs(float(b) - float(a)) <= abs_floor else compare(b, a)
+
+    steps = {step(a, b) for (_, a), (_, b) in zip(series, series[1:])} - {0}
+    if len(steps) > 1:
+        return None
+    return step(series[0][1], series[-1][1]) if steps else 0
 
 
 # ---- metric keys of the stage outputs ----
@@ -205,12 +269,16 @@ def sweep_table(summary: pd.DataFrame, metric: str) -> str:
 
 
 def plot_sweep(summary: pd.DataFrame, metric: str, path: Path) -> None:
+    """Mean of `metric` vs CFG scale, one line per setting in its tokenizer's colour; error bars = the
+    CONFIDENCE t-interval of the mean where n > 1 seeds."""
+    lines = sweep_lines(summary)
+    styles = series_styles(list(lines))
     fig = Figure(figsize=FIG_SIZE)
     ax = fig.add_subplot()
-    for label, line in sweep_lines(summary).items():
-        std = line.get(f"{metric}_std")
-        yerr = std.where(line["n"] > 1) if std is not None else None
-        ax.errorbar(line["cfg_scale"], line[f"{metric}_mean"], yerr=yerr, marker="o", capsize=3, label=label)
+    for label, line in lines.items():
+        std = line.get(f"{metric}_std", pd.Series(np.nan, index=line.index))
+        yerr = [half_width(sd, n) for sd, n in zip(std, line["n"])]
+        ax.errorbar(line["cfg_scale"], line[f"{metric}_mean"], yerr=yerr, capsize=3, label=label, **styles[label])
     ax.set(xlabel="CFG scale w", ylabel=metric, title=f"{metric} vs CFG scale")
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -219,14 +287,19 @@ def plot_sweep(summary: pd.DataFrame, metric: str, path: Path) -> None:
 
 # ---- overview figures from the evaluate CSVs ----
 
-def plot_norm_overview(frames: dict[str, pd.DataFrame], path: Path) -> None:
-    """Mean token norm per position, one panel per tokenizer; dashed = no projection."""
+def plot_norm_overview(frames: dict[str, pd.DataFrame], radii: dict[str, float | None], path: Path) -> None:
+    """Mean pre-projection token norm per position, one panel per tokenizer in its colour (dashed = no
+    projection, more opaque = higher CFG scale), the radius R it is compared with as a dotted line."""
     fig = Figure(figsize=(FIG_SIZE[0] * len(frames) * 0.7, FIG_SIZE[1]))
     for i, (p, frame) in enumerate(frames.items()):
         ax = fig.add_subplot(1, len(frames), i + 1)
+        scales = sorted(frame["cfg_scale"].unique())
         for series, rows in frame.groupby("series", sort=False):
-            ls = "--" if rows["projection"].iloc[0] == "none" else "-"
-            ax.plot(rows["position"], rows["norm_mean"], ls=ls, label=series)
+            style = norm_series_style(p, str(rows["projection"].iloc[0]), scales.index(rows["cfg_scale"].iloc[0]),
+                                      len(scales))
+            ax.plot(rows["position"], rows["norm_mean"], label=series, **style)
+        if finite(radii.get(p)):
+            reference_line(ax, radii[p], f"R = {radii[p]:.3g}")
         ax.set(xlabel="token position", ylabel="mean ||z|| (pre-projection)", title=p)
         ax.legend(fontsize="x-small")
     fig.tight_layout()
@@ -239,10 +312,149 @@ def plot_split_overview(frames: dict[str, pd.DataFrame], path: Path) -> None:
     ax = fig.add_subplot()
     for p, frame in frames.items():  # long format: position, series (radial | tangential), error
         part = {name: rows.sort_values("position") for name, rows in frame.groupby("series")}
-        line, = ax.plot(part["tangential"]["position"], part["tangential"]["error"], label=f"{p} tangential")
-        ax.plot(part["radial"]["position"], part["radial"]["error"], ls="--", color=line.get_color(),
-                label=f"{p} radial")
+        colour = posterior_colour(p)
+        ax.plot(part["tangential"]["position"], part["tangential"]["error"], color=colour, label=f"{p} tangential")
+        ax.plot(part["radial"]["position"], part["radial"]["error"], ls="--", color=colour, label=f"{p} radial")
     ax.set(xlabel="token position", ylabel="mean |error|", title="teacher-forced error: radial vs tangential")
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=FIG_DPI)
+
+
+# ---- definitions of every quantity the report names ----
+
+EXTRACTOR_MODEL = {"classifier": "the in-project classifier of `train_classifier`",
+                   "effnet": "ImageNet EfficientNet-Lite0", "inception": "Inception-v3 with the standard FID weights",
+                   "inception_unverified": "Inception-v3 with weights that are not the verified FID ones"}
+EXTRACTOR_LAYER = {"classifier": "penultimate-layer features", "effnet": "1280 pooled head features",
+                   "inception": "2048 pool features", "inception_unverified": "2048 pool features"}
+TAGGED = r"(?P<T>[a-z0-9_]+)"
+NORM_GENERIC = "norm_rel_dev_<projection>_cfg<w>"
+SPACE = "in the feature space of {ext} ({layer})"
+DEFINITION_PATTERNS = (  # (name regex, text); {T} {ext} {layer}: the extractor; other fields: `definition_context`
+    (r"psnr", "peak signal-to-noise ratio (dB) of reconstructions vs the originals, 10 log10(1 / MSE) per image "
+              "on [0, 1] pixel values, mean over the `eval images` held-out test images (train_vae); higher is "
+              "better."),
+    (r"ssim", "structural similarity of reconstructions vs the originals (data range 1), mean over the "
+              "`eval images`; 1 = identical."),
+    (r"lpips_vgg", "LPIPS (VGG) perceptual distance of reconstructions vs the originals, mean over images; "
+                   "lower is better."),
+    (rf"rfi?d_{TAGGED}", "reconstruction Frechet distance between Gaussian fits of the reconstructions and of the "
+                         "same `eval images` held-out originals " + SPACE + "; lower is better."),
+    (rf"fi?d_{TAGGED}", "Frechet distance ||mu_g - mu_r||^2 + tr(S_g + S_r - 2 (S_g S_r)^(1/2)) between Gaussian "
+                        "fits of the generated `samples` (g) and of {num_real} real reference "
+                        "images (r; the `reference` stage's count) " + SPACE + "; lower is better; biased upward at small sample counts."),
+    (rf"kid_{TAGGED}", "kernel distance: unbiased MMD^2 with kernel (x.y / D + 1)^3 between the samples and the "
+                       "reals " + SPACE + ", mean over 100 random subsets of `evaluation.kid_subset_size` = {kid} "
+                       "(at most the smaller set); lower is better."),
+    (rf"precision_{TAGGED}", "fraction of generated samples inside the k-nearest-neighbour ball of some real image "
+                             + SPACE + ", k = `evaluation.pr_neighbours` = {k}: sample quality; higher is better."),
+    (rf"recall_{TAGGED}", "fraction of real images inside the k-nearest-neighbour ball of some generated sample "
+                          + SPACE + ", same k: coverage; higher is better."),
+    (rf"is_{TAGGED}", "exp E_x KL(p(y|x) || p(y)), p(y|x) = softmax of the logits of {ext} on a sample, mean over "
+                      "splits of the samples; at most the number of classes; higher = sharp and diverse class "
+                      "predictions (with the in-project classifier an analogue, not the Inception Score)."),
+    (rf"class_consistency_{TAGGED}", "fraction of class-conditional samples whose argmax class under {ext} is "
+                                     "their conditioning label; higher is better, bounded by that classifier's "
+                                     "accuracy."),
+    (re.escape(NORM_GENERIC), "evaluate's norm diagnostic: max over token positions k of |mean_n ||z_nk|| - R| / R, "
+                              "z_nk = token k of sample n right after CFG and before any projection, sampled with "
+                              "projection `<projection>` (none | sphere) at CFG scale w, "
+                              "`evaluation.diagnostic_samples` = {ds} samples, {dsteps} sampler steps. It measures "
+                              "drift of the *average* norm; above DRIFT_TOL = {drift} counts as drift."),
+    (r"norm_rel_dev_max", "sweep trial: max over token positions k of |mean_n ||z_nk|| - R| / R (the formula of `"
+                          + NORM_GENERIC + "` at the trial's settings, `sweep.num_per_class` samples per class): "
+                          "drift of the *average* norm."),
+    (r"norm_rel_dev_mean", "sweep trial: mean over samples n and positions k of | ||z_nk|| - R | / R, the typical "
+                           "deviation of a *single* token's norm. Per position |mean_n ||z_nk|| - R| <= "
+                           "mean_n | ||z_nk|| - R | (triangle inequality), so `norm_rel_dev_max` can be smaller "
+                           "than `norm_rel_dev_mean`: single norms scatter on both sides of R while their average "
+                           "stays near R (spread, not drift)."),
+    (r"tf_radial_error", "teacher-forced error on {tf} held-out test images (evaluation info): "
+                         "the generator predicts token k from the true tokens < k ({dsteps} sampler steps); error "
+                         "e = prediction - true token z; radial part |<e, z/||z||>|, mean over images and "
+                         "positions (latent units)."),
+    (r"tf_tangential_error", "the part of the teacher-forced error e orthogonal to the true token z, "
+                             "||e - <e, z/||z||> z/||z|| ||, mean over images and positions."),
+    (r"tf_radial_fraction", "sum of radial^2 / sum of (radial^2 + tangential^2) over images and positions: the "
+                            "share of squared teacher-forced error along the token's direction (what a sphere "
+                            "removes)."),
+    (r"test_accuracy", "accuracy of the in-project classifier on the test split."),
+    (r"R", "radius of the token sphere: `tokenizer.radius`, or sqrt(latent_dim) when null; read from the sampling "
+           "info (`settings.radius`), else the tokenizer export."),
+    (r"eval images", "held-out test images train_vae reconstructed for psnr / ssim (tokenizer info "
+                     "`eval_images`)."),
+    (r"samples", "generated images scored by evaluate (evaluation info `num_samples`)."),
+    (r"projection", "what sampling did to each token after CFG (sampling info `settings.projection`): sphere = "
+                    "rescaled to norm R, none = left as is."),
+    (r"images/s \(sample\)", "sampled images / (generate s + decode s) (sampling metrics `images_per_s`)."),
+    (r"tokens/s \(sample, AR only\)", "generated tokens / generate s (sampling metrics `tokens_per_s`)."),
+    (r"generate s", "wall-clock seconds of autoregressive generation of all samples, CFG included."),
+    (r"decode s", "wall-clock seconds decoding the generated tokens to images."),
+    (r"sampling device", "the device the sample stage ran on (sampling info `device`)."),
+    (r"train tokens/s \(train_ar\)", "tokens per second in the generator's training (generator metrics "
+                                     "`train_tokens_per_s`)."),
+    (r"recon images/s \(train_vae\)", "tokenizer reconstruction throughput at its evaluation (tokenizer metrics "
+                                      "`recon_images_per_s`)."),
+    (r"generator params", "number of generator parameters (generator info `params`)."),
+    (r"train|test", "images of that class in the split (data manifest `class_counts`)."),
+    (r"train share", "the class's share of the train split's images."),
+)
+DEFINITIONS = tuple((re.compile(rf"^(?:{pattern})$"), text) for pattern, text in DEFINITION_PATTERNS)
+TABLE_HEADER, HEADING, CODE = re.compile(r"^\|(.*)\|$"), re.compile(r"^#+ (\S+)$"), re.compile(r"`([^`]+)`")
+
+
+def counted(infos: dict, key: str) -> str:
+    """A count the evaluate stage recorded (its info files, one per posterior): the value if every posterior
+    agrees, the distinct values joined by " / " if not, "an unrecorded number of" if none has it. A mapping
+    (reference images per extractor) counts as its distinct values."""
+    values = []
+    for info in infos.values():
+        value = (info or {}).get(key)
+        for v in (value.values() if isinstance(value, dict) else [value]):
+            if v is not None and v not in values:
+                values.append(v)
+    return " / ".join(fmt(v) for v in values) if values else MISSING_COUNT
+
+
+def definition_context(params, eval_infos: dict) -> dict:
+    """The numbers the definitions quote: image counts as the evaluate stage recorded them (its info files),
+    settings (subset sizes, neighbours, sampler steps) from params."""
+    ev = params.evaluation
+    return {"num_real": counted(eval_infos, "reference_images"), "kid": fmt(ev.kid_subset_size),
+            "k": fmt(ev.pr_neighbours), "ds": fmt(ev.diagnostic_samples), "dsteps": fmt(ev.diagnostic_steps),
+            "tf": counted(eval_infos, "teacher_forced_images"), "drift": f"{DRIFT_TOL:.0%}"}
+
+
+def canonical(name: str) -> str:
+    """A concrete name's entry in the definitions: `norm_rel_dev_none_cfg6` -> NORM_GENERIC, others as is."""
+    return NORM_GENERIC if NORM_KEY.match(name) else name
+
+
+def define(name: str, context: dict) -> str | None:
+    """The definition of a quantity the report names, or None for a name with none."""
+    for pattern, text in DEFINITIONS:
+        if m := pattern.match(canonical(name)):
+            tag = m.groupdict().get("T")
+            return text.format(**context, T=tag, ext=EXTRACTOR_MODEL.get(tag, f"the `{tag}` extractor"),
+                               layer=EXTRACTOR_LAYER.get(tag, "its features"))
+    return None
+
+
+def named_quantities(text: str, context: dict) -> list[str]:
+    """Defined names in markdown `text`: table headers (the line above a `|---|` line), headings and
+    `code` spans, in order of first appearance (concrete norm keys as NORM_GENERIC)."""
+    lines = text.splitlines()
+    found: dict[str, None] = {}
+    for line, below in zip(lines, [*lines[1:], ""]):
+        candidates = CODE.findall(line) + [m[1] for m in (HEADING.match(line),) if m]
+        if (header := TABLE_HEADER.match(line)) and below.startswith("|---"):
+            candidates += [c.strip() for c in header[1].split("|")]
+        found.update((canonical(c), None) for c in candidates if define(c, context))
+    return list(found)
+
+
+def section_definitions(text: str, context: dict) -> list[str]:
+    """'## Definitions': the comparison rule, then every quantity named in `text` with its definition."""
+    return (["## Definitions", "", COMPARISON_RULE, ""] +
+            [f"- `{name}`: {define(name, context)}" for name in named_quantities(text, context)])

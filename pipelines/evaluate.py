@@ -2,10 +2,11 @@
 
     python -m pipelines.evaluate --posterior spherical [--params FILE]
 
-Writes under `evaluation.out/<posterior>/`:
-  metrics.json          generation metrics named by extractor (fd_classifier, kid_classifier, ...),
-                        reconstruction metrics (recon_psnr, recon_ssim, recon_rfd_<extractor>, ...),
-                        and diagnostic summaries (norm drift, teacher-forced radial/tangential error)
+Writes `<metrics_dir>/evaluation/<posterior>.json` (sphereard/layout.py): generation metrics named by
+extractor (fd_classifier, kid_classifier, ...), reconstruction metrics (recon_psnr, recon_ssim,
+recon_rfd_<extractor>, ...) and diagnostic summaries (norm drift, teacher-forced radial/tangential
+error); and under `evaluation.out/<posterior>/`:
+  info.json             number of samples evaluated
   norm_trajectory.png   token norm vs sequence position, projection sphere vs none, at several CFG scales
   norm_trajectory.csv   the same numbers (DVC plots)
   error_split.png/.csv  teacher-forced error per position, radial vs tangential (held-out images);
@@ -19,7 +20,6 @@ line naming it, exit 2, and nothing is written.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -29,6 +29,7 @@ import torch
 
 from pipelines._cli import add_posterior_arg, stage_main
 from sphereard.ar.export import check_fits_data, check_pair, load_generator
+from sphereard.ar.sampler import sampling_kwargs
 from sphereard.ar.teacher_forcing import teacher_forced_predictions
 from sphereard.config import Params
 from sphereard.data import MANIFEST_NAME, images_as_uint8, load_manifest
@@ -37,12 +38,13 @@ from sphereard.eval import (detect_norm_drift, generation_metrics, load_samples_
                             plot_error_split, plot_norm_trajectories, radial_tangential_error, reconstruction_metrics)
 from sphereard.eval.classifier import META_NAME
 from sphereard.eval.setup import build_extractors, classifier_model_dir, load_references
+from sphereard.layout import write_results
 from sphereard.tokenizer import load_lpips
 from sphereard.tokenizer.export import load_tokenizer
 from sphereard.tokenizer.inference import reconstruct, uint8_to_model
 from sphereard.tracking import start_run
 from sphereard.utils.device import default_device
-from sphereard.utils.io import atomic_path, atomic_write_text
+from sphereard.utils.io import atomic_path
 
 log = logging.getLogger("pipelines.evaluate")
 
@@ -148,23 +150,29 @@ def run(params: Params, args) -> None:
     metrics.update({f"recon_{k}": v for k, v in rec.items()})
     norms_frame, norm_summary, curves = norm_diagnostics(params, model, vae.radius, model.arch.num_classes, device)
     tf_frame, tf_summary, split = teacher_forced_diagnostics(params, vae, model, *held_out, device)
-    metrics.update({**norm_summary, **tf_summary, "num_samples": int(len(fake))})
+    metrics.update({**norm_summary, **tf_summary})
 
-    plot_norm_trajectories(curves, vae.radius if vae.on_sphere else None, out / "norm_trajectory.png",
-                           title=f"token norms, {posterior} tokenizer")
+    plot_norm_trajectories(curves, vae.radius, out / "norm_trajectory.png",  # drift is measured against R
+                           title=f"token norms, {posterior} tokenizer", posterior=posterior)
     plot_error_split({posterior: split}, out / "error_split.png")
     for name, frame in (("norm_trajectory.csv", norms_frame), ("error_split.csv", tf_frame)):
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False)
-    atomic_write_text(out / "metrics.json", json.dumps({"posterior": posterior, **metrics}, indent=2))
+    metrics_path, _ = write_results(params, "evaluation", posterior, metrics,
+                                    {"posterior": posterior, "num_samples": int(len(fake)),
+                                     "reference_images": {tag: int(ref.num_images) for tag, ref in references.items()},
+                                     "recon_images": int(len(real)), "teacher_forced_images": int(len(held_out[0]))})
 
     tags = {"stage": "evaluate", "posterior": posterior, "profile": params.profile,
             "sphereard.evaluates_run": gen_meta.get("mlflow_run_id") or ""}
-    with start_run(params.tracking, ".", f"eval-{posterior}", tags=tags,
+    # the settings of the samples evaluated, under the sweep trials' names (cfg_scale, projection, radius, ...)
+    logged = {"posterior": posterior, **sampling_kwargs(params.sampling, posterior, vae.radius),
+              "num_samples": int(len(fake))}
+    with start_run(params.tracking, ".", f"eval-{posterior}", params=logged, tags=tags,
                    parent_run_id=gen_meta.get("mlflow_run_id")) as mlrun:
         mlrun.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)}, step=gen_meta.get("step", 0))
-        for name in ("norm_trajectory.png", "error_split.png", "metrics.json"):
-            mlrun.log_artifact(out / name)
+        for path in (out / "norm_trajectory.png", out / "error_split.png", metrics_path):
+            mlrun.log_artifact(path)
     log.info("evaluate %s: %s", posterior, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
 

@@ -14,13 +14,13 @@ Outputs under `sampling.out/<posterior>/`:
                      `norms` float32 (N, L) (each token's norm after CFG, before projection)
   grids/             class_XX.png (the first CLASS_GRID_MAX samples of each class) and
                      overview.png (one row per class, at most OVERVIEW_MAX_CLASSES rows)
-  sample_stats.json  images/s (generation + decoding), tokens/s (AR generation only), timings,
-                     device, N, settings, token-norm statistics
+  info.json          device, precision, N, classes, tokens per image, generator step, resolved settings
+The metrics file `<metrics_dir>/sampling/<posterior>.json` (sphereard/layout.py) holds images/s
+(generation + decoding), tokens/s (AR generation only), timings (s) and token-norm statistics.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -31,15 +31,17 @@ import torch
 
 from pipelines._cli import add_posterior_arg, stage_main
 from sphereard.ar.export import check_pair, load_generator
-from sphereard.ar.task import sampling_kwargs, tokenizer_model_dir
+from sphereard.ar.sampler import sampling_kwargs
 from sphereard.config import Params, as_dict
 from sphereard.eval.adm import save_samples_npz
+from sphereard.eval.figures import class_grid, class_label, overview_rows, read_class_names
+from sphereard.layout import tokenizer_model_dir, write_results
 from sphereard.tokenizer.export import load_tokenizer
 from sphereard.tokenizer.inference import model_to_uint8
-from sphereard.tracking import image_grid, start_run
+from sphereard.tracking import start_run
 from sphereard.train import load_weights
 from sphereard.utils.device import default_device
-from sphereard.utils.io import atomic_path, atomic_write_text
+from sphereard.utils.io import atomic_path
 from sphereard.utils.weights import load_state_strict
 
 log = logging.getLogger("pipelines.sample")
@@ -47,7 +49,7 @@ log = logging.getLogger("pipelines.sample")
 OVERVIEW_MAX_CLASSES = 20  # rows of overview.png (evenly spaced classes)
 OVERVIEW_PER_CLASS = 8  # columns of overview.png
 CLASS_GRID_MAX = 16  # images in one class_XX.png (ImageNet-256: 1000 files of 4x4 images, ~2 MB each)
-NPZ_FILE, GRIDS_DIR, STATS_FILE = "samples.npz", "grids", "sample_stats.json"
+NPZ_FILE, GRIDS_DIR = "samples.npz", "grids"
 
 
 def samples_dir(params: Params, posterior: str) -> Path:
@@ -107,25 +109,26 @@ def generate_all(model, vae, labels: np.ndarray, batch_size: int, kwargs: dict, 
     return {"images": images, "latents": latents, "norms": norms, "generate_s": gen_s, "decode_s": dec_s}
 
 
-def _grid(images: np.ndarray, nrow: int):
-    return image_grid(torch.from_numpy(images).permute(0, 3, 1, 2).float(), nrow=nrow, value_range=(0.0, 255.0))
+def _grid(images: np.ndarray, nrow: int, label: str):
+    """Square-ish grid of one class's images (N, H, W, C) uint8, `nrow` per row, `label` left of the first row."""
+    rows = [images[i:i + nrow] for i in range(0, len(images), nrow)]
+    return class_grid(rows, [label] + [""] * (len(rows) - 1))
 
 
-def write_grids(out: Path, images: np.ndarray, labels: np.ndarray, num_classes: int) -> Path:
-    """grids/class_XX.png per class (square-ish) and grids/overview.png (one row per class)."""
+def write_grids(out: Path, images: np.ndarray, labels: np.ndarray, num_classes: int,
+                class_names: list[str] | None = None) -> Path:
+    """grids/class_XX.png per class (square-ish, the class name left of its first row) and grids/overview.png
+    (one row per class, at most OVERVIEW_MAX_CLASSES, evenly spaced, class names as row labels); names
+    from `class_names` (label id = index), else `class <id>` (sphereard/eval/figures.py)."""
     width = max(2, len(str(num_classes - 1)))
-    shown = np.unique(np.linspace(0, num_classes - 1, min(num_classes, OVERVIEW_MAX_CLASSES)).round().astype(int))
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        rows = []
         for c in range(num_classes):
-            of_class = images[labels == c]
-            shown_of_class = of_class[:CLASS_GRID_MAX]
-            _grid(shown_of_class, math.ceil(math.sqrt(len(shown_of_class)))).save(tmp / f"class_{c:0{width}d}.png")
-            if c in shown:
-                rows.append(of_class[:OVERVIEW_PER_CLASS])
-        per_row = min(len(r) for r in rows)
-        _grid(np.concatenate([r[:per_row] for r in rows]), per_row).save(tmp / "overview.png")
+            shown_of_class = images[labels == c][:CLASS_GRID_MAX]
+            _grid(shown_of_class, math.ceil(math.sqrt(len(shown_of_class))), class_label(c, class_names)).save(
+                tmp / f"class_{c:0{width}d}.png")
+        class_grid(*overview_rows(images, labels, OVERVIEW_MAX_CLASSES, OVERVIEW_PER_CLASS, class_names)).save(
+            tmp / "overview.png")
     return out / "overview.png"
 
 
@@ -145,24 +148,26 @@ def run(params: Params, args) -> None:
     settings = {**kwargs, "seed": cfg.seed, "batch_size": cfg.batch_size, "num_per_class": cfg.num_per_class,
                 "use_ema": cfg.use_ema}
     tags = {"stage": "sample", "posterior": posterior, "profile": params.profile}
-    logged = {"posterior": posterior, "sampling": as_dict(cfg), "resolved": settings, "generator": meta}
+    # resolved settings at the top level, under the sweep trials' names (cfg_scale, projection, radius, ...)
+    logged = {"posterior": posterior, **settings, "sampling": as_dict(cfg), "generator": meta}
     with start_run(params.tracking, ".", f"sample-{posterior}", params=logged, tags=tags) as run:
         log.info("sampling %d images (%d classes x %d) on %s: %s", len(labels), num_classes, cfg.num_per_class,
                  device, settings)
         res = generate_all(model, vae, labels, cfg.batch_size, kwargs, cfg.seed, device)
         save_samples_npz(out / NPZ_FILE, res["images"], labels,
                          extra={"latents": res["latents"], "norms": res["norms"]})  # (N, L, d), (N, L) float32
-        overview = write_grids(out / GRIDS_DIR, res["images"], labels, num_classes)
+        overview = write_grids(out / GRIDS_DIR, res["images"], labels, num_classes,
+                               read_class_names(params.data.out, num_classes))
         total_s = res["generate_s"] + res["decode_s"]
         tokens = res["latents"].shape[0] * res["latents"].shape[1]
-        stats = {"posterior": posterior, "device": str(device), "precision": "fp32", "num_images": len(labels),
-                 "num_classes": num_classes, "num_tokens": int(res["latents"].shape[1]), "generator_step": meta["step"],
-                 "images_per_s": len(labels) / total_s, "tokens_per_s": tokens / res["generate_s"],
-                 "generate_s": res["generate_s"], "decode_s": res["decode_s"], **norm_stats(res["norms"]),
-                 "settings": settings}
-        run.log_metrics({f"sample/{k}": v for k, v in stats.items() if isinstance(v, float)}, step=meta["step"])
+        info = {"posterior": posterior, "device": str(device), "precision": "fp32", "num_images": len(labels),
+                "num_classes": num_classes, "num_tokens": int(res["latents"].shape[1]), "generator_step": meta["step"],
+                "settings": settings}
+        stats = {"images_per_s": len(labels) / total_s, "tokens_per_s": tokens / res["generate_s"],
+                 "generate_s": float(res["generate_s"]), "decode_s": float(res["decode_s"]), **norm_stats(res["norms"])}
+        run.log_metrics({f"sample/{k}": v for k, v in stats.items()}, step=meta["step"])
         run.log_artifact(overview)
-        atomic_write_text(out / STATS_FILE, json.dumps(stats, indent=2))
+        write_results(params, "sampling", posterior, stats, info)
         log.info("%d images in %.1f s: %.3g images/s, %.3g tokens/s; pre-projection norms %.3f +- %.3f (R = %.3f)",
                  len(labels), total_s, stats["images_per_s"], stats["tokens_per_s"], stats["norm_mean"],
                  stats["norm_std"], radius)

@@ -4,21 +4,20 @@ Ray Train, export its EMA weights and write a small, honest metrics file.
     python -m pipelines.train_ar --posterior spherical [--params FILE] [--stop-after N]
 
 Outputs under `generator.out/<posterior>/`: `ckpt/` (resumable checkpoints; DVC `persist: true`),
-`model/` (EMA weights + model.json) and `metrics.json`:
+`model/` (EMA weights + model.json) and `info.json` (params, steps, tokens_seen = steps * batch_size * L,
+world_size); the metrics file `<metrics_dir>/generator/<posterior>.json` (see sphereard/layout.py) holds:
   ema_loss             flow loss of the exported EMA model on LOSS_EVAL_BATCHES random batches of
                        the training latent cache (there is no held-out latent set; un-flipped
                        images): fresh posterior samples, fixed seed, eval mode (no label dropout), fp32
   train_loss_window    mean training loss of the raw model over the last logging window of this
-                       invocation (includes label dropout); null if this invocation trained no step
+                       invocation (includes label dropout); absent if this invocation trained no step
   train_tokens_per_s   tokens/s over that window, summed over workers (includes data loading and
-                       any checkpoint/media time inside the window); null likewise
-  params, steps, tokens_seen (= steps * batch_size * L), world_size
+                       any checkpoint/media time inside the window); absent likewise
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from pathlib import Path
 
@@ -34,18 +33,17 @@ from sphereard.ar.task import (
     generator_arch_for_cache,
     generator_meta,
     latent_cache_dir,
-    tokenizer_model_dir,
 )
 from sphereard.config import Params, absolute_paths, as_dict
 from sphereard.errors import UserError, error_detail
 from sphereard.export import META_FILE, export_model
 from sphereard.latents import LATENTS_FILE, PARAM_COLUMNS, decode_column, read_latent_meta
+from sphereard.layout import tokenizer_model_dir, write_results
 from sphereard.tokenizer.posterior import sample_from_params
 from sphereard.tracking import start_run
 from sphereard.train import LoopSpec, fit, load_latest
 from sphereard.train.checkpoint import latest_state
 from sphereard.utils.device import default_device
-from sphereard.utils.io import atomic_write_text
 from sphereard.utils.weights import load_state_strict
 
 log = logging.getLogger("pipelines.train_ar")
@@ -126,19 +124,18 @@ def run(params: Params, args) -> None:
         model, step = export_ema(params, posterior, ckpt_dir, model_dir, radius, run.run_id)
         window = result.metrics or {}
         train_cfg = params.generator.train
-        metrics = {
-            "posterior": posterior, "preset": params.generator.preset, "params": count_params(model), "steps": step,
-            "tokens_seen": step * train_cfg.batch_size * arch.num_tokens,
-            "world_size": max(1, train_cfg.ray.num_workers),
-            "ema_loss": ema_loss(model, params, posterior, radius, default_device()),
-            "train_loss_window": window.get("train/loss"),
-            "train_tokens_per_s": window.get("perf/items_per_s"),
-        }
+        info = {"posterior": posterior, "preset": params.generator.preset, "params": count_params(model),
+                "steps": step, "tokens_seen": step * train_cfg.batch_size * arch.num_tokens,
+                "world_size": max(1, train_cfg.ray.num_workers)}
+        measured = {"ema_loss": ema_loss(model, params, posterior, radius, default_device()),
+                    "train_loss_window": window.get("train/loss"),
+                    "train_tokens_per_s": window.get("perf/items_per_s")}
+        metrics = {k: float(v) for k, v in measured.items() if v is not None}
         run.log_metrics({"final/ema_loss": metrics["ema_loss"]}, step=step)
         run.log_artifact(model_dir / META_FILE)
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+        write_results(params, "generator", posterior, metrics, info)
         log.info("%s: %s", name, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                            for k, v in metrics.items()))
+                                            for k, v in {**info, **metrics}.items()))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -16,9 +15,9 @@ from sphereard.data import MANIFEST_NAME, load_manifest
 from sphereard.eval import save_classifier, train_classifier
 from sphereard.eval.classifier import check_classes
 from sphereard.eval.setup import classifier_model_dir
+from sphereard.layout import write_results
 from sphereard.tracking import start_run
 from sphereard.utils.device import default_device
-from sphereard.utils.io import atomic_write_text
 
 log = logging.getLogger("pipelines.train_classifier")
 
@@ -33,9 +32,9 @@ def run(params: Params, args) -> None:
                    tags=tags) as mlrun:
         model, accuracy = train_classifier(params.data.out, params.classifier, default_device(), seed=params.seed)
         save_classifier(model, classifier_model_dir(params), accuracy, manifest["classes"])
-        metrics = {"test_accuracy": accuracy, "steps": params.classifier.steps}
         mlrun.log_metrics({"classifier/test_accuracy": accuracy}, step=params.classifier.steps)
-        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+        write_results(params, "classifier", None, {"test_accuracy": float(accuracy)},
+                      {"steps": params.classifier.steps})  # train_classifier always runs every step
     log.info("classifier test accuracy %.4f -> %s", accuracy, out)
 
 

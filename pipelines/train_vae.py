@@ -7,7 +7,6 @@ and measure reconstruction (PSNR, SSIM, LPIPS when its weights are local) on the
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from pathlib import Path
@@ -19,14 +18,15 @@ from pipelines._cli import add_training_args, stage_main
 from sphereard.config import Params, absolute_paths, as_dict
 from sphereard.data import images_as_uint8
 from sphereard.eval.reconstruction import reconstruction_metrics
-from sphereard.export import export_model
+from sphereard.export import export_model, read_meta
+from sphereard.layout import write_results
 from sphereard.tokenizer import create_tokenizer, load_lpips
 from sphereard.tokenizer.inference import reconstruct
 from sphereard.tokenizer.task import TokenizerTask, tokenizer_meta
 from sphereard.tracking import image_grid, start_run
 from sphereard.train import LoopSpec, fit, load_latest
 from sphereard.train.checkpoint import latest_state
-from sphereard.utils.io import atomic_path, atomic_write_text
+from sphereard.utils.io import atomic_path
 from sphereard.utils.weights import load_state_strict
 
 log = logging.getLogger("pipelines.train_vae")
@@ -50,20 +50,20 @@ def export_ema(params: Params, posterior: str, ckpt_dir: Path, model_dir: Path, 
     return vae.eval()
 
 
-def evaluate_reconstruction(params: Params, vae, out: Path, run) -> dict:
-    """Held-out reconstruction metrics + an input/reconstruction grid PNG."""
+def evaluate_reconstruction(params: Params, vae, out: Path, run) -> tuple[dict[str, float], int]:
+    """(held-out reconstruction metrics, number of images measured) + an input/reconstruction grid PNG."""
     real, _ = images_as_uint8(params.data.out, "test", limit=params.tokenizer.eval_images)
     start = time.perf_counter()
     recon = reconstruct(vae, real, EVAL_BATCH, "cpu")
     elapsed = time.perf_counter() - start
     lpips = load_lpips(params.evaluation.lpips_weights_path) if params.evaluation.lpips_weights_path else None
     metrics = reconstruction_metrics(real, recon, lpips=lpips)
-    metrics.update(eval_images=len(real), recon_images_per_s=len(real) / elapsed)
+    metrics.update(recon_images_per_s=len(real) / elapsed)
     pair = torch.from_numpy(np.concatenate([real[:GRID_IMAGES], recon[:GRID_IMAGES]]))
     with atomic_path(out / "reconstructions.png") as tmp:
         image_grid(pair.permute(0, 3, 1, 2).float(), nrow=GRID_IMAGES // 2, value_range=(0, 255)).save(tmp)
     run.log_artifact(out / "reconstructions.png")
-    return metrics
+    return metrics, len(real)
 
 
 def run(params: Params, args) -> None:
@@ -82,9 +82,10 @@ def run(params: Params, args) -> None:
             log.info("stopped early as asked (--stop-after %d); rerun to resume", args.stop_after)
             return
         vae = export_ema(params, posterior, ckpt_dir, model_dir, run.run_id)
-        metrics = evaluate_reconstruction(params, vae, out, run)
+        metrics, eval_images = evaluate_reconstruction(params, vae, out, run)
         run.log_metrics({f"recon/{k}": v for k, v in metrics.items()}, step=params.tokenizer.train.steps)
-        atomic_write_text(out / "metrics.json", json.dumps({"posterior": posterior, **metrics}, indent=2))
+        info = {"posterior": posterior, "eval_images": eval_images, "step": read_meta(model_dir)["step"]}
+        write_results(params, "tokenizer", posterior, metrics, info)
         log.info("%s: %s", name, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
 

@@ -315,6 +315,9 @@ class TrackingConfig:
 class Params:
     profile: str = "default"
     seed: int = 0
+    # The small metrics files (`<metrics_dir>/<block>/<posterior>.json`): git-tracked, so `dvc exp`
+    # commits them with each experiment (see sphereard/layout.py). Large outputs stay under `out`s.
+    metrics_dir: str = "metrics"
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
@@ -327,6 +330,7 @@ class Params:
 
     def __post_init__(self):
         require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"must be in [0, {MAX_SEED}] (numpy and torch seeds)")
+        require(bool(self.metrics_dir.strip()), "metrics_dir", self.metrics_dir, "must not be empty")
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -379,7 +383,8 @@ def absolute_paths(params: Params) -> Params:
         return dataclasses.replace(block, out=str(Path(block.out).resolve()))
 
     return dataclasses.replace(
-        params, data=resolve(params.data), tokenizer=resolve(params.tokenizer), encode=resolve(params.encode),
+        params, metrics_dir=str(Path(params.metrics_dir).resolve()), data=resolve(params.data),
+        tokenizer=resolve(params.tokenizer), encode=resolve(params.encode),
         generator=resolve(params.generator), sampling=resolve(params.sampling), classifier=resolve(params.classifier),
         evaluation=resolve(params.evaluation), sweep=resolve(params.sweep))
 

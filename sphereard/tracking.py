@@ -4,11 +4,18 @@ The driver opens a run with `start_run(...)` (experiment created first, with its
 `<repo>/mlartifacts`, tagged with the git commit) and hands the yielded `TrackedRun` (tracking
 URI + run id: picklable) to Ray workers, which log into the same run. With tracking disabled
 `start_run` yields a `NullRun` whose methods do nothing, so callers never branch.
+
+The experiment is also set up for the MLflow UI (`setup_experiment_ui`, applied whenever a run
+starts, so an experiment created before this existed is upgraded by the next stage): it is tagged as
+a model-training experiment and carries a saved runs-table view with the headline metrics and the
+settings that distinguish runs as columns. `ui_url` is the address that opens it (`make ui` prints it);
+docs/mlflow.md explains what MLflow 3.17's UI reads and why a URL is still needed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -32,6 +39,38 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_VALUE_CHARS = 6000
 GIT_TIMEOUT_S = 10
 
+# MLflow UI set-up, checked against the UI bundled with mlflow 3.17 (mlflow/server/js/build/static/js;
+# docs/mlflow.md has the details). The experiment kind its experiment-type selector writes: MLflow 3.x UIs
+# without the GenAI / Model-training switch open a "custom_model_development" experiment on its Runs tab.
+# 3.17's UI has the switch (per browser, GenAI unless chosen) and lands where it points instead.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# A saved runs-table view is the experiment tag `mlflow.sharedViewState.<id>` holding the JSON envelope
+# {name, createdAt, updatedAt, state}, `state` being the JSON of the view's search facets and table state;
+# the UI lists it under "Views" and opens it from `#/experiments/<id>/runs?viewStateShareKey=<id>`.
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+RUNS_VIEW_ID = "sphereard-headline"
+RUNS_VIEW_NAME = "sphereard: headline metrics and settings"
+# The URL parameter that sets 3.17's switch to Model training for the page it opens.
+WORKFLOW_TYPE_PARAM = "workflowType=machine_learning"
+# Runs-table columns, left to right, with widths (px): the settings that tell runs apart, the headline
+# metrics, then the less telling settings (docs/mlflow.md lists which run family logs which).
+# `posterior` is a tag on every per-posterior run.
+VIEW_COLUMNS = (
+    ("tags", "posterior", 110),
+    ("params", "cfg_scale", 80), ("params", "projection", 85),  # sweep trials, sample- and eval-<posterior>
+    ("metrics", "fd_classifier", 110),  # eval-<posterior>, sweep trials
+    ("metrics", "precision_classifier", 105), ("metrics", "recall_classifier", 105),
+    ("metrics", "class_consistency_classifier", 110),
+    ("metrics", "recon/psnr", 95), ("metrics", "recon/ssim", 95),  # vae-<posterior>
+    ("metrics", "train/loss", 95),  # vae-<posterior>, ar-<posterior>
+    ("metrics", "final/ema_loss", 110),  # ar-<posterior>
+    ("metrics", "classifier/test_accuracy", 125),  # classifier
+    ("params", "radius", 70),  # sweep trials, sample-<posterior>, eval-<posterior>
+)
+# ids and widths of the runs table's fixed columns (run name: wide enough for a trial's)
+FIXED_COLUMNS = {"attributes.`Run Name`": 260, "runDateAndNestInfo": 130, "duration": 75}
+
 
 def tracking_uri(cfg: TrackingConfig, repo_root: str | Path) -> str:
     """$MLFLOW_TRACKING_URI if set, else sqlite:///<abs repo>/<cfg.store>."""
@@ -51,20 +90,76 @@ def mlflow_client(uri: str):
 
 
 def ensure_experiment(name: str, uri: str, artifacts: str | None = None) -> str:
-    """Experiment id of `name`, creating it (artifacts at `artifacts`) if needed; safe under races."""
+    """Experiment id of `name`, creating it (artifacts at `artifacts`) if needed; safe under races.
+    Also sets it up for the UI (`setup_experiment_ui`), upgrading an experiment made before that existed."""
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
     client = mlflow_client(uri)
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
+    if found is None:
+        try:
+            experiment_id = client.create_experiment(name, artifact_location=artifacts)
+        except MlflowException as err:
+            if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+            found = client.get_experiment_by_name(name)
+        else:
+            found = client.get_experiment(experiment_id)
+    setup_experiment_ui(client, found)
+    return found.experiment_id
+
+
+def _column(kind: str, key: str) -> str:
+    """The UI's column id: `metrics.`fd_classifier`` (its makeCanonicalSortKey)."""
+    return f"{kind}.`{key}`"
+
+
+def runs_view_state() -> dict:
+    """The saved view's state (the UI's search facets + table state; keys left out keep its defaults).
+
+    Sorted by end time, newest first: the UI nests child runs (eval under ar, trials under the sweep)
+    only when sorting by start time, and collapsed children would hide the evaluation metrics."""
+    columns = {_column(kind, key): width for kind, key, width in VIEW_COLUMNS}
+    return {"searchFilter": "", "orderByKey": _column("attributes", "end_time"), "orderByAsc": False,
+            "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+            "selectedColumns": list(columns), "columnOrder": [*FIXED_COLUMNS, *columns],
+            "columnWidths": {**FIXED_COLUMNS, **columns}}
+
+
+def _view_tag_value(created_ms: int) -> str:
+    return json.dumps({"name": RUNS_VIEW_NAME, "createdAt": created_ms, "updatedAt": created_ms,
+                       "state": json.dumps(runs_view_state())})
+
+
+def _view_is_current(value: str | None) -> bool:
     try:
-        return client.create_experiment(name, artifact_location=artifacts)
-    except MlflowException as err:
-        if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-            raise
-        return client.get_experiment_by_name(name).experiment_id
+        envelope = json.loads(value or "")
+        return envelope["name"] == RUNS_VIEW_NAME and json.loads(envelope["state"]) == runs_view_state()
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def setup_experiment_ui(client, experiment) -> None:
+    """Tag `experiment` (an mlflow Experiment) for the UI: model-training kind and the saved runs view.
+
+    Idempotent: writes only tags that are missing or differ, so an experiment made before this existed
+    is upgraded on the next run, and an edited copy of the view is put back (save a new view to keep
+    one of your own)."""
+    if experiment.lifecycle_stage != "active":  # MLflow refuses tags on a deleted experiment
+        return
+    tags = experiment.tags or {}
+    if tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    view_tag = VIEW_TAG_PREFIX + RUNS_VIEW_ID
+    if not _view_is_current(tags.get(view_tag)):
+        client.set_experiment_tag(experiment.experiment_id, view_tag, _view_tag_value(int(time.time() * 1000)))
+
+
+def ui_url(experiment_id: str, base: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI address of the experiment's runs table in the saved headline view."""
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?{WORKFLOW_TYPE_PARAM}&viewStateShareKey={RUNS_VIEW_ID}")
 
 
 def git_commit(repo_root: str | Path) -> str | None:
@@ -140,6 +235,11 @@ class TrackedRun:
         self.client.log_image(self.run_id, image_grid(images, nrow, value_range),
                               artifact_file=f"samples/{name}/step-{step:08d}.png")
 
+    def log_image(self, image, name: str, step: int) -> None:
+        """A ready-made PIL image (e.g. a class-labelled grid) -> `samples/<name>/step-XXXXXXXX.png`,
+        where `log_image_grid` puts its grids."""
+        self.client.log_image(self.run_id, image, artifact_file=f"samples/{name}/step-{step:08d}.png")
+
 
 class NullRun:
     """Tracking disabled: every logging call is a no-op."""
@@ -153,6 +253,7 @@ class NullRun:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def log_image_grid(self, images: torch.Tensor, name: str, step: int, nrow: int | None = None,
                        value_range: tuple[float, float] = (0.0, 1.0)) -> None: ...
+    def log_image(self, image, name: str, step: int) -> None: ...
 
 
 Run = TrackedRun | NullRun
@@ -222,3 +323,31 @@ def start_run(cfg: TrackingConfig, repo_root: str | Path, run_name: str, params:
         raise
     finally:
         client.set_terminated(info.run_id, status)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m sphereard.tracking`: set up the experiment of the params file's `tracking` block in its
+    store (created if missing, upgraded otherwise); print the UI address of its runs view on stderr and
+    the store URI on stdout (`make ui` starts the UI on that URI)."""
+    import argparse
+    import sys
+
+    from sphereard.config import DEFAULT_PARAMS_FILE, read_yaml
+    from sphereard.config_schema import from_dict
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--params", default=DEFAULT_PARAMS_FILE)
+    parser.add_argument("--base", default="http://127.0.0.1:5000", help="where the UI is served")
+    args = parser.parse_args(argv)
+    cfg = from_dict(TrackingConfig, read_yaml(args.params).get("tracking") or {}, "tracking")
+    repo_root = Path(args.params).resolve().parent
+    uri = tracking_uri(cfg, repo_root)
+    experiment_id = ensure_experiment(cfg.experiment, uri, artifact_location(cfg, repo_root))
+    print(f"MLflow experiment {cfg.experiment!r} (id {experiment_id}) in {uri}.\n"
+          f"Open its runs table with the headline metrics and settings (docs/mlflow.md) once the UI is up:\n"
+          f"  {ui_url(experiment_id, args.base)}", file=sys.stderr)
+    print(uri)
+
+
+if __name__ == "__main__":
+    main()

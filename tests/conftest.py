@@ -22,3 +22,30 @@ def cuda_available() -> bool:
 
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    """A fresh sqlite MLflow store for the module, set as $MLFLOW_TRACKING_URI while it runs."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        yield uri
+
+
+def _tree_state(root) -> dict:
+    from pathlib import Path
+
+    root = Path(root)
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*")} if root.is_dir() else {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repo_metrics_untouched():
+    """No test may write into the repository's git-tracked metrics folder (tests use their own roots)."""
+    from pathlib import Path
+
+    metrics = Path(__file__).resolve().parent.parent / "metrics"
+    before = _tree_state(metrics)
+    yield
+    assert _tree_state(metrics) == before, f"a test wrote into {metrics}: give it a metrics_dir under tmp_path"

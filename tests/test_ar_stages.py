@@ -62,6 +62,9 @@ class FileRun:
     def log_image_grid(self, images, name, step, nrow=None, value_range=(0.0, 1.0)):
         self._write({"step": step, "image": name, "shape": list(images.shape), "nrow": nrow})
 
+    def log_image(self, image, name, step):
+        self._write({"step": step, "image": name, "size": list(image.size)})
+
     def log_params(self, params): ...
     def set_tags(self, tags): ...
     def log_artifact(self, path, artifact_path=None): ...
@@ -135,7 +138,8 @@ def test_generator_task_learns_resumes_and_logs_samples(tmp_path):
     assert 1.9 < metrics[0]["train/loss"] < 2.1 and metrics[-1]["train/loss"] < 0.9 * metrics[0]["train/loss"]
     assert metrics[-1]["perf/items_per_s"] > 0
     images = [r for r in records if "image" in r]
-    assert images == [{"step": STEPS, "image": "generated", "shape": [10 * 4, 1, 32, 32], "nrow": 4}]
+    assert [(r["step"], r["image"]) for r in images] == [(STEPS, "generated")]
+    assert images[0]["size"][1] == 2 + 10 * (64 + 2), "one row per class (10), 32 px tiles shown at 64 px"
 
 
 def test_items_per_batch_counts_tokens():
@@ -187,8 +191,9 @@ def test_smoke_chain_spherical(tmp_path):
                               capture_output=True, text=True)
         assert proc.returncode == 0, f"{stage} failed:\n{proc.stderr[-3000:]}"
 
-    gen = json.loads((tmp_path / "outputs/generator/spherical/metrics.json").read_text())
-    assert gen["steps"] == 10 and gen["ema_loss"] > 0 and gen["train_tokens_per_s"] > 0
+    gen = json.loads((tmp_path / "metrics/generator/spherical.json").read_text())
+    assert gen["ema_loss"] > 0 and gen["train_tokens_per_s"] > 0
+    assert json.loads((tmp_path / "outputs/generator/spherical/info.json").read_text())["steps"] == 10
     assert json.loads((tmp_path / "outputs/generator/spherical/model/model.json").read_text())["step"] == 10
     out = tmp_path / "outputs/samples/spherical"
     images, labels = load_samples_npz(out / "samples.npz", channels=1)  # the ADM reader accepts our file
@@ -203,6 +208,8 @@ def test_smoke_chain_spherical(tmp_path):
     assert np.isfinite(norms).all() and (norms > 0).all()
     grids = sorted(p.name for p in (out / "grids").iterdir())
     assert grids == [f"class_{c:02d}.png" for c in range(10)] + ["overview.png"]
-    stats = json.loads((out / "sample_stats.json").read_text())
-    assert stats["images_per_s"] > 0 and stats["tokens_per_s"] > 0 and stats["num_images"] == 20
-    assert stats["settings"]["projection"] == "sphere"
+    stats = json.loads((tmp_path / "metrics/sampling/spherical.json").read_text())
+    info = json.loads((out / "info.json").read_text())
+    assert stats["images_per_s"] > 0 and stats["tokens_per_s"] > 0 and info["num_images"] == 20
+    assert info["settings"]["projection"] == "sphere" and info["precision"] == "fp32"
+    assert all(isinstance(v, float) for v in stats.values()), "metrics files hold numbers only"

@@ -64,9 +64,10 @@ def stage_params(root: Path, **changes) -> Path:
 
     data = materialise("smoke")
     outs = {"data": "data", "tokenizer": "tok_out", "encode": "latents", "generator": "gen_out",
-            "sampling": "samples", "classifier": "clf_out", "evaluation": "metrics", "sweep": "sweep"}
+            "sampling": "samples", "classifier": "clf_out", "evaluation": "eval_out", "sweep": "sweep"}
     for block, out in outs.items():
         data[block]["out"] = out
+    data["metrics_dir"] = "metrics"
     data["tracking"]["enabled"] = False
     for dotted, value in changes.items():
         block, key = dotted.split(".")
@@ -172,8 +173,10 @@ def test_evaluate_runs_on_adm_rgb_samples_of_grey_data(ws, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     reference.run(params, SimpleNamespace())
     evaluate.run(params, SimpleNamespace(posterior="spherical"))
-    metrics = json.loads((tmp_path / "metrics" / "spherical" / "metrics.json").read_text())
-    assert metrics["num_samples"] == 6 and np.isfinite(metrics["fd_classifier"])
+    metrics = json.loads((tmp_path / "metrics" / "evaluation" / "spherical.json").read_text())
+    info = json.loads((tmp_path / "eval_out" / "spherical" / "info.json").read_text())
+    assert info["num_samples"] == 6 and np.isfinite(metrics["fd_classifier"])
+    assert all(isinstance(v, float) for v in metrics.values()), "metrics files hold numbers only"
 
 
 def test_stage_main_prints_any_user_error_on_one_line(tmp_path, monkeypatch, capsys):

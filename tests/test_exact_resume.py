@@ -207,4 +207,4 @@ def test_diverging_stage_exits_with_one_line_and_exports_nothing(tmp_path):
     assert "training diverged at step 3: recon=nan is not finite" in errors[0]
     out = tmp_path / "tok" / "spherical"
     assert (out / "ckpt" / "latest").read_text().strip() == "step-00000002"
-    assert not (out / "model").exists() and not (out / "metrics.json").exists()
+    assert not (out / "model").exists() and not (tmp_path / "metrics").exists()

@@ -5,6 +5,7 @@ it changes the clone) a one-posterior params file with the sweep disabled that s
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 POSTERIORS = ("spherical", "gaussian_norm", "gaussian")
-SAMPLING_DOWNSTREAM = {f"{s}@{p}" for s in ("sample", "evaluate") for p in POSTERIORS} | {"sweep", "report"}
+# sampling.cfg_scale: the sweep sets its own CFG scales, so it stays cached
+SAMPLING_DOWNSTREAM = {f"{s}@{p}" for s in ("sample", "evaluate") for p in POSTERIORS} | {"report"}
 DAG_TIMEOUT_S = 1500
 NOTEBOOK_TIMEOUT_S = 600
 
@@ -53,9 +55,9 @@ def test_dvc_repro_runs_every_stage_and_writes_outputs(dag):
         assert f"Running stage '{stage}'" in log, stage
     params = yaml.safe_load((clone / "params.yaml").read_text())
     for p in POSTERIORS:
-        tok = json.loads((clone / "outputs/tokenizer" / p / "metrics.json").read_text())
+        tok = json.loads((clone / "metrics/tokenizer" / f"{p}.json").read_text())
         assert np.isfinite(tok["psnr"]) and 0 < tok["ssim"] <= 1
-        ev = json.loads((clone / "outputs/metrics" / p / "metrics.json").read_text())
+        ev = json.loads((clone / "metrics/evaluation" / f"{p}.json").read_text())
         assert np.isfinite(ev["fd_classifier"]) and "fid_inception" not in ev
         with np.load(clone / "outputs/samples" / p / "samples.npz") as npz:
             n = params["sampling"]["num_per_class"] * 10
@@ -93,20 +95,25 @@ def test_sampling_change_invalidates_only_downstream_stages(dag):
 
 
 @pytest.mark.slow
-def test_notebook_runs_on_smoke_outputs(dag, tmp_path, monkeypatch):
-    import nbclient
-    import nbformat
+def test_notebook_runs_on_smoke_outputs(dag, monkeypatch):
+    """The README's notebook command (section 5) through papermill's Python API, from the clone's root:
+    `papermill notebooks/analysis.ipynb outputs/analysis.ipynb -p root . -p params_file params.yaml
+    -p figures outputs/analysis -p primary_metric fd_classifier`."""
+    import papermill
 
     clone, env, _ = dag
-    nb = nbformat.read(clone / "notebooks/analysis.ipynb", as_version=4)
-    figures = tmp_path / "figures"
-    monkeypatch.setenv("SPHEREARD_ROOT", str(clone))
-    monkeypatch.setenv("SPHEREARD_FIGURES", str(figures))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
-    nbclient.NotebookClient(nb, timeout=NOTEBOOK_TIMEOUT_S, kernel_name="python3",
-                            resources={"metadata": {"path": str(clone / "notebooks")}}).execute()
+    figures = clone / "outputs/analysis"
+    shutil.rmtree(figures, ignore_errors=True)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])  # the kernel inherits it
+    nb = papermill.execute_notebook(
+        str(clone / "notebooks/analysis.ipynb"), str(clone / "outputs/analysis.ipynb"),
+        parameters={"root": ".", "params_file": "params.yaml", "figures": "outputs/analysis",
+                    "primary_metric": "fd_classifier"},
+        cwd=str(clone), kernel_name="python3", execution_timeout=NOTEBOOK_TIMEOUT_S, progress_bar=False)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
+    tags = [c.metadata.get("tags") for c in nb.cells if c.cell_type == "code"][:2]
+    assert tags == [["parameters"], ["injected-parameters"]]
     assert {"metric_vs_cfg.png", "recon_vs_generation.png", "norm_trajectories.png"} <= {
         f.name for f in figures.iterdir()}
 
@@ -125,6 +132,109 @@ def test_code_edit_invalidates_exactly_the_stages_that_run_it(dag):
         sampler.write_text(original)
     expected = {f"{s}@{p}" for s in ("train_ar", "sample", "evaluate") for p in POSTERIORS} | {"sweep"}
     assert changed == expected, changed ^ expected
+
+
+README = REPO / "README.md"
+NOT_RUN = {}  # documented command (substring) -> why this test cannot run it; every other one runs
+EXPERIMENTS = {"cfg-4.5": 4.5, "cfg-1.5": 1.5}  # the README's two experiments
+
+
+def documented_commands(section: str = "## User flows") -> list[str]:
+    """Every command line of the README's ```bash blocks in `section` (continuations joined)."""
+    body = README.read_text().split(section, 1)[1].split("\n## ", 1)[0]
+    lines = [line.strip() for block in re.findall(r"```bash\n(.*?)```", body, re.S)
+             for line in block.replace("\\\n", " ").splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def fresh_shell(clone: Path, home: Path) -> dict:
+    """A new login's environment: no venv on PATH, nothing of the test process's settings."""
+    home.mkdir(exist_ok=True)
+    (home / ".gitconfig").write_text("[user]\n\tname = Researcher\n\temail = researcher@example.com\n")
+    return {"HOME": str(home), "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TERM": "dumb"}
+
+
+def with_venv(clone: Path) -> None:
+    """The clone's `.venv` is the test's environment (what `make venv` builds), kept out of git."""
+    venv = clone / ".venv"
+    if not venv.exists():
+        venv.symlink_to(Path(sys.prefix), target_is_directory=True)
+        with open(clone / ".git/info/exclude", "a") as f:
+            f.write("/.venv\n")
+
+
+@pytest.fixture(scope="module")
+def flows(dag, tmp_path_factory):
+    """The README's user-flow commands, copied as written, each in a fresh shell that first enters the
+    environment the way the README says (`source .venv/bin/activate`)."""
+    clone, _, _ = dag
+    with_venv(clone)
+    env = fresh_shell(clone, tmp_path_factory.mktemp("home"))
+    # the researcher commits the results of `dvc repro` (smoke params included) before experimenting
+    subprocess.run(["bash", "-c", "git add -A && git commit -qm 'smoke results'"], cwd=clone, env=env, check=True)
+    outputs = {}
+    commands = documented_commands()
+    assert all(any(key in cmd for cmd in commands) for key in NOT_RUN), "NOT_RUN names a command the README lacks"
+    for cmd in commands:
+        if any(key in cmd for key in NOT_RUN):
+            continue
+        proc = subprocess.run(["bash", "-c", f"source .venv/bin/activate && {cmd}"], cwd=clone, env=env,
+                              capture_output=True, text=True, timeout=DAG_TIMEOUT_S)
+        assert proc.returncode == 0, f"README command `{cmd}` failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        outputs[cmd] = proc.stdout
+    return clone, env, outputs
+
+
+@pytest.mark.slow
+def test_readme_flows_run_as_written_from_a_fresh_shell(flows):
+    clone, env, outputs = flows
+    ran = set(outputs)
+    assert {"dvc repro", "dvc metrics show"} <= ran and any(c.startswith("dvc exp run") for c in ran)
+    assert any(c.startswith("papermill") or "papermill" in c for c in ran), "the notebook command runs"
+    # the flows end where they began: the committed state, nothing for DVC to rerun
+    assert changed_stages(run([str(VENV_BIN / "dvc"), "status", "--json"], clone, env)) == set()
+    # without activating anything: the stage commands still find the project's Python (scripts/python)
+    proc = subprocess.run([".venv/bin/dvc", "repro", "--force", "report"], cwd=clone, env=env,
+                          capture_output=True, text=True, timeout=DAG_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "scripts/python -m pipelines.report" in proc.stdout
+
+
+@pytest.mark.slow
+def test_experiments_compare_with_their_own_metrics(flows):
+    """Each `dvc exp run` commits its own metrics files: `dvc exp show` has every experiment's numbers."""
+    clone, env, outputs = flows
+    proc = subprocess.run(["bash", "-c", "source .venv/bin/activate && dvc exp show --json"], cwd=clone, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = {}
+    for baseline in json.loads(proc.stdout):
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                if rev.get("name") in EXPERIMENTS:
+                    found[rev["name"]] = data
+    assert set(found) == set(EXPERIMENTS), f"experiments in `dvc exp show`: {sorted(found)}"
+    for name, cfg_scale in EXPERIMENTS.items():
+        data = found[name]
+        assert data["params"]["params.yaml"]["data"]["sampling"]["cfg_scale"] == cfg_scale
+        for p in POSTERIORS:
+            metrics = data["metrics"][f"metrics/evaluation/{p}.json"]["data"]
+            assert np.isfinite(metrics["fd_classifier"]), (name, p)
+            assert all(isinstance(v, (int, float)) for v in metrics.values()), "metrics files hold numbers only"
+    # each experiment has its own files (the smoke generators barely use the class, so CFG hardly moves
+    # their metrics; the sampling run's timings always differ)
+    sampling = {name: found[name]["metrics"]["metrics/sampling/spherical.json"]["data"] for name in EXPERIMENTS}
+    assert sampling["cfg-4.5"]["generate_s"] != sampling["cfg-1.5"]["generate_s"]
+    changed = next(out for cmd, out in outputs.items() if cmd.startswith("dvc exp show --only-changed"))
+    assert "sampling.cfg_scale" in changed.splitlines()[0] and "metrics/sampling/" not in changed
+    table = next(out for cmd, out in outputs.items() if cmd.startswith("dvc exp show --drop"))
+    header = table.splitlines()[0]
+    assert "sampling.cfg_scale" in header and f"metrics/evaluation/{POSTERIORS[0]}.json:fd_classifier" in header
+    rows = {name: line for line in table.splitlines() for name in EXPERIMENTS if f"[{name}]" in line}
+    assert set(rows) == set(EXPERIMENTS) and "!" not in "".join(rows.values()), table
+    baseline = next(line for line in table.splitlines() if line.startswith("| main") or line.startswith("| master"))
+    assert "!" not in baseline, "the committed baseline has its metrics too"
 
 
 @pytest.mark.slow

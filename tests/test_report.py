@@ -1,7 +1,8 @@
 """The `report` stage and notebooks/analysis.ipynb on constructed stage outputs.
 
 A tmp repo root gets `params.yaml` (default profile) and fake outputs in the exact layout the
-stages write (metrics.json per posterior, sample_stats.json, grids/overview.png, norm_trajectory /
+stages write (`sphereard.layout`: a metrics file and an info file per stage run; the data manifest,
+the latent caches' meta.json, the tokenizer export meta, grids/overview.png, norm_trajectory /
 error_split CSV + PNG, sweep results.csv + summary.csv through `sphereard.sweep.results`) with
 numbers chosen so every derived statement is known; the notebook also gets a tmp MLflow sqlite store.
 """
@@ -20,10 +21,12 @@ from PIL import Image
 
 from pipelines import report
 from pipelines._cli import stage_main
-from pipelines._report_findings import section_findings
-from pipelines._report_parts import fmt, load_sweep
+from pipelines._report_findings import rank, section_findings
+from pipelines._report_parts import REL_TOL, compare, fmt, half_width, load_sweep
 from sphereard.config import load_params
+from sphereard.data.sources import FASHION_MNIST_CLASSES
 from sphereard.errors import UserError
+from sphereard.layout import info_file, metrics_file
 from sphereard.profiles import render
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +38,8 @@ NUMBERS = {"spherical": (24.5, 0.81, 1.5, 3.25, 0.875, 0.03),
            "gaussian_norm": (25.25, 0.83, 1.25, 4.5, 0.8, 0.04),
            "gaussian": (26.0, 0.85, 1.0, 6.75, 0.625, 0.35)}
 FD_SLOPE = {"spherical": 0.1, "gaussian_norm": 0.5, "gaussian": 2.0}  # sweep: fd growth per unit of CFG
+CACHED, TRAIN_IMAGES = 3303, 3303  # latent cache meta: fewer images than `encode.max_images` (20,000)
+CLASS_TRAIN = [500 + 10 * c for c in range(10)]  # images per class in the fake manifest
 NOTEBOOK_TIMEOUT_S = 120
 
 
@@ -48,30 +53,57 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2))
 
 
+def write_manifest(root: Path, train=CLASS_TRAIN, names=FASHION_MNIST_CLASSES) -> None:
+    """data.out/manifest.json as `prepare` writes it (shards listed, not written: the report only counts)."""
+    splits = {split: {"rows": sum(counts), "class_counts": list(counts),
+                      "shards": [{"file": f"{split}-00000.parquet", "rows": sum(counts), "sha256": "0" * 64}]}
+              for split, counts in (("train", train), ("test", [max(1, c // 10) for c in train]))}
+    write_json(root / "data" / "shards" / "manifest.json", {
+        "format_version": 1, "source": "fashion_mnist", "image_size": 32, "channels": 1, "classes": list(names),
+        "num_classes": len(names), "splits": splits})
+
+
 def fake_outputs(root: Path, numbers=NUMBERS, sweep=True, optional=True, extra_eval=None) -> None:
-    """Stage outputs under `root` (the default profile's relative paths)."""
+    """Stage outputs under `root` (the default profile's relative paths, `sphereard.layout` files)."""
     (root / "params.yaml").write_text(render("default"))
+    params = load_params(root / "params.yaml")
     out = root / "outputs"
-    write_json(out / "classifier" / "metrics.json", {"test_accuracy": 0.9125, "steps": 600})
+
+    def results(block, p, metrics, info):
+        write_json(root / metrics_file(params, block, p), metrics)
+        write_json(root / info_file(params, block, p), info)
+
+    results("classifier", None, {"test_accuracy": 0.9125}, {"steps": 600})
     for p, (psnr, ssim, rfd, fd, cc, drift) in numbers.items():
-        write_json(out / "tokenizer" / p / "metrics.json", {"posterior": p, "psnr": psnr, "ssim": ssim,
-                                                             "eval_images": 100, "recon_images_per_s": 512.0})
-        write_json(out / "generator" / p / "metrics.json", {
-            "posterior": p, "preset": "fmnist-s", "params": 1234567, "steps": 1500, "tokens_seen": 96000,
-            "world_size": 1, "ema_loss": 0.42, "train_loss_window": 0.45, "train_tokens_per_s": 12345.0})
-        write_json(out / "metrics" / p / "metrics.json", {
-            "posterior": p, "fd_classifier": fd, "kid_classifier": fd / 100, "kid_std_classifier": 0.001,
+        results("tokenizer", p, {"psnr": psnr, "ssim": ssim, "recon_images_per_s": 512.0},
+                {"posterior": p, "eval_images": 100})
+        results("generator", p, {"ema_loss": 0.42, "train_loss_window": 0.45, "train_tokens_per_s": 12345.0},
+                {"posterior": p, "preset": "fmnist-s", "params": 1234567, "steps": 1500, "tokens_seen": 96000,
+                 "world_size": 1})
+        results("evaluation", p, {
+            "fd_classifier": fd, "kid_classifier": fd / 100, "kid_std_classifier": 0.001,
             "precision_classifier": 0.7, "recall_classifier": 0.6, "is_classifier": 8.5, "is_std_classifier": 0.1,
             "class_consistency_classifier": cc, "recon_psnr": psnr, "recon_ssim": ssim, "recon_rfd_classifier": rfd,
             "norm_rel_dev_sphere_cfg1": 0.01, "norm_rel_dev_sphere_cfg6": 0.02, "norm_rel_dev_none_cfg1": 0.02,
             "norm_rel_dev_none_cfg6": drift, "tf_radial_error": 0.1, "tf_tangential_error": 0.9,
-            "tf_radial_fraction": 0.01 if p != "gaussian" else 0.2, "num_samples": 1000, **(extra_eval or {})})
+            "tf_radial_fraction": 0.01 if p != "gaussian" else 0.2, **(extra_eval or {})},
+            {"posterior": p, "num_samples": 1000, "reference_images": {"classifier": 10000},
+             "recon_images": 2000, "teacher_forced_images": 500})
         if not optional:
             continue
-        write_json(out / "samples" / p / "sample_stats.json", {
-            "posterior": p, "device": "cpu", "num_images": 1000, "num_tokens": L, "images_per_s": 7.5,
-            "tokens_per_s": 480.0, "generate_s": 100.0, "decode_s": 2.0, "norm_mean": 2.8,
-            "settings": {"cfg_scale": 3.0, "projection": "none" if p == "gaussian" else "sphere"}})
+        results("sampling", p, {"images_per_s": 7.5, "tokens_per_s": 480.0, "generate_s": 100.0, "decode_s": 2.0,
+                                "norm_mean": 2.8, "norm_std": 0.1, "norm_min": 2.5, "norm_max": 3.1},
+                {"posterior": p, "device": "cpu", "precision": "fp32", "num_images": 1000, "num_classes": 10,
+                 "num_tokens": L, "generator_step": 1500,
+                 "settings": {"cfg_scale": 3.0, "cfg_schedule": "linear", "sampler": "euler_maruyama", "steps": 50,
+                              "final_step": 0.04, "projection": "none" if p == "gaussian" else "sphere",
+                              "radius": RADIUS, "seed": 0, "batch_size": 250, "num_per_class": 100,
+                              "use_ema": True}})
+        write_json(root / "data" / "latents" / p / "meta.json", {
+            "posterior": p, "radius": RADIUS, "num_classes": 10, "train_images": TRAIN_IMAGES, "rows": CACHED,
+            "views": 1, "num_tokens": L, "params_dim": 5, "sha256": "0" * 64})
+        write_json(out / "tokenizer" / p / "model" / "model.json", {"kind": "tokenizer", "posterior": p,
+                                                                    "radius": RADIUS, "step": 800})
         png(out / "samples" / p / "grids" / "overview.png")
         png(out / "tokenizer" / p / "reconstructions.png")
         rows = [{"series": f"{proj} cfg={w:g}", "projection": proj, "cfg_scale": w, "position": k,
@@ -82,6 +114,8 @@ def fake_outputs(root: Path, numbers=NUMBERS, sweep=True, optional=True, extra_e
                       for k in range(L)]).to_csv(out / "metrics" / p / "error_split.csv", index=False)
         png(out / "metrics" / p / "norm_trajectory.png")
         png(out / "metrics" / p / "error_split.png")
+    if optional:
+        write_manifest(root)
     if sweep:
         write_sweep_outputs(out / "sweep", numbers)
 
@@ -160,7 +194,7 @@ def test_report_tables_numbers_and_figures(root, monkeypatch):
         "none", "sphere", "1,000")
     assert {"kid_classifier", "precision_classifier", "recall_classifier", "is_classifier"} <= set(
         gen["spherical"])
-    assert "lpips_vgg` absent" in md and "test accuracy: 0.9125" in md
+    assert "lpips_vgg` absent" in md and "`test_accuracy`: 0.9125" in md
     timing = table_with(md, "tokens/s (sample, AR only)")
     assert timing["spherical"]["tokens/s (sample, AR only)"] == "480"
     assert timing["gaussian"]["train tokens/s (train_ar)"] == "12,345"
@@ -192,6 +226,14 @@ def test_fid_only_with_fid_inception(tmp_path, monkeypatch):
     assert "FID" in md
 
 
+AT_TOP = {  # sweep fd_classifier at w=4.5 per swap; 2 seeds, 95% t half-width 0.635 each: gaps < 1.27 tie
+    "spherical": "**spherical** has the lowest `fd_classifier` (3.65); then gaussian_norm 6.3; then gaussian 13.8.",
+    "gaussian_norm": ("**spherical, gaussian_norm** tie for the lowest `fd_classifier` (spherical 4.9, gaussian_norm "
+                      "5.05: no difference beyond the tolerance); then gaussian 13.8."),
+    "gaussian": ("**gaussian_norm, spherical** tie for the lowest `fd_classifier` (gaussian_norm 6.3, spherical 7.15: "
+                 "no difference beyond the tolerance); then gaussian 10.3.")}
+
+
 @pytest.mark.parametrize("best", POSTERIORS)
 def test_derived_statements_follow_the_numbers(tmp_path, monkeypatch, best):
     """Swap which posterior has the lowest fd_classifier: the statements must follow the numbers."""
@@ -202,24 +244,27 @@ def test_derived_statements_follow_the_numbers(tmp_path, monkeypatch, best):
     params = load_params("params.yaml")
     md = "\n".join(section_findings(params, report.load_inputs(params)))
     shows = md.split("## What the numbers show")[1].split("## What they do not show")[0]
-    assert f"**{best}** has the lowest `fd_classifier` (3.25;" in shows
+    assert f"**{best}** has the lowest `fd_classifier` (3.25);" in shows
     assert f"**{best}** has the highest `class_consistency_classifier`" in shows
     top_psnr = max(numbers, key=lambda p: numbers[p][0])
     if top_psnr != best:
         assert f"**{top_psnr}** has the highest psnr, **{best}** the lowest `fd_classifier`" in shows
     drifting = [p for p in POSTERIORS if numbers[p][5] > 0.05]
-    assert f"at the highest diagnostic CFG scale (w=6): **{', '.join(drifting)}** drift;" in shows
-    assert "`precision_classifier` does not separate the tokenizers (" in shows
-    stable = min(numbers, key=lambda p: FD_SLOPE[p] / (numbers[p][3] + 0.05))
-    assert f"Most stable `fd_classifier` up to w=4.5: **{stable}**" in shows
+    assert (f"at the highest diagnostic CFG scale (w=6, threshold 5%): beyond the threshold: {', '.join(drifting)};"
+            in shows)
+    assert "`precision_classifier`: no difference beyond the tolerance between spherical, gaussian_norm, gaussian" \
+        in shows
+    assert ("Up to w=4.5, `fd_classifier` stays within the tolerance of its best for spherical; rises beyond it for "
+            "gaussian_norm (") in shows
+    assert f"At w=4.5: {AT_TOP[best]}" in shows
     assert ("Sweep `norm_rel_dev_max` at w=4.5 (pre-projection token norm vs R, threshold 5%): beyond for "
             "gaussian (9.0%); within for ") in shows
-    assert "radial share of teacher-forced squared error is largest for **gaussian** (20.0%)" in shows
+    assert "**gaussian** has the highest `tf_radial_fraction` (20.0%)" in shows
+    assert "most stable" not in shows.lower() and "+0%" not in shows
     caveats = md.split("## What they do not show")[1]
-    steps = params.tokenizer.train.steps
-    assert f"Small budget: tokenizers trained {steps} steps" in caveats and "test accuracy 0.9125" in caveats
-    assert "The sweep has 2 trial(s) per point (mean ± std)" in caveats
-    assert "is larger than their summed seed std (0.1414)" in shows
+    assert "Small budget: tokenizers trained n/a steps" in caveats, "no export meta written: the count is unknown"
+    assert "generators 1,500 steps" in caveats and "test accuracy 0.9125" in caveats
+    assert "The sweep has 2 trial(s) per point: sweep differences count only beyond the 95% t-intervals" in caveats
     assert "against 10,000 real images" in caveats and "from 1,000 samples" in caveats
 
 
@@ -229,8 +274,12 @@ def test_missing_sweep_and_optional_pieces_are_reported(tmp_path, monkeypatch):
     assert "**No sweep outputs**" in md and "nothing is claimed about metric vs CFG scale" in md
     assert "Single seed (seed=0" in md and "The sweep has" not in md
     absent = md.split("## Absent optional inputs")[1]
-    assert "outputs/samples/gaussian/sample_stats.json" in absent
-    assert "outputs/metrics/spherical/error_split.csv" in absent
+    for name in ("outputs/samples/gaussian/info.json", "metrics/sampling/gaussian.json", "data/shards/manifest.json",
+                 "data/latents/spherical/meta.json", "outputs/metrics/spherical/error_split.csv"):
+        assert f"- `{name}`" in absent
+    assert "Data manifest absent: images per class unknown." in md
+    assert "cache meta absent (`data/latents/<posterior>/meta.json`): no count; setting `encode.max_images`" in md
+    assert "(sampling info absent: no counts)" in md
     assert table_with(md, "images/s (sample)")["spherical"]["images/s (sample)"] == "n/a"
     assert "(absent)" in md and not (tmp_path / "reports" / "figures" / "norm_trajectories.png").exists()
 
@@ -246,9 +295,8 @@ def test_malformed_optional_csv_is_left_out_and_named(tmp_path, monkeypatch):
     assert (root / "reports" / "figures" / "norm_trajectories.png").is_file()  # the other two tokenizers
 
 
-@pytest.mark.parametrize("missing", ["outputs/tokenizer/gaussian_norm/metrics.json",
-                                     "outputs/generator/spherical/metrics.json",
-                                     "outputs/metrics/gaussian/metrics.json"])
+@pytest.mark.parametrize("missing", ["metrics/tokenizer/gaussian_norm.json", "metrics/generator/spherical.json",
+                                     "metrics/evaluation/gaussian.json"])
 def test_missing_required_metrics_is_a_user_error_naming_it(root, monkeypatch, missing):
     old = root / "reports" / "report.md"
     old.parent.mkdir()
@@ -260,13 +308,13 @@ def test_missing_required_metrics_is_a_user_error_naming_it(root, monkeypatch, m
 
 
 def test_stage_entry_point_exits_2_naming_the_file(root, monkeypatch, capsys):
-    (root / "outputs/metrics/gaussian/metrics.json").write_text("{not json")
+    (root / "metrics/evaluation/gaussian.json").write_text("{not json")
     monkeypatch.chdir(root)
     monkeypatch.setattr(sys, "argv", ["pipelines.report", "--params", "params.yaml"])
     with pytest.raises(SystemExit) as exit_info:
         stage_main(report.__doc__, report.run, report.add_args)
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.startswith("error: outputs/metrics/gaussian/metrics.json: not valid JSON")
+    assert capsys.readouterr().err.startswith("error: metrics/evaluation/gaussian.json: not valid JSON")
 
 
 def test_sweep_summary_csv_fallback(tmp_path):
@@ -323,3 +371,233 @@ def test_notebook_runs_headless_on_constructed_outputs(root, monkeypatch):
             "norm_trajectories.png"} <= {f.name for f in figures.iterdir()}
     assert "sweep child runs in MLflow: 16" in text
     assert "max |results.csv - MLflow| fd_classifier mean: 0" in text
+
+
+# ---- issue 12: the report says only what the numbers support ----
+
+ROW_KEYS = {"tokenizer", "item", "value", "tokenizer / setting", "class", "name"}  # row labels, not quantities
+SWEEP_OR_NORM_COLUMN = re.compile(r"^((none|sphere) )?w=[0-9.]+$")
+
+
+def definitions_of(md: str) -> str:
+    return md.split("## Definitions")[1].split("\n## ")[0]
+
+
+def test_comparison_rule_ties_within_tolerance_and_intervals():
+    assert compare(36.71, 36.71) == 0 and compare(13.88, 13.86) == 0, "within 2%: a tie"
+    assert compare(1.0, 1.0 + 3 * REL_TOL) == -1 and compare(15.29, 13.9) == 1
+    hw = half_width(np.std([0, 0.1], ddof=1), 2)  # t(0.975, 1) = 12.706: a wide interval for two seeds
+    assert hw == pytest.approx(12.706 * 0.070711 / np.sqrt(2), rel=1e-3)
+    assert compare(4.9, 5.05) == -1 and compare(4.9, 5.05, hw, hw) == 0, "overlapping 95% intervals: a tie"
+    assert half_width(0.5, 1) == 0.0 and half_width(float("nan"), 3) == 0.0
+
+
+def test_ties_are_not_ranked():
+    tied = rank("fd_classifier", {"spherical": 36.71, "gaussian_norm": 36.71, "gaussian": 36.72}, lower_better=True)
+    assert tied.startswith("`fd_classifier`: no difference beyond the tolerance between")
+    assert "**" not in tied and "lowest" not in tied
+    partly = rank("recall_classifier", {"spherical": 0.1349, "gaussian_norm": 0.2443, "gaussian": 0.2444}, False)
+    assert partly.startswith("**gaussian, gaussian_norm** tie for the highest `recall_classifier`")
+    assert partly.endswith("then spherical 0.1349.")
+    # single linkage: A-B and B-C each within 2%, so all three tie even though A-C is 3% apart
+    chained = rank("fd_classifier", {"a": 10.0, "b": 10.15, "c": 10.3}, lower_better=True)
+    assert chained.startswith("`fd_classifier`: no difference beyond the tolerance between"), chained
+
+
+def test_flat_sweep_and_unchanged_norm_are_not_called_trends(tmp_path, monkeypatch):
+    """The old report: `best 18.36 at w=6, 18.36 at w=6 (+0% from its best)`, 'most stable ... (+0%)',
+    and 13.86 -> 13.88 'grows with CFG'."""
+    flat = {p: (*NUMBERS[p][:3], 18.36, NUMBERS[p][4], NUMBERS[p][5]) for p in NUMBERS}
+    fake_outputs(tmp_path, flat, sweep=False, extra_eval={"norm_rel_dev_none_cfg1": 0.1386,
+                                                          "norm_rel_dev_none_cfg6": 0.1388})
+    rows = [dict(r, fd_classifier=18.36 + 0.001 * r["cfg_scale"]) for r in sweep_rows(flat, stopped=False)
+            if r["seed"] == 0]
+    from sphereard.sweep.results import results_frame
+    (tmp_path / "outputs" / "sweep").mkdir(parents=True)
+    results_frame(rows).to_csv(tmp_path / "outputs" / "sweep" / "results.csv", index=False)
+    md = make_report(tmp_path, monkeypatch)
+    shows = md.split("## What the numbers show")[1].split("## What they do not show")[0]
+    assert "grows with CFG" not in shows and "+0%" not in shows and "most stable" not in shows.lower()
+    assert "no difference beyond the tolerance from w=1 (13.9%)" in shows
+    assert "`fd_classifier`: no difference beyond the tolerance between spherical, gaussian_norm, gaussian" in shows
+    assert "At w=4.5: `fd_classifier`: no difference beyond the tolerance between" in shows
+    assert "stays within the tolerance of its best for spherical, gaussian_norm, gaussian; rises beyond it for none" \
+        in shows
+    assert "**Comparison rule.**" in md and "2% of max(|a|, |b|)" in md, "the tolerance is stated"
+
+
+def test_counts_are_read_from_the_outputs_not_params(root, monkeypatch):
+    md = make_report(root, monkeypatch)
+    run = table_with(md, "value")
+    assert load_params(root / "params.yaml").encode.max_images == 20_000
+    assert run["latent cache"]["value"] == ("3,303 images (every train image), horizontal flips not cached "
+                                            "(latent cache meta)")
+    assert "20,000" not in md
+    assert run["sampling"]["value"].startswith("1,000 images = 10 classes x 100, cfg_scale 3 (linear)")
+    assert "projection spherical sphere, gaussian_norm sphere, gaussian none" in run["sampling"]["value"]
+    assert run["data"]["value"] == "fashion_mnist, 32x32x1, 10 classes, 5,450 train / 545 test images (data manifest)"
+    assert run["tokenizers"]["value"].endswith("trained 800 steps (export meta) at batch 32")
+    assert run["classifier"]["value"] == "trained 600 steps (classifier info)"
+
+
+def test_every_quantity_in_the_tables_is_defined(root, monkeypatch):
+    md = make_report(root, monkeypatch)
+    defined = definitions_of(md)
+    names = {h for t in tables(md) if t for h in t[0]} | set(re.findall(r"^### (\S+)$", md, re.M))
+    quantities = {h for h in names if h not in ROW_KEYS and not SWEEP_OR_NORM_COLUMN.match(h)}
+    assert {"fd_classifier", "kid_classifier", "precision_classifier", "recall_classifier", "is_classifier",
+            "class_consistency_classifier", "rfd_classifier", "psnr", "tf_radial_error", "norm_rel_dev_max",
+            "norm_rel_dev_mean", "samples", "train share"} <= quantities
+    for name in sorted(quantities):
+        assert f"- `{name}`: " in defined, f"{name} is in a table but not defined"
+    assert "- `norm_rel_dev_<projection>_cfg<w>`: " in defined and "- `R`: " in defined
+    assert "`norm_rel_dev_max` can be smaller than `norm_rel_dev_mean`" in defined
+    assert "max over token positions k of |mean_n ||z_nk|| - R| / R" in defined
+
+
+def test_class_counts_table_and_imbalance(tmp_path, monkeypatch):
+    """Per-class counts with names; one class over 2x the smallest is flagged (emoji: one group is 58%)."""
+    names = ["Smileys & Emotion", "People & Body", "Animals & Nature", "Food & Drink"]
+    fake_outputs(tmp_path, sweep=False)
+    write_manifest(tmp_path, train=[1916, 800, 400, 187], names=names)
+    md = make_report(tmp_path, monkeypatch)
+    counts = table_with(md, "train share")
+    assert (counts["0"]["name"], counts["0"]["train"], counts["0"]["test"], counts["0"]["train share"]) == (
+        "Smileys & Emotion", "1,916", "191", "58.0%")
+    assert counts["3"]["name"] == "Food & Drink"
+    assert ("Class imbalance: the largest class **Smileys & Emotion** holds 58.0% of the train images (1,916), "
+            "10.2x the smallest, **Food & Drink** (187)") in md
+    assert "class-mix mismatch" in md
+    csv = pd.read_csv(tmp_path / "reports" / "class_counts.csv")
+    assert list(csv["train"]) == [1916, 800, 400, 187]
+
+
+def test_class_counts_from_the_shards_without_manifest_counts(tmp_path):
+    """A manifest without `class_counts`: counted from the shards' label column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    labels = {"train": [0, 0, 0, 1], "test": [1, 1]}
+    manifest = {"num_classes": 2, "classes": ["a", "b"], "splits": {}}
+    for split, ys in labels.items():
+        pq.write_table(pa.table({"label": pa.array(ys, pa.int32())}), tmp_path / f"{split}-00000.parquet")
+        manifest["splits"][split] = {"rows": len(ys), "shards": [{"file": f"{split}-00000.parquet", "rows": len(ys)}]}
+    counts = report.class_counts(tmp_path, manifest)
+    assert counts[["name", "train", "test"]].values.tolist() == [["a", 3, 0], ["b", 1, 2]]
+
+
+def test_grids_label_every_row_with_its_class_name(tmp_path, monkeypatch):
+    from pipelines import sample
+    from sphereard.eval import figures
+    from sphereard.sweep import trial
+
+    images = np.random.default_rng(0).integers(0, 255, (12, 8, 8, 1), dtype=np.uint8)
+    labels = np.repeat(np.arange(3), 4)
+    names = ["T-shirt/top", "Trouser", "Pullover"]
+    rows = [images[labels == c] for c in range(3)]
+    named, other = figures.class_grid(rows, names), figures.class_grid(rows, ["Bag", "Coat", "Dress"])
+    bare = figures.class_grid(rows, ["", "", ""])
+    assert named.width > bare.width, "a label column left of the tiles"
+    assert np.asarray(named).tobytes() != np.asarray(other).tobytes(), "the names are drawn"
+    label_area = np.asarray(named)[:, : named.width - bare.width]
+    assert (label_area < 100).any(), "dark text in the label column"
+
+    seen = []
+    real = figures.class_grid
+    monkeypatch.setattr(figures, "class_grid", lambda r, lab, **kw: seen.append(list(lab)) or real(r, lab, **kw))
+    monkeypatch.setattr(sample, "class_grid", figures.class_grid)
+    sample.write_grids(tmp_path / "grids", np.repeat(images, 3, axis=3), labels, 3, names)
+    trial.overview_grid(images, labels, tmp_path / "trial.png", names)
+    trial.overview_grid(images, labels, tmp_path / "trial_ids.png")
+    assert [["T-shirt/top", ""], ["Trouser", ""], ["Pullover", ""], names, names,  # class files: 2 x 2 tiles
+            ["class 0", "class 1", "class 2"]] == seen
+    assert {p.name for p in (tmp_path / "grids").iterdir()} == {"class_00.png", "class_01.png", "class_02.png",
+                                                                 "overview.png"}
+    write_manifest(tmp_path, train=[5, 5, 5], names=names)
+    assert figures.read_class_names(tmp_path / "data" / "shards", 3) == names
+    assert figures.read_class_names(tmp_path / "data" / "shards", 4) is None  # another class count: ids instead
+
+
+def test_one_colour_per_tokenizer_in_every_figure_and_R_lines(tmp_path, monkeypatch):
+    """Every plot function takes its colours from the one POSTERIOR_COLOURS mapping (patched here);
+    the norm plots draw R."""
+    import torch
+    from matplotlib.axes import Axes
+    from matplotlib.colors import to_hex
+
+    from pipelines import _report_parts as parts
+    from sphereard.eval import diagnostics, figures
+    from sphereard.sweep.results import aggregate_over_seeds, results_frame, write_outputs
+
+    monkeypatch.setitem(figures.POSTERIOR_COLOURS, "spherical", "#123456")
+    lines, refs = [], []
+    real_plot, real_errorbar, real_axhline = Axes.plot, Axes.errorbar, Axes.axhline
+
+    def record(real):
+        def wrapper(self, *args, **kw):
+            if kw.get("label") is not None:
+                lines.append((str(kw["label"]), to_hex(kw["color"]) if "color" in kw else None))
+            return real(self, *args, **kw)
+        return wrapper
+
+    monkeypatch.setattr(Axes, "plot", record(real_plot))
+    monkeypatch.setattr(Axes, "errorbar", record(real_errorbar))
+    monkeypatch.setattr(Axes, "axhline", lambda self, y, **kw: refs.append(y) or real_axhline(self, y, **kw))
+    norms = {f"{proj} cfg={w:g}": torch.full((4, L), RADIUS) for proj in ("sphere", "none") for w in (1, 6)}
+    diagnostics.plot_norm_trajectories(norms, RADIUS, tmp_path / "a.png", posterior="spherical")
+    diagnostics.plot_error_split({"spherical": (torch.rand(4, L), torch.rand(4, L))}, tmp_path / "b.png")
+    results = results_frame(list(sweep_rows(stopped=False)))
+    write_outputs(tmp_path / "sweep", results, aggregate_over_seeds(results))  # plot_metric_vs_cfg
+    summary, _ = load_sweep(tmp_path / "sweep")
+    parts.plot_sweep(summary, "fd_classifier", tmp_path / "c.png")
+    (tmp_path / "root").mkdir()
+    fake_outputs(tmp_path / "root", sweep=False)
+    frame = pd.read_csv(tmp_path / "root" / "outputs" / "metrics" / "spherical" / "norm_trajectory.csv")
+    parts.plot_norm_overview({"spherical": frame}, {"spherical": RADIUS}, tmp_path / "d.png")
+    parts.plot_split_overview({"spherical": pd.read_csv(tmp_path / "root" / "outputs" / "metrics" / "spherical" /
+                                                        "error_split.csv")}, tmp_path / "e.png")
+    spherical = [colour for label, colour in lines if label.startswith(("spherical", "sphere cfg", "none cfg"))]
+    assert len(spherical) == 4 + 2 + 4 + 1 + 4 + 2  # every plot function drew its spherical lines
+    assert set(spherical) == {"#123456"}
+    others = {label.split()[0]: colour for label, colour in lines if label.startswith(("gaussian", "gaussian_norm"))}
+    assert others == {"gaussian": to_hex(figures.POSTERIOR_COLOURS["gaussian"]),
+                      "gaussian_norm": to_hex(figures.POSTERIOR_COLOURS["gaussian_norm"])}
+    assert refs == [RADIUS, RADIUS], "R drawn in both norm plots"
+
+
+def test_norm_rel_dev_max_below_mean_is_spread_not_a_bug():
+    """The relation the Definitions state: per position |mean_n ||z|| - R| <= mean_n | ||z|| - R |, so norms
+    scattering on both sides of R give norm_rel_dev_max (drift of the mean) < norm_rel_dev_mean (spread)."""
+    from sphereard.sweep.trial import norm_deviation
+
+    spread = RADIUS * (1 + 0.1 * np.array([[1.0] * L, [-1.0] * L]))  # (2 samples, L): +-10% around R
+    dev = norm_deviation(spread, RADIUS)
+    assert dev["norm_rel_dev_max"] == pytest.approx(0.0, abs=1e-12) and dev["norm_rel_dev_mean"] == pytest.approx(0.1)
+    drift = RADIUS * np.full((2, L), 1.1)  # every token 10% long: both are 10%
+    assert norm_deviation(drift, RADIUS)["norm_rel_dev_max"] == pytest.approx(0.1)
+    assert norm_deviation(drift, RADIUS)["norm_rel_dev_mean"] == pytest.approx(0.1)
+
+
+def test_a_change_with_cfg_must_hold_at_every_step_and_beyond_the_floor():
+    from pipelines._report_parts import trend
+
+    assert trend([(1, 0.05), (3, 0.20), (6, 0.10)]) is None, "up then down is not monotone"
+    assert trend([(1, 0.05), (3, 0.10), (6, 0.20)]) == 1 and trend([(1, 0.2), (3, 0.1), (6, 0.05)]) == -1
+    assert trend([(1, 0.010), (6, 0.0104)], abs_floor=0.005) == 0, "0.04 points is below the floor"
+    assert trend([(1, 0.010), (6, 0.0104)]) == 1, "without the floor 4% relative counts"
+    assert trend([(1, 13.86), (6, 13.88)]) == 0
+
+
+def test_kid_ranks_only_beyond_its_reported_std(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from pipelines._report_findings import generation_findings
+
+    ev = {"a": {"fd_classifier": 10.0, "kid_classifier": 0.010, "kid_std_classifier": 0.004},
+          "b": {"fd_classifier": 10.0, "kid_classifier": 0.015, "kid_std_classifier": 0.004}}
+    inp = SimpleNamespace(posteriors=["a", "b"], metrics={"evaluation": ev, "tokenizer": {"a": {}, "b": {}}})
+    kid = next(line for line in generation_findings(inp) if line and "kid_classifier" in line)
+    assert kid.startswith("`kid_classifier`: no difference beyond the tolerance"), kid
+    ev["b"]["kid_classifier"] = 0.030
+    kid = next(line for line in generation_findings(inp) if line and "kid_classifier" in line)
+    assert "**a**" in kid, kid

@@ -183,14 +183,6 @@ def test_precision_auto_is_fp32_on_cpu_and_bf16_autocasts():
 
 # ---------------------------------------------------------------- MLflow + Ray Train (one Ray instance)
 
-@pytest.fixture(scope="module")
-def mlflow_uri(tmp_path_factory):
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        yield uri
-
-
 def test_tracking_logs_metrics_and_image_grid(tmp_path, mlflow_uri):
     cfg = TrackingConfig(experiment="infra-test")
     with start_run(cfg, tmp_path, "unit", params={"optim": {"lr": 0.1}}, tags={"stage": "test"}) as run:

@@ -16,8 +16,9 @@ import torch
 from sphereard.ar.cfg import CFG_SCHEDULES, cfg_combine, cfg_scale_at
 from sphereard.ar.diffusion_head import DiffusionHead
 from sphereard.ar.flow import PAPER_FINAL_STEP, SAMPLERS, VelocityFn, integrate
-from sphereard.ar.projection import PROJECTIONS, project_tokens
+from sphereard.ar.projection import PROJECTIONS, default_projection, project_tokens
 from sphereard.ar.transformer import ARTransformer
+from sphereard.config import SamplingConfig
 from sphereard.errors import UserError
 
 
@@ -109,3 +110,11 @@ def generate(
             cond = transformer.step(torch.cat([z_k, z_k]) if guided else z_k, state)
     z = torch.stack(tokens, dim=1)  # (B, L, d)
     return (z, torch.stack(norms, dim=1)) if return_norms else z
+
+
+def sampling_kwargs(cfg: SamplingConfig, posterior: str, radius: float, steps: int | None = None) -> dict:
+    """Keyword arguments of `SphereARModel.sample` from the `sampling` block (`auto` projection resolved)."""
+    projection = default_projection(posterior) if cfg.projection == "auto" else cfg.projection
+    return {"cfg_scale": cfg.cfg_scale, "cfg_schedule": cfg.cfg_schedule, "sampler": cfg.sampler,
+            "steps": cfg.steps if steps is None else steps, "final_step": cfg.final_step,
+            "projection": projection, "radius": radius}

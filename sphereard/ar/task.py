@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -19,10 +19,13 @@ from torch.utils.data import Dataset
 
 from sphereard.ar.arch import GeneratorArch, resolve_generator_arch
 from sphereard.ar.presets import NO_DECAY_PATTERNS, SphereARModel, create_generator
-from sphereard.ar.projection import default_projection
+from sphereard.ar.sampler import sampling_kwargs
 from sphereard.config import OptimConfig, Params, SamplingConfig
 from sphereard.errors import UserError
+from sphereard.eval.figures import class_grid, class_label, read_class_names
 from sphereard.latents import META_FILE, LatentDataset, pick_views, read_latent_meta
+from sphereard.layout import tokenizer_model_dir
+from sphereard.tokenizer.inference import model_to_uint8
 from sphereard.tokenizer.posterior import sample_from_params
 from sphereard.train import StepContext, TrainTask, build_ema, build_optimizer, build_scheduler, optimizer_step
 from sphereard.train.checkpoint import load_optimizer_state, require_state
@@ -38,10 +41,6 @@ MEDIA_MAX_SAMPLER_STEPS = 16  # few sampler steps: a progress picture, not an ev
 
 def latent_cache_dir(params: Params, posterior: str) -> Path:
     return Path(params.encode.out) / posterior
-
-
-def tokenizer_model_dir(params: Params, posterior: str) -> Path:
-    return Path(params.tokenizer.out) / posterior / "model"
 
 
 def check_arch_fits_cache(arch: GeneratorArch, meta: dict, cache_dir: str | Path) -> None:
@@ -73,14 +72,6 @@ def generator_meta(params: Params, posterior: str, radius: float, tokenizer_dir:
             "radius": radius, "tokenizer_dir": str(tokenizer_dir)}
 
 
-def sampling_kwargs(cfg: SamplingConfig, posterior: str, radius: float, steps: int | None = None) -> dict:
-    """Keyword arguments of `SphereARModel.sample` from the `sampling` block (`auto` projection resolved)."""
-    projection = default_projection(posterior) if cfg.projection == "auto" else cfg.projection
-    return {"cfg_scale": cfg.cfg_scale, "cfg_schedule": cfg.cfg_schedule, "sampler": cfg.sampler,
-            "steps": cfg.steps if steps is None else steps, "final_step": cfg.final_step,
-            "projection": projection, "radius": radius}
-
-
 def build_training(model: SphereARModel, cfg: OptimConfig, total_steps: int):
     """AdamW (paper param groups), warmup + cosine schedule, EMA of the unwrapped model."""
     opt = build_optimizer(model.named_parameters(), cfg, NO_DECAY_PATTERNS)
@@ -109,10 +100,21 @@ def media_labels(num_classes: int, device) -> torch.Tensor:
     return classes.repeat_interleave(MEDIA_PER_CLASS)
 
 
+def media_grid(images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str] | None = None):
+    """Decoded samples (N, C, H, W) in [-1, 1] and their classes (N,) -> a PIL grid with one row per
+    class (in order of first appearance), the class name as its row label (`class <id>` without names)."""
+    assert images.ndim == 4 and len(images) == len(labels), "need (N, C, H, W) images and (N,) labels"
+    pixels = model_to_uint8(images)  # (N, H, W, C)
+    ids = labels.detach().cpu().numpy()
+    classes = list(dict.fromkeys(ids.tolist()))
+    return class_grid([pixels[ids == c] for c in classes], [class_label(int(c), class_names) for c in classes])
+
+
 class GeneratorTask(TrainTask):
     def __init__(self, params: Params, posterior: str):
         self.params, self.posterior = params, posterior
         self.tokenizer = None
+        self.class_names: list[str] | None = None  # row labels of the media grid, read with the tokenizer
 
     def dataset(self) -> Dataset:
         self.arch, meta = generator_arch_for_cache(self.params, self.posterior)
@@ -153,17 +155,19 @@ class GeneratorTask(TrainTask):
 
     @torch.no_grad()
     def log_media(self, step: int, run) -> None:
-        """A class-balanced grid (one row per class) sampled with the EMA model and decoded."""
+        """A class-balanced grid sampled with the EMA model and decoded: one row per class, labelled
+        with the class name from the prepared data's manifest (`media_grid`)."""
         if not run.enabled:
             return
         if self.tokenizer is None:  # rank 0 only, loaded once
             from sphereard.tokenizer.export import load_tokenizer
 
             self.tokenizer, _ = load_tokenizer(tokenizer_model_dir(self.params, self.posterior), self.ctx.device)
+            self.class_names = read_class_names(self.params.data.out, self.arch.num_classes)
         cfg = SamplingConfig()  # fixed defaults: training does not depend on the `sampling` block
         ema: nn.Module = self.ema.module.eval()
         labels = media_labels(self.arch.num_classes, self.ctx.device)
         kwargs = sampling_kwargs(cfg, self.posterior, self.radius, min(cfg.steps, MEDIA_MAX_SAMPLER_STEPS))
         z = ema.sample(labels, seed=cfg.seed, **kwargs)  # (N, L, d)
         images = self.tokenizer.decode(z).clamp(-1, 1)  # (N, C, H, W)
-        run.log_image_grid(images, "generated", step, nrow=MEDIA_PER_CLASS, value_range=(-1.0, 1.0))
+        run.log_image(media_grid(images, labels, self.class_names), "generated", step)

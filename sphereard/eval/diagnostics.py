@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from sphereard.eval.figures import (NORM_SERIES, norm_series_style, posterior_colour, reference_line,
+                                    series_styles)
 from sphereard.geometry import radial_tangential_split
 from sphereard.utils.io import atomic_path
 
@@ -77,17 +79,27 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 
 def plot_norm_trajectories(norms_by_label: dict, radius: float | None, path: str | Path,
-                           title: str = "token norm along the sequence") -> Path:
-    """Mean and 5-95% band of token norm per position for each {label: norms (N, L)}; dashed line at R."""
+                           title: str = "token norm along the sequence", posterior: str | None = None) -> Path:
+    """Mean and 5-95% band of token norm per position for each {label: norms (N, L)}; dotted line at R.
+
+    With `posterior` (one tokenizer's diagnostics, labels `<projection> cfg=<w>`), every line has that
+    tokenizer's colour, dashed without projection, more opaque at higher w (`norm_series_style`);
+    otherwise each label is coloured as the tokenizer it names (sphereard/eval/figures.py)."""
     fig = Figure(figsize=FIG_SIZE)
     ax = fig.add_subplot()
+    parsed = {label: NORM_SERIES.match(str(label)) for label in norms_by_label}
+    scales = sorted({float(m["cfg"]) for m in parsed.values() if m})
+    styles = series_styles(list(norms_by_label))
     for label, norms in norms_by_label.items():
         tr = norm_trajectory(norms, quantiles=BAND)
         pos = np.arange(len(tr["mean"]))
-        line, = ax.plot(pos, tr["mean"], label=label)
-        ax.fill_between(pos, tr["q05"], tr["q95"], color=line.get_color(), alpha=0.2)
+        m = parsed[label]
+        style = (norm_series_style(posterior, m["projection"], scales.index(float(m["cfg"])), len(scales))
+                 if posterior is not None and m else {k: styles[label][k] for k in ("color", "ls")})
+        ax.plot(pos, tr["mean"], label=label, **style)
+        ax.fill_between(pos, tr["q05"], tr["q95"], color=style["color"], alpha=0.1)
     if radius is not None:
-        ax.axhline(radius, color="k", ls="--", lw=1, label=f"R = {radius:.3g}")
+        reference_line(ax, radius, f"R = {radius:.3g}")
     ax.set(xlabel="token position", ylabel="||z||", title=title)
     ax.legend(fontsize="small")
     return _save(fig, path)
@@ -96,13 +108,14 @@ def plot_norm_trajectories(norms_by_label: dict, radius: float | None, path: str
 def plot_error_split(errors_by_label: dict, path: str | Path,
                      title: str = "teacher-forced error: radial vs tangential") -> Path:
     """{label: (radial (N, L), tangential (N, L))} -> mean magnitude per position, solid = tangential,
-    dashed = radial."""
+    dashed = radial, in the colour of the tokenizer the label names."""
     fig = Figure(figsize=FIG_SIZE)
     ax = fig.add_subplot()
     for label, (radial, tangential) in errors_by_label.items():
         r, t = _np(radial).mean(0), _np(tangential).mean(0)
-        line, = ax.plot(np.arange(len(t)), t, label=f"{label} tangential")
-        ax.plot(np.arange(len(r)), r, ls="--", color=line.get_color(), label=f"{label} radial")
+        colour = posterior_colour(label)
+        ax.plot(np.arange(len(t)), t, color=colour, label=f"{label} tangential")
+        ax.plot(np.arange(len(r)), r, ls="--", color=colour, label=f"{label} radial")
     ax.set(xlabel="token position", ylabel="mean |error|", title=title)
     ax.legend(fontsize="small")
     return _save(fig, path)
@@ -110,17 +123,19 @@ def plot_error_split(errors_by_label: dict, path: str | Path,
 
 def plot_metric_vs_cfg(table, metric: str, path: str | Path, x: str = "cfg_scale",
                        group: str = "posterior") -> Path:
-    """One line per `group` value of `metric` against `x` from rows (list of dicts or a DataFrame)."""
+    """One line per `group` value of `metric` against `x` from rows (list of dicts or a DataFrame), in the
+    colour of the tokenizer the group value names (several settings of one tokenizer: line styles)."""
     rows = table.to_dict("records") if hasattr(table, "to_dict") else list(table)
     assert all(metric in r and x in r for r in rows), f"every row needs {x!r} and {metric!r}"
     groups: dict = {}
     for r in rows:
-        groups.setdefault(r.get(group, metric), []).append((r[x], r[metric]))
+        groups.setdefault(str(r.get(group, metric)), []).append((r[x], r[metric]))
+    styles = series_styles(list(groups))
     fig = Figure(figsize=FIG_SIZE)
     ax = fig.add_subplot()
     for label, pts in groups.items():
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=str(label))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, **styles[label])
     ax.set(xlabel=x, ylabel=metric, title=f"{metric} vs {x}")
     ax.legend(fontsize="small")
     return _save(fig, path)

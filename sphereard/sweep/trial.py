@@ -31,18 +31,20 @@ from pipelines.encode import encode_split
 from pipelines.sample import class_balanced_labels, generate_all, load_models
 from pipelines.train_ar import export_ema as export_generator
 from pipelines.train_vae import export_ema as export_tokenizer
-from sphereard.ar.task import GeneratorTask, sampling_kwargs
+from sphereard.ar.sampler import sampling_kwargs
+from sphereard.ar.task import GeneratorTask
 from sphereard.config import Params, as_dict
 from sphereard.errors import UserError
 from sphereard.eval import detect_norm_drift, generation_metrics
+from sphereard.eval.figures import read_class_names, save_class_grid
 from sphereard.eval.setup import build_extractors, load_references
 from sphereard.sweep.grid import TrialSettings, scaled_steps, segment_ends, settings_of, training_run_name
 from sphereard.tokenizer.task import TokenizerTask
-from sphereard.tracking import TRACKING_URI_ENV, image_grid, start_run
+from sphereard.tracking import TRACKING_URI_ENV, start_run
 from sphereard.train import LoopSpec, fit
 from sphereard.train.checkpoint import STEP_DIR_RE, latest_step_dir
 from sphereard.utils.device import default_device
-from sphereard.utils.io import atomic_path, atomic_write_text, read_json_object, require_fields
+from sphereard.utils.io import atomic_write_text, read_json_object, require_fields
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,9 @@ GRID_PER_CLASS = 8
 METRICS_FILE, GRID_FILE, REPORTS_FILE, TRAIN_CONFIG_FILE = "metrics.json", "samples.png", "ar_reports.json", "train_config.json"
 ASHA_METRIC = "ar_loss"  # AR training loss over the last logging window (lower is better)
 MANIFEST_TAG = "sphereard.data_manifest_sha256"
-LOGGED_SAMPLING_KEYS = ("cfg_schedule", "sampler", "final_step", "use_ema", "batch_size")
+# The `sampling` keys a trial inherits from params (it sets cfg_scale, projection, steps, seed and
+# num_per_class itself, see trial_sampling): the sweep stage's only `sampling` params in dvc.yaml.
+INHERITED_SAMPLING_KEYS = ("cfg_schedule", "sampler", "final_step", "use_ema", "batch_size")
 DONE_KEY = "num_images"  # present only in a trial's final (evaluated) report
 
 
@@ -86,16 +90,11 @@ def trial_sampling(params: Params, t: TrialSettings):
                                seed=t.seed, num_per_class=params.sweep.num_per_class)
 
 
-def overview_grid(images: np.ndarray, labels: np.ndarray, path: Path) -> Path:
-    """Up to GRID_MAX_CLASSES evenly spaced classes x GRID_PER_CLASS samples, one row per class."""
-    classes = np.unique(labels)
-    shown = classes[np.unique(np.linspace(0, len(classes) - 1, min(len(classes), GRID_MAX_CLASSES)).round().astype(int))]
-    rows = [images[labels == c][:GRID_PER_CLASS] for c in shown]
-    per_row = min(len(r) for r in rows)
-    batch = torch.from_numpy(np.concatenate([r[:per_row] for r in rows])).permute(0, 3, 1, 2).float()
-    with atomic_path(path) as tmp:
-        image_grid(batch, nrow=per_row, value_range=(0.0, 255.0)).save(tmp, format="png")
-    return path
+def overview_grid(images: np.ndarray, labels: np.ndarray, path: Path,
+                  class_names: list[str] | None = None) -> Path:
+    """Up to GRID_MAX_CLASSES evenly spaced classes x GRID_PER_CLASS samples, one row per class, the class
+    name (`class_names[label]`, else `class <id>`) left of each row (sphereard/eval/figures.py)."""
+    return save_class_grid(images, labels, path, GRID_MAX_CLASSES, GRID_PER_CLASS, class_names)
 
 
 def sample_and_evaluate(params: Params, t: TrialSettings, out: Path, device: torch.device) -> dict:
@@ -113,7 +112,7 @@ def sample_and_evaluate(params: Params, t: TrialSettings, out: Path, device: tor
     total_s = res["generate_s"] + res["decode_s"]
     metrics.update({DONE_KEY: len(labels), "images_per_s": len(labels) / total_s, "sample_s": total_s,
                     "generator_step": meta.get("step", 0)})
-    overview_grid(res["images"], labels, out / GRID_FILE)
+    overview_grid(res["images"], labels, out / GRID_FILE, read_class_names(params.data.out, model.arch.num_classes))
     return metrics
 
 
@@ -131,7 +130,7 @@ def training_params(params: Params, t: TrialSettings, out: Path) -> Params:
     storage = str(Path(gen.train.ray.storage).resolve())
     tok_train = _scaled_loop(tok.train, f, storage, disc_start=round(tok.train.disc_start * f))
     return dataclasses.replace(
-        params, seed=t.seed,
+        params, seed=t.seed, metrics_dir=str(out / "metrics"),
         tokenizer=dataclasses.replace(tok, radius=t.radius, posteriors=[t.posterior], out=str(out / "tokenizer"),
                                       train=tok_train),
         encode=dataclasses.replace(params.encode, out=str(out / "latents")),
@@ -240,7 +239,7 @@ def run_trial(config: dict, context: SweepContext) -> None:
     device = default_device()
     kind = "train" if t.train else "sample"
     logged = {**t.as_dict(), "kind": kind, "num_per_class": params.sweep.num_per_class,
-              "sampling": {k: v for k, v in as_dict(params.sampling).items() if k in LOGGED_SAMPLING_KEYS},
+              "sampling": {k: v for k, v in as_dict(params.sampling).items() if k in INHERITED_SAMPLING_KEYS},
               "extractors": params.evaluation.extractors}
     tags = {**context.tags, "stage": "sweep_trial", "posterior": t.posterior, "trial_kind": kind}
     with start_run(params.tracking, context.repo_root, t.name, params=logged, tags=tags,

@@ -1,0 +1,107 @@
+"""The output layout (sphereard/layout.py) and dvc.yaml agree; metrics files hold numbers only; each
+stage lists only the params it reads (the sweep: only the sampling keys its trials inherit)."""
+
+import dataclasses
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sphereard.config import Params, SamplingConfig
+from sphereard.layout import METRICS_BLOCKS, info_file, metrics_file, write_results
+from sphereard.sweep.grid import TrialSettings
+from sphereard.sweep.trial import INHERITED_SAMPLING_KEYS, trial_sampling
+
+REPO = Path(__file__).resolve().parent.parent
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+STAGE_BLOCK = {"train_vae": "tokenizer", "train_ar": "generator", "sample": "sampling", "evaluate": "evaluation",
+               "train_classifier": "classifier"}
+
+
+def stage_body(name: str) -> dict:
+    return DVC[name].get("do", DVC[name])
+
+
+def declared_metrics(body: dict) -> list[str]:
+    return [next(iter(m)) if isinstance(m, dict) else m for m in body.get("metrics", [])]
+
+
+def declared_outs(body: dict) -> list[str]:
+    return [next(iter(o)) if isinstance(o, dict) else o for o in body.get("outs", [])]
+
+
+@pytest.mark.parametrize("stage,block", sorted(STAGE_BLOCK.items()))
+def test_dvc_yaml_metrics_and_info_paths_come_from_the_layout(stage, block):
+    """dvc.yaml's templated paths, rendered with placeholder values, equal what the layout returns."""
+    params = Params(metrics_dir="M")
+    for name in ("tokenizer", "generator", "sampling", "evaluation", "classifier"):
+        params = dataclasses.replace(params, **{name: dataclasses.replace(getattr(params, name), out=f"O_{name}")})
+    posterior = None if block == "classifier" else "P"
+
+    def render(path: str) -> str:
+        path = path.replace("${metrics_dir}", "M").replace("${item}", "P")
+        for name in ("tokenizer", "generator", "sampling", "evaluation", "classifier"):
+            path = path.replace(f"${{{name}.out}}", f"O_{name}")
+        return path
+
+    body = stage_body(stage)
+    assert [render(m) for m in declared_metrics(body)] == [str(metrics_file(params, block, posterior))]
+    assert str(info_file(params, block, posterior)) in [render(o) for o in declared_outs(body)]
+    for entry in body.get("metrics", []):
+        assert entry[next(iter(entry))] == {"cache": False}, "metrics are git-tracked, so `dvc exp` commits them"
+    assert "metrics_dir" in body["params"]
+
+
+def test_metrics_folder_is_tracked_by_git_not_ignored():
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("needs a git checkout")
+    for path in ("metrics/evaluation/spherical.json", "metrics/classifier.json", "reports/report.md"):
+        proc = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO)
+        assert proc.returncode == 1, f"{path} is git-ignored: `dvc exp run` would not commit it"
+
+
+def test_only_checkpoints_metrics_and_the_report_stay_out_of_the_dvc_cache():
+    """Everything else is cached, so `dvc checkout` restores a commit's or an experiment's outputs."""
+    for name, stage in DVC.items():
+        body = stage.get("do", stage)
+        for out in body.get("outs", []) + body.get("plots", []):
+            if isinstance(out, dict) and next(iter(out.values())).get("cache") is False:
+                path, spec = next(iter(out.items()))
+                assert spec.get("persist") or path == "reports", f"{name}: {path} is cache: false"
+
+
+def test_write_results_refuses_settings_in_metrics(tmp_path):
+    params = Params(metrics_dir=str(tmp_path / "m"))
+    params = dataclasses.replace(params, tokenizer=dataclasses.replace(params.tokenizer, out=str(tmp_path / "t")))
+    write_results(params, "tokenizer", "spherical", {"psnr": 20.5}, {"precision": "fp32", "eval_images": 10})
+    assert json.loads((tmp_path / "m/tokenizer/spherical.json").read_text()) == {"psnr": 20.5}
+    assert json.loads((tmp_path / "t/spherical/info.json").read_text())["precision"] == "fp32"
+    for bad in ({"precision": "fp32"}, {"use_ema": True}, {"settings": {"w": 3.0}}):
+        with pytest.raises(AssertionError, match="metrics hold numbers only"):
+            write_results(params, "tokenizer", "spherical", bad, {})
+
+
+def test_every_block_has_one_metrics_file_per_posterior():
+    params = Params()
+    assert {metrics_file(params, b, None if b == "classifier" else "p").parent.name for b in METRICS_BLOCKS} == {
+        "tokenizer", "generator", "sampling", "evaluation", "metrics"}
+    with pytest.raises(AssertionError):
+        metrics_file(params, "tokenizer")
+
+
+def test_sweep_depends_only_on_the_sampling_keys_its_trials_inherit():
+    sampling_params = {p.removeprefix("sampling.") for p in DVC["sweep"]["params"]
+                       if isinstance(p, str) and p.startswith("sampling")}
+    assert sampling_params == set(INHERITED_SAMPLING_KEYS), "dvc.yaml sweep params != INHERITED_SAMPLING_KEYS"
+    # every other sampling key is set by the trial itself (or is the sample stage's output folder)
+    base = Params()
+    trial = TrialSettings(posterior="spherical", radius=4.0, cfg_scale=7.25, projection="none", sampler_steps=3,
+                          seed=11)
+    cfg = trial_sampling(base, trial)
+    overridden = {f.name for f in dataclasses.fields(SamplingConfig)
+                  if getattr(cfg, f.name) != getattr(base.sampling, f.name)}
+    inherited = {f.name for f in dataclasses.fields(SamplingConfig)} - overridden - {"out"}
+    assert inherited == set(INHERITED_SAMPLING_KEYS)
