@@ -181,6 +181,7 @@ def smoke_data(root: Path) -> dict:
     """Smoke profile, every output under `root`, Ray Train in-process for the DAG stages, no MLflow."""
     data = materialise("smoke")
     data["data"].update(out=str(root / "shards"), max_per_class=20)
+    data["metrics_dir"] = str(root / "metrics")
     for block in BLOCKS:
         data[block]["out"] = str(root / block)
     for block in ("tokenizer", "generator"):
