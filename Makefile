@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast venv system-deps lock ui clean-outputs
+.PHONY: demo test test-fast lint venv system-deps lock ui clean-outputs help
 
 demo: venv system-deps  ## run the whole DVC pipeline on params.yaml (default: Fashion-MNIST, CPU)
 	dvc repro
@@ -19,10 +19,13 @@ demo: venv system-deps  ## run the whole DVC pipeline on params.yaml (default: F
 test: venv system-deps  ## the whole test suite (slow end-to-end tests use the smoke profile)
 	python -m pytest -q
 
-test-fast: venv system-deps
+test-fast: venv system-deps  ## the test suite without the slow end-to-end tests
 	python -m pytest -q -m "not slow"
 
-venv: $(STAMP)
+lint: venv  ## ruff check (rules in pyproject.toml)
+	ruff check .
+
+venv: $(STAMP)  ## create .venv with exactly requirements.lock, plus this package (editable)
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +33,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-system-deps:
+system-deps:  ## the Debian packages of the embedded datasets (installs them as root, else says what to install)
 	@scripts/system-deps.sh
 
 lock:  ## re-resolve requirements.in into the pinned requirements.lock
@@ -41,3 +44,13 @@ lock:  ## re-resolve requirements.in into the pinned requirements.lock
 ui: venv  ## MLflow UI on the repo's store (or $MLFLOW_TRACKING_URI), bound to 127.0.0.1; prints the runs-table URL
 	uri=$$(python -m sphereard.tracking --base http://127.0.0.1:5000) && \
 	mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri "$$uri" --default-artifact-root $(CURDIR)/mlartifacts
+
+# Only what the pipeline regenerates: the stage outputs (checkpoints, exports, samples, sweep, Ray
+# results) and the latent cache. Kept: data/shards (the prepared source data), metrics/ and reports/
+# (git-tracked), the DVC cache and run cache (.dvc/cache: `dvc checkout` or `dvc repro` restores cached
+# outputs from it), and the MLflow store (mlflow.db, mlartifacts/). Paths are params.yaml's defaults.
+clean-outputs:  ## delete outputs/ and data/latents (keeps data/shards, metrics/, reports/, the DVC cache, MLflow runs)
+	rm -rf outputs data/latents
+
+help:  ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)

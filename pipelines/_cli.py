@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from sphereard.config import DEFAULT_PARAMS_FILE, POSTERIORS, Params, load_params
 from sphereard.errors import UserError, one_line

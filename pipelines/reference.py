@@ -2,61 +2,19 @@
 
     python -m pipelines.reference [--params FILE]
 
-`evaluation.num_real` images drawn at random (seeded) from the train split; with
-`evaluation.adm_reference` set, the inception statistics come from that ADM/OpenAI reference
-batch instead (the paper's ImageNet protocol): features of its images when it has them, else its
-own mu/sigma (which only the verified FID Inception weights may use).
+`evaluation.num_real` seeded train images, or the ADM reference batch for inception with
+`evaluation.adm_reference`; the work is `sphereard.eval.reference.write_references`.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from pathlib import Path
-
-import numpy as np
-
 from pipelines._cli import stage_main
 from sphereard.config import Params
-from sphereard.data import MANIFEST_NAME, images_as_uint8
-from sphereard.errors import UserError
-from sphereard.eval.adm import MIN_SAMPLES, adm_ref_stats
-from sphereard.eval.metrics import compute_ref_stats, save_ref_stats
-from sphereard.eval.setup import build_extractors, reference_path
-from sphereard.utils.device import default_device
-
-log = logging.getLogger("pipelines.reference")
-
-
-def real_subset(params: Params) -> np.ndarray:
-    """`evaluation.num_real` seeded train images; UserError naming the manifest if fewer than two exist."""
-    images, _ = images_as_uint8(params.data.out, "train")
-    if len(images) < MIN_SAMPLES:
-        raise UserError(f"{Path(params.data.out) / MANIFEST_NAME}: {len(images)} train image(s); reference "
-                        f"statistics need at least {MIN_SAMPLES}")
-    rng = np.random.default_rng(params.seed)
-    keep = rng.permutation(len(images))[:params.evaluation.num_real]
-    return images[np.sort(keep)]
+from sphereard.eval.reference import write_references
 
 
 def run(params: Params, args) -> None:
-    """Compute every extractor's statistics first, then write them all: a bad input (data, weights,
-    `adm_reference`) is one UserError and leaves no file of this run behind."""
-    ev = params.evaluation
-    extractors = build_extractors(params, default_device())
-    real, computed = None, {}
-    for name, ext in zip(ev.extractors, extractors):
-        start = time.perf_counter()
-        if name == "inception" and ev.adm_reference:
-            computed[name] = adm_ref_stats(ev.adm_reference, ext, ev.batch_size)
-        else:
-            real = real_subset(params) if real is None else real
-            computed[name] = compute_ref_stats(real, ext, ev.batch_size)
-        log.info("reference %s: %d images, dim %d, %.1f s", computed[name].tag, computed[name].num_images,
-                 computed[name].mu.shape[0], time.perf_counter() - start)
-    for name, stats in computed.items():
-        save_ref_stats(reference_path(params, name), stats)
-        log.info("reference %s -> %s", stats.tag, reference_path(params, name))
+    write_references(params)
 
 
 if __name__ == "__main__":

@@ -3,139 +3,18 @@ Ray Train, export its EMA weights and write a small, honest metrics file.
 
     python -m pipelines.train_ar --posterior spherical [--params FILE] [--stop-after N]
 
-Outputs under `generator.out/<posterior>/`: `ckpt/` (resumable checkpoints; DVC `persist: true`),
-`model/` (EMA weights + model.json) and `info.json` (params, steps, tokens_seen = steps * batch_size * L,
-world_size); the metrics file `<metrics_dir>/generator/<posterior>.json` (see sphereard/layout.py) holds:
-  ema_loss             flow loss of the exported EMA model on LOSS_EVAL_BATCHES random batches of
-                       the training latent cache (there is no held-out latent set; un-flipped
-                       images): fresh posterior samples, fixed seed, eval mode (no label dropout), fp32
-  train_loss_window    mean training loss of the raw model over the last logging window of this
-                       invocation (includes label dropout); absent if this invocation trained no step
-  train_tokens_per_s   tokens/s over that window, summed over workers (includes data loading and
-                       any checkpoint/media time inside the window); absent likewise
+The work, its outputs and the metrics' definitions: `sphereard.ar.train`.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-from pathlib import Path
-
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
-
 from pipelines._cli import add_training_args, stage_main
-from sphereard.ar import count_params, create_generator
-from sphereard.ar.task import (
-    GeneratorTask,
-    generator_arch_for_cache,
-    generator_meta,
-    latent_cache_dir,
-)
-from sphereard.config import Params, absolute_paths, as_dict
-from sphereard.errors import UserError, error_detail
-from sphereard.export import META_FILE, export_model
-from sphereard.latents import LATENTS_FILE, PARAM_COLUMNS, decode_column, read_latent_meta
-from sphereard.layout import tokenizer_model_dir, write_results
-from sphereard.tokenizer.posterior import sample_from_params
-from sphereard.tracking import start_run
-from sphereard.train import LoopSpec, fit, load_latest
-from sphereard.train.checkpoint import latest_state
-from sphereard.utils.device import default_device
-from sphereard.utils.weights import load_state_strict
-
-log = logging.getLogger("pipelines.train_ar")
-
-LOSS_EVAL_BATCHES = 8
-LOSS_EVAL_MAX_BATCH = 256
-LOSS_EVAL_SEED = 1234
-
-
-def generator_dir(params: Params, posterior: str) -> Path:
-    return Path(params.generator.out) / posterior
-
-
-def export_ema(params: Params, posterior: str, ckpt_dir: Path, model_dir: Path, radius: float, run_id: str | None):
-    """Rebuild the generator from the last checkpoint's EMA weights and export it."""
-    gen = params.generator
-    ckpt, ema = latest_state(ckpt_dir, "ema")
-    model = create_generator(gen.preset, **gen.overrides)
-    load_state_strict(model, ema, f"{ckpt.path}: 'ema'")
-    meta = {**generator_meta(params, posterior, radius, tokenizer_model_dir(params, posterior)), "step": ckpt.step,
-            "params": count_params(model), "mlflow_run_id": run_id}
-    export_model(model_dir, model, meta)
-    return model.eval(), ckpt.step
-
-
-def eval_batches(cache_dir: Path, num_batches: int, batch: int, seed: int):
-    """Yield (params (B, L, P), labels (B,)) of random rows, each batch from a random Parquet row group,
-    so the estimate never loads the whole cache (ImageNet: tens of GB). Un-flipped images only."""
-    meta, path = read_latent_meta(cache_dir, verify=False), cache_dir / LATENTS_FILE
-    rng = np.random.default_rng(seed)
-    try:
-        parquet = pq.ParquetFile(path)
-        for _ in range(num_batches):
-            group = parquet.read_row_group(int(rng.integers(parquet.num_row_groups)),
-                                           columns=["label", PARAM_COLUMNS[0]])
-            rows = group.take(rng.choice(group.num_rows, size=min(batch, group.num_rows), replace=False))
-            yield (decode_column(rows.column(PARAM_COLUMNS[0]), meta).float(),  # (B, L, P) raw params
-                   torch.from_numpy(rows.column("label").to_numpy().astype(np.int64)))
-    except (pa.ArrowException, OSError) as err:
-        raise UserError(f"{path}: not a readable latent cache ({error_detail(err)})") from None
-
-
-@torch.no_grad()
-def ema_loss(model, params: Params, posterior: str, radius: float, device: torch.device) -> float:
-    """Mean flow loss of `model` over a few random batches of the training cache (module docstring)."""
-    batch = min(params.generator.train.batch_size, LOSS_EVAL_MAX_BATCH)
-    rng = torch.Generator(device=device).manual_seed(LOSS_EVAL_SEED)
-    torch.manual_seed(LOSS_EVAL_SEED)  # posterior sampling uses the global RNG
-    model = model.to(device).eval()
-    losses = [float(model.loss(sample_from_params(posterior, cached.to(device), radius), labels.to(device),
-                               generator=rng))
-              for cached, labels in eval_batches(latent_cache_dir(params, posterior), LOSS_EVAL_BATCHES, batch,
-                                                 LOSS_EVAL_SEED)]
-    return sum(losses) / len(losses)
+from sphereard.ar.train import train_and_export
+from sphereard.config import Params
 
 
 def run(params: Params, args) -> None:
-    posterior = args.posterior
-    arch, cache_meta = generator_arch_for_cache(params, posterior)  # fail fast, before Ray starts
-    tok_dir = tokenizer_model_dir(params, posterior)
-    if not (tok_dir / META_FILE).is_file():
-        raise UserError(f"{tok_dir / META_FILE}: exported tokenizer missing (run train_vae@{posterior})")
-    radius = float(cache_meta["radius"])
-    out = generator_dir(params, posterior)
-    ckpt_dir, model_dir = out / "ckpt", out / "model"
-    name = f"ar-{posterior}"
-    tags = {"stage": "train_ar", "posterior": posterior, "profile": params.profile}
-    logged = {"posterior": posterior, "generator": as_dict(params.generator),
-              "latents": {k: cache_meta[k] for k in ("rows", "num_tokens", "latent_dim", "radius", "sha256")}}
-    with start_run(params.tracking, ".", name, params=logged, tags=tags) as run:
-        spec = LoopSpec(task_factory=functools.partial(GeneratorTask, absolute_paths(params), posterior),
-                        loop=params.generator.train, ckpt_dir=str(ckpt_dir), seed=params.seed, run=run,
-                        stop_after=args.stop_after, config_snapshot=logged)
-        result = fit(spec, name)
-        if args.stop_after is not None and load_latest(ckpt_dir).step < params.generator.train.steps:
-            log.info("stopped early as asked (--stop-after %d); rerun to resume", args.stop_after)
-            return
-        model, step = export_ema(params, posterior, ckpt_dir, model_dir, radius, run.run_id)
-        window = result.metrics or {}
-        train_cfg = params.generator.train
-        info = {"posterior": posterior, "preset": params.generator.preset, "params": count_params(model),
-                "steps": step, "tokens_seen": step * train_cfg.batch_size * arch.num_tokens,
-                "world_size": max(1, train_cfg.ray.num_workers)}
-        measured = {"ema_loss": ema_loss(model, params, posterior, radius, default_device()),
-                    "train_loss_window": window.get("train/loss"),
-                    "train_tokens_per_s": window.get("perf/items_per_s")}
-        metrics = {k: float(v) for k, v in measured.items() if v is not None}
-        run.log_metrics({"final/ema_loss": metrics["ema_loss"]}, step=step)
-        run.log_artifact(model_dir / META_FILE)
-        write_results(params, "generator", posterior, metrics, info)
-        log.info("%s: %s", name, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                            for k, v in {**info, **metrics}.items()))
+    train_and_export(params, args.posterior, args.stop_after)
 
 
 if __name__ == "__main__":

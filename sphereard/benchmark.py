@@ -84,7 +84,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
     reps, elapsed = 1, 0.0
     while elapsed < PEAK_MIN_SECONDS:
         reps *= 2
-        elapsed = timed(lambda: [a @ b for _ in range(reps)], device)
+        elapsed = timed(lambda reps=reps: [a @ b for _ in range(reps)], device)
     return 2 * n**3 * reps / elapsed
 
 
@@ -114,7 +114,7 @@ def bench_training(args, model, device: torch.device, precision: str) -> dict:
     for i in range(1, 1 + args.warmup):
         step(i)
     start = 1 + args.warmup
-    times = [timed(lambda: step(i), device) for i in range(start, start + args.steps)]
+    times = [timed(lambda i=i: step(i), device) for i in range(start, start + args.steps)]
     seconds = statistics.median(times)
     return {"train_batch": B, "train_steps": args.steps, "train_step_s_median": seconds, "train_s_total": sum(times),
             "train_tokens_per_s": B * arch.num_tokens / seconds, "train_steps_per_s": 1 / seconds,
@@ -154,7 +154,8 @@ def run_benchmark(args) -> dict:
     torch.manual_seed(args.seed)
     with torch.device(device):
         model = create_generator(args.preset)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu (torch threads: {torch.get_num_threads()})"
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"cpu (torch threads: {torch.get_num_threads()})")
     result = {"preset": args.preset, "params": count_params(model), "num_tokens": model.arch.num_tokens, "device": name,
               "precision": precision, "compile": args.compile, "torch": torch.__version__}
     result.update(bench_training(args, model, device, precision))

@@ -149,7 +149,8 @@ class TokenizerConfig:
         require(len(self.posteriors) > 0, "posteriors", self.posteriors, "list at least one posterior")
         require(len(set(self.posteriors)) == len(self.posteriors), "posteriors", self.posteriors,
                 "must not repeat a posterior")
-        require(self.radius is None or self.radius > 0, "radius", self.radius, "must be positive (or null = sqrt(latent_dim))")
+        require(self.radius is None or self.radius > 0, "radius", self.radius,
+                "must be positive (or null = sqrt(latent_dim))")
         require(self.eval_images > 0, "eval_images", self.eval_images, "must be positive")
 
 

@@ -68,7 +68,7 @@ def _stored_values(column: pa.ChunkedArray | pa.Array, meta: dict) -> np.ndarray
 def decode_column(column: pa.ChunkedArray | pa.Array, meta: dict) -> torch.Tensor:
     """One Parquet params column of a cache with `meta` (any format) -> raw params (n, L, P).
 
-    For readers of row groups (`pipelines.train_ar.eval_batches`): the stored values are not the
+    For readers of row groups (`sphereard.ar.train.eval_batches`): the stored values are not the
     parameters when meta["log_channels"] is non-empty."""
     stored = np.require(_stored_values(column, meta), requirements="W")  # torch needs writable memory
     return decode_params(torch.from_numpy(stored), meta.get("log_channels", ()))
@@ -113,7 +113,7 @@ class LatentCacheWriter:
         self.rows, self.shape, self.views, self.writer = 0, None, None, None
         self.log_channels: tuple[int, ...] = ()
 
-    def __enter__(self) -> "LatentCacheWriter":
+    def __enter__(self) -> LatentCacheWriter:
         self._atomic = atomic_path(self.out_dir)
         self.tmp = self._atomic.__enter__()
         self.tmp.mkdir()
@@ -131,7 +131,7 @@ class LatentCacheWriter:
             self.log_channels = cache_log_channels(self.meta["posterior"], params.shape[2])
         self.shape, self.views = params.shape[1:], views
         columns = {"label": pa.array(labels.astype(np.int32))}
-        for name, values in zip(PARAM_COLUMNS, (params, params_flip)):
+        for name, values in zip(PARAM_COLUMNS, (params, params_flip), strict=True):
             if values is not None:
                 where = f"{self.out_dir / LATENTS_FILE} column {name!r}"
                 columns[name] = _checked_column(values, self.log_channels, self.dtype, where, self.rows)

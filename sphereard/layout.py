@@ -8,7 +8,16 @@ Two kinds of file per stage run (a "block" is the params block the stage belongs
   and counts behind those numbers (device, precision, number of images, resolved projection, ...),
   next to the stage's large outputs.
 
-Large outputs (checkpoints, exports, latents, samples, figures) stay under each block's `out`.
+Large outputs stay under each block's `out`, one folder per posterior (`<block.out>/<posterior>/`):
+  tokenizer   ckpt/ (resumable checkpoints), model/ (EMA export), reconstructions.png
+  encode      the latent cache itself (sphereard/latents.py)
+  generator   ckpt/, model/
+  sampling    samples.npz, grids/
+  evaluation  EVALUATION_FILES (plots and their CSVs); reference/<extractor>.npz (not per posterior)
+  classifier  model/ (not per posterior)
+  sweep       trials/<trial name>/ (not per posterior; a training trial's own stage outputs under
+              TRIAL_OUTPUTS and TRIAL_METRICS_DIR inside it)
+Stages, the sweep and the library ask these functions instead of joining paths.
 """
 
 from __future__ import annotations
@@ -21,6 +30,14 @@ from sphereard.utils.io import atomic_write_text
 
 METRICS_BLOCKS = ("tokenizer", "generator", "sampling", "evaluation", "classifier")
 INFO_FILE = "info.json"
+CKPT_DIR, MODEL_DIR = "ckpt", "model"
+SAMPLES_FILE, GRIDS_DIR = "samples.npz", "grids"
+RECONSTRUCTIONS_FILE = "reconstructions.png"
+EVALUATION_FILES = ("norm_trajectory.png", "norm_trajectory.csv", "error_split.png", "error_split.csv")
+REFERENCE_DIR, TRIALS_DIR = "reference", "trials"
+# a training trial runs the stages with each block's `out` (and metrics_dir) moved into its trial dir
+TRIAL_OUTPUTS = {"tokenizer": "tokenizer", "encode": "latents", "generator": "generator"}
+TRIAL_METRICS_DIR = "metrics"
 
 
 def _check(block: str, posterior: str | None) -> None:
@@ -43,9 +60,90 @@ def info_file(params: Params, block: str, posterior: str | None = None) -> Path:
     return out / INFO_FILE if posterior is None else out / posterior / INFO_FILE
 
 
+def tokenizer_dir(params: Params, posterior: str) -> Path:
+    """`train_vae@posterior`'s folder: ckpt/, model/, info.json, reconstructions.png."""
+    return Path(params.tokenizer.out) / posterior
+
+
+def tokenizer_ckpt_dir(params: Params, posterior: str) -> Path:
+    """The tokenizer's resumable checkpoints (DVC `persist: true`)."""
+    return tokenizer_dir(params, posterior) / CKPT_DIR
+
+
 def tokenizer_model_dir(params: Params, posterior: str) -> Path:
     """The exported tokenizer of one posterior (`train_vae`'s `model/`: safetensors + model.json)."""
-    return Path(params.tokenizer.out) / posterior / "model"
+    return tokenizer_dir(params, posterior) / MODEL_DIR
+
+
+def reconstructions_file(params: Params, posterior: str) -> Path:
+    """`train_vae`'s input/reconstruction grid PNG."""
+    return tokenizer_dir(params, posterior) / RECONSTRUCTIONS_FILE
+
+
+def latent_cache_dir(params: Params, posterior: str) -> Path:
+    """`encode@posterior`'s latent cache (latents.parquet + its meta; sphereard/latents.py)."""
+    return Path(params.encode.out) / posterior
+
+
+def generator_dir(params: Params, posterior: str) -> Path:
+    """`train_ar@posterior`'s folder: ckpt/, model/, info.json."""
+    return Path(params.generator.out) / posterior
+
+
+def generator_ckpt_dir(params: Params, posterior: str) -> Path:
+    """The generator's resumable checkpoints (DVC `persist: true`)."""
+    return generator_dir(params, posterior) / CKPT_DIR
+
+
+def generator_model_dir(params: Params, posterior: str) -> Path:
+    """The exported generator of one posterior (`train_ar`'s `model/`)."""
+    return generator_dir(params, posterior) / MODEL_DIR
+
+
+def samples_dir(params: Params, posterior: str) -> Path:
+    """`sample@posterior`'s folder: samples.npz, grids/, info.json."""
+    return Path(params.sampling.out) / posterior
+
+
+def samples_file(params: Params, posterior: str) -> Path:
+    """The ADM-layout samples archive (sphereard/ar/generate.py)."""
+    return samples_dir(params, posterior) / SAMPLES_FILE
+
+
+def grids_dir(params: Params, posterior: str) -> Path:
+    """The per-class sample grids (class_XX.png, overview.png)."""
+    return samples_dir(params, posterior) / GRIDS_DIR
+
+
+def evaluation_dir(params: Params, posterior: str) -> Path:
+    """`evaluate@posterior`'s folder: info.json and EVALUATION_FILES."""
+    return Path(params.evaluation.out) / posterior
+
+
+def evaluation_file(params: Params, posterior: str, name: str) -> Path:
+    """One of `evaluate`'s plots or CSVs (`name` in EVALUATION_FILES)."""
+    assert name in EVALUATION_FILES, f"name must be one of {EVALUATION_FILES}, got {name!r}"
+    return evaluation_dir(params, posterior) / name
+
+
+def reference_dir(params: Params) -> Path:
+    """`reference`'s folder: one statistics file per feature extractor."""
+    return Path(params.evaluation.out) / REFERENCE_DIR
+
+
+def reference_file(params: Params, extractor: str) -> Path:
+    """The reference statistics (mu, sigma, features) of one feature extractor."""
+    return reference_dir(params) / f"{extractor}.npz"
+
+
+def classifier_model_dir(params: Params) -> Path:
+    """`train_classifier`'s exported classifier."""
+    return Path(params.classifier.out) / MODEL_DIR
+
+
+def trials_dir(params: Params) -> Path:
+    """The sweep's trial folders (`trials/<trial name>/`; DVC `persist: true`)."""
+    return Path(params.sweep.out) / TRIALS_DIR
 
 
 def write_results(params: Params, block: str, posterior: str | None, metrics: dict[str, float],
@@ -58,6 +156,12 @@ def write_results(params: Params, block: str, posterior: str | None, metrics: di
         assert isinstance(value, (int, float)) and not isinstance(value, bool), \
             f"metrics hold numbers only; {key}={value!r} is a setting: put it in info"
     paths = metrics_file(params, block, posterior), info_file(params, block, posterior)
-    for path, record in zip(paths, (metrics, info)):
+    for path, record in zip(paths, (metrics, info), strict=True):
         atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return paths
+
+
+def trial_dir(params: Params, trial: str) -> Path:
+    """One sweep trial's folder: metrics.json, samples.png and, for training trials, its own
+    tokenizer/, latents/ and generator/ outputs (sphereard/sweep/trial.py)."""
+    return trials_dir(params) / trial

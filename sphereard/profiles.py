@@ -48,7 +48,8 @@ def materialise(name: str, profiles_dir: Path = PROFILES_DIR) -> dict:
     if name != DEFAULT_PROFILE:
         path = profiles_dir / f"{name}.yaml"
         if not path.is_file():
-            raise UserError(f"profile={name!r}: unknown profile (available: {', '.join(available_profiles(profiles_dir))})")
+            available = ", ".join(available_profiles(profiles_dir))
+            raise UserError(f"profile={name!r}: unknown profile (available: {available})")
         data = deep_merge(data, read_yaml(path))
     data["profile"] = name
     parse_params(data)  # fail fast: a profile must itself be a valid params file

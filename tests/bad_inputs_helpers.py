@@ -12,9 +12,10 @@ import io
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -30,9 +31,9 @@ from sphereard.eval import load_samples_npz, save_classifier, save_ref_stats
 from sphereard.eval.classifier import SmallCNN
 from sphereard.eval.metrics import RefStats
 from sphereard.export import export_model
-from sphereard.tokenizer import create_tokenizer
 from sphereard.latents import LatentCacheWriter
 from sphereard.profiles import materialise
+from sphereard.tokenizer import create_tokenizer
 from sphereard.train.checkpoint import save_checkpoint
 
 SIZE, CLASSES = 32, 2

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-
 from sphereard.ar import (
     GENERATOR_PRESETS,
     cfg_combine,
@@ -13,7 +12,6 @@ from sphereard.ar import (
     default_projection,
     euler,
     euler_maruyama,
-    generate,
     integrate,
     interpolate,
     project_tokens,
@@ -24,6 +22,7 @@ from sphereard.ar import (
 )
 from sphereard.ar.arch import PAPER_PARAMS, README_PARAMS
 from sphereard.ar.presets import NO_DECAY_PATTERNS
+from sphereard.ar.sampler import generate
 from sphereard.errors import UserError
 from sphereard.geometry import project_to_sphere
 from sphereard.train.optim import param_groups
@@ -128,7 +127,7 @@ def reference_conditional_sampling(model, labels, sampler, steps, seed, radius):
         for k in range(tr.num_tokens):
             cond = tr(torch.cat([z, torch.zeros(B, 1, d)], dim=1), labels)[:, k]  # (B, D)
             c_emb = head.condition(cond, torch.full((B,), k))
-            v_fn = lambda x, t: head.velocity(x, torch.full((B,), t), c_emb)  # noqa: E731
+            v_fn = lambda x, t, c_emb=c_emb: head.velocity(x, torch.full((B,), t), c_emb)  # noqa: E731
             x = integrate(sampler, v_fn, torch.randn(B, d, generator=g), steps, 0.04, g)
             z = torch.cat([z, project_to_sphere(x, radius)[:, None]], dim=1)
     return z

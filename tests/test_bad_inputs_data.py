@@ -16,13 +16,24 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import bad_inputs_helpers
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from bad_inputs_helpers import (
+    SIZE,
+    Case,
+    check_case,
+    copy,
+    drop,
+    edit_json,
+    latent_cache,
+    png_bytes,
+    set_key,
+    train_params,
+    truncate,
+)
 
-import bad_inputs_helpers
-from bad_inputs_helpers import (SIZE, Case, check_case, copy, drop, edit_json, latent_cache, png_bytes, set_key,
-                                train_params, truncate)
 from sphereard.ar.task import generator_arch_for_cache
 from sphereard.data import ShardDataset, images_as_uint8, load_manifest, prepare_dataset
 from sphereard.data.sources import parse_emoji_test

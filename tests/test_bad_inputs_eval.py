@@ -10,12 +10,22 @@ tests/test_bad_inputs_stages.py.
 
 from __future__ import annotations
 
+import bad_inputs_helpers
 import numpy as np
 import pytest
+from bad_inputs_helpers import (
+    COLOUR,
+    GREY,
+    SIZE,
+    Case,
+    check_case,
+    load_data_samples,
+    png_bytes,
+    ref_stats,
+    samples,
+    truncate,
+)
 
-import bad_inputs_helpers
-from bad_inputs_helpers import (COLOUR, GREY, SIZE, Case, check_case, load_data_samples, png_bytes, ref_stats,
-                                samples, truncate)
 from sphereard.eval import adm_ref_stats, load_ref_stats
 
 ws = bad_inputs_helpers.ws  # the module-scoped workspace fixture

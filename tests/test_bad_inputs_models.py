@@ -13,13 +13,29 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import bad_inputs_helpers
 import pytest
 import torch
+from bad_inputs_helpers import (
+    CLASSES,
+    SIZE,
+    Case,
+    built_task,
+    check_case,
+    copy,
+    drop,
+    edit_json,
+    nan_weights,
+    png_bytes,
+    resume_from,
+    set_key,
+    tiny_checkpoint,
+    train_params,
+    truncate,
+    vgg_state,
+)
 from safetensors.torch import save_file
 
-import bad_inputs_helpers
-from bad_inputs_helpers import (CLASSES, SIZE, Case, built_task, check_case, copy, drop, edit_json, nan_weights,
-                                png_bytes, resume_from, set_key, tiny_checkpoint, train_params, truncate, vgg_state)
 from sphereard.ar import create_generator
 from sphereard.ar.export import check_fits_data, check_pair, load_generator
 from sphereard.config import ClassifierConfig
@@ -112,7 +128,7 @@ def _case_export_other_data(ws, tmp):
 
 
 def _case_clf_other_data(ws, tmp):
-    from pipelines.evaluate import check_classifier
+    from sphereard.eval.evaluate import check_classifier
 
     save_classifier(SmallCNN(10, 1, SIZE, width=8, feature_dim=16), tmp / "clf_out" / "model")
     ext = build_extractor("classifier", classifier_path=tmp / "clf_out" / "model")
@@ -227,7 +243,7 @@ def _bad_exp_avg(states):
 
 def _case_encode_other_posterior(ws, tmp):
     """A spherical export where the gaussian tokenizer's should be: encode must not cache its latents."""
-    from pipelines.encode import encode_split
+    from sphereard.tokenizer.encode import encode_split
 
     shutil.copytree(ws / "tok", tmp / "tok_out" / "gaussian" / "model")
     copy(ws, "data", tmp)

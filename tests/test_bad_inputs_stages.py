@@ -17,20 +17,20 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import bad_inputs_helpers
 import numpy as np
 import pytest
 import yaml
+from bad_inputs_helpers import CLASSES, GREY, SIZE, copy, load_data_samples, png_bytes, samples, truncate
+from test_bad_inputs_data import CASES as DATA_CASES
+from test_bad_inputs_eval import CASES as EVAL_CASES
+from test_bad_inputs_models import CASES as MODEL_CASES
 
-import bad_inputs_helpers
-from bad_inputs_helpers import (CLASSES, GREY, SIZE, copy, load_data_samples, png_bytes, samples, truncate)
 from sphereard.ar.export import load_generator
 from sphereard.errors import UserError
 from sphereard.eval import build_extractor, load_classifier, load_samples_npz
 from sphereard.eval.classifier import SmallCNN
 from sphereard.tokenizer.export import load_tokenizer
-from test_bad_inputs_data import CASES as DATA_CASES
-from test_bad_inputs_eval import CASES as EVAL_CASES
-from test_bad_inputs_models import CASES as MODEL_CASES
 
 REPO = Path(__file__).resolve().parent.parent
 ws = bad_inputs_helpers.ws  # the module-scoped workspace fixture
@@ -114,7 +114,7 @@ def test_evaluate_rejects_samples_of_another_size(ws, tmp_path, monkeypatch, cap
 
 def test_reference_writes_nothing_when_the_adm_reference_is_not_npz(ws, tmp_path, monkeypatch):
     """The classifier statistics are computed first, but not written when the ADM reference then fails."""
-    import pipelines.reference as reference
+    import sphereard.eval.reference as reference
     from sphereard.config import load_params
 
     copy(ws, "data", tmp_path)
@@ -127,7 +127,7 @@ def test_reference_writes_nothing_when_the_adm_reference_is_not_npz(ws, tmp_path
     monkeypatch.setattr(reference, "build_extractors", lambda params, device: [standin, standin])
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match=r"ref\.npz: not a \.npz archive"):
-        reference.run(params, SimpleNamespace())
+        reference.write_references(params)
     assert not (tmp_path / "metrics").exists(), "no reference file of the failed run"
 
 

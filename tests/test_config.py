@@ -110,7 +110,8 @@ def test_stage_cli_rejects_bad_file_with_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipelines.prepare", "--params", str(bad)],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: tokenizer.radius=-2.0: must be positive (or null = sqrt(latent_dim))"]
+    assert proc.stderr.strip().splitlines() == [
+        "error: tokenizer.radius=-2.0: must be positive (or null = sqrt(latent_dim))"]
     missing = subprocess.run([sys.executable, "-m", "pipelines.prepare", "--params", str(tmp_path / "none.yaml")],
                              cwd=REPO, capture_output=True, text=True)
     assert missing.returncode == 2 and "none.yaml: params file not found" in missing.stderr

@@ -3,8 +3,8 @@
 import gzip
 import io
 import json
-import re
 import logging
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -18,8 +18,7 @@ from PIL import Image
 
 from sphereard.data import ShardDataset, hash_split, images_as_uint8, load_manifest, prepare_dataset
 from sphereard.data.sources import parse_emoji_test
-from sphereard.data.transforms import (center_crop_resize, pad_to_square_size, random_hflip_batch,
-                                       to_channels)
+from sphereard.data.transforms import center_crop_resize, pad_to_square_size, random_hflip_batch, to_channels
 from sphereard.errors import UserError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -196,10 +195,10 @@ def test_imagefolder_hash_split(folder, tmp_path):
     m = prepare_dataset(cfg, tmp_path / "a")
     assert m["classes"] == ["cat", "dog", "emu"]
     tr, te = m["splits"]["train"], m["splits"]["test"]
-    assert [a + b for a, b in zip(tr["class_counts"], te["class_counts"])] == [8, 8, 8]
+    assert [a + b for a, b in zip(tr["class_counts"], te["class_counts"], strict=True)] == [8, 8, 8]
     assert tr["rows"] > 0 and te["rows"] > 0
     table = pq.read_table(tmp_path / "a" / "test-00000.parquet").to_pydict()
-    for key, split, label in zip(table["key"], table["split"], table["label"]):
+    for key, split, label in zip(table["key"], table["split"], table["label"], strict=True):
         assert split == "test" == hash_split(key, 0.25) and m["classes"][label] == key.split("/")[0]
     want = np.asarray(center_crop_resize(Image.open(folder / table["key"][0]), 16))
     assert np.array_equal(images_as_uint8(tmp_path / "a", "test", limit=1)[0][0], want)
@@ -262,7 +261,7 @@ def test_imagenet_tar_streamed(tmp_path):
             keys += t["key"]
             labels += t["label"]
     assert sorted(keys) == sorted(f"n0000000{s}/n0000000{s}_{i}.JPEG" for s in (1, 2) for i in range(4))
-    assert all(m["classes"][y] == k.split("/")[0] for k, y in zip(keys, labels))
+    assert all(m["classes"][y] == k.split("/")[0] for k, y in zip(keys, labels, strict=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == [tar.name, "out"], "nothing unpacked"
     assert ShardDataset(tmp_path / "out", "train")[0][0].shape == (3, 16, 16)
 

@@ -6,6 +6,7 @@ results are only ever named `*_inception_unverified`.
 """
 
 import gzip
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,32 @@ import torch_fidelity.feature_extractor_inceptionv3 as tfi
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from sphereard.errors import UserError
-from sphereard.eval import (adm_ref_stats, build_extractor, compute_ref_stats, detect_norm_drift,
-                            extract_features, frechet_distance, generation_metric_keys, generation_metrics,
-                            load_classifier, load_ref_stats, load_samples_npz, metric_name, norm_trajectory,
-                            plot_error_split, plot_metric_vs_cfg, plot_norm_trajectories, psnr,
-                            radial_tangential_error, reconstruction_metrics, save_classifier, save_ref_stats,
-                            save_samples_npz, ssim, train_classifier)
+from sphereard.eval import (
+    adm_ref_stats,
+    build_extractor,
+    compute_ref_stats,
+    detect_norm_drift,
+    extract_features,
+    frechet_distance,
+    generation_metric_keys,
+    generation_metrics,
+    load_classifier,
+    load_ref_stats,
+    load_samples_npz,
+    metric_name,
+    norm_trajectory,
+    plot_error_split,
+    plot_metric_vs_cfg,
+    plot_norm_trajectories,
+    psnr,
+    radial_tangential_error,
+    reconstruction_metrics,
+    save_classifier,
+    save_ref_stats,
+    save_samples_npz,
+    ssim,
+    train_classifier,
+)
 from sphereard.eval.classifier import SmallCNN
 from sphereard.eval.extractors import INCEPTION_WEIGHTS_ENV, effnet_weights_file
 from sphereard.eval.metrics import feature_stats, kid, precision_recall
@@ -91,7 +112,7 @@ def test_fd_zero_on_self_and_monotone_in_noise(fmnist, clf_ext):
     assert abs(d0) < 1e-3 * scale, (d0, scale)
     ds = [fd(clf_ext, add_noise(x, s), x)[0] for s in NOISE_LEVELS]
     assert ds[0] > 1e-3 * scale
-    assert all(a < b for a, b in zip(ds, ds[1:])), ds
+    assert all(a < b for a, b in pairwise(ds)), ds
 
 
 def test_kid_and_precision_recall(fmnist, clf_ext):
@@ -288,7 +309,7 @@ def test_lpips_with_local_standin_backbone(fmnist, tmp_path):
         load_lpips(tmp_path / "vgg-missing.pth")
     gen = torch.Generator().manual_seed(0)
     state = {}  # stand-in torchvision vgg16 `features.{i}` conv weights (He init), torchvision layout
-    for i, (c_in, c_out) in zip(VGG16_CONV_INDICES, VGG16_CONV_CHANNELS):
+    for i, (c_in, c_out) in zip(VGG16_CONV_INDICES, VGG16_CONV_CHANNELS, strict=True):
         state[f"features.{i}.weight"] = torch.randn(c_out, c_in, 3, 3, generator=gen) * (2 / (9 * c_in)) ** 0.5
         state[f"features.{i}.bias"] = torch.zeros(c_out)
     torch.save(state, tmp_path / "vgg-standin.pth")

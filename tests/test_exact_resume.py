@@ -73,7 +73,7 @@ def assert_bit_identical(a, b, where=""):
             assert_bit_identical(a[k], b[k], f"{where}.{k}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_bit_identical(x, y, f"{where}[{i}]")
     else:
         assert a == b, where

@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from sphereard.errors import UserError
-from sphereard.latents import (CACHE_FORMAT, LATENTS_FILE, META_FILE, LatentCacheWriter, decode_column,
-                               read_latent_cache)
+from sphereard.latents import CACHE_FORMAT, LATENTS_FILE, META_FILE, LatentCacheWriter, decode_column, read_latent_cache
 from sphereard.tokenizer.posterior import sample_from_params
 from sphereard.utils.io import sha256_file
 

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sphereard import layout
 from sphereard.config import Params, SamplingConfig
 from sphereard.layout import METRICS_BLOCKS, info_file, metrics_file, write_results
 from sphereard.sweep.grid import TrialSettings
+from sphereard.sweep.results import FD_PLOT_FILE, PLOTS_DIR, RESULTS_FILE, SUMMARY_FILE
 from sphereard.sweep.trial import INHERITED_SAMPLING_KEYS, trial_sampling
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,26 +35,92 @@ def declared_outs(body: dict) -> list[str]:
     return [next(iter(o)) if isinstance(o, dict) else o for o in body.get("outs", [])]
 
 
+def declared_plots(body: dict) -> list[str]:
+    return [next(iter(o)) if isinstance(o, dict) else o for o in body.get("plots", [])]
+
+
+OUT_BLOCKS = ("data", "tokenizer", "encode", "generator", "sampling", "evaluation", "classifier", "sweep")
+
+
+def placeholder_params() -> Params:
+    """Params whose metrics_dir and every block's `out` are placeholders (M, O_<block>)."""
+    params = Params(metrics_dir="M")
+    for name in OUT_BLOCKS:
+        params = dataclasses.replace(params, **{name: dataclasses.replace(getattr(params, name), out=f"O_{name}")})
+    return params
+
+
+def render_placeholders(path: str) -> str:
+    """dvc.yaml's `${...}` templates with the placeholder values of `placeholder_params` (item: P)."""
+    path = path.replace("${metrics_dir}", "M").replace("${item}", "P")
+    for name in OUT_BLOCKS:
+        path = path.replace(f"${{{name}.out}}", f"O_{name}")
+    assert "${" not in path, f"unrendered template in {path}"
+    return path
+
+
 @pytest.mark.parametrize("stage,block", sorted(STAGE_BLOCK.items()))
 def test_dvc_yaml_metrics_and_info_paths_come_from_the_layout(stage, block):
     """dvc.yaml's templated paths, rendered with placeholder values, equal what the layout returns."""
-    params = Params(metrics_dir="M")
-    for name in ("tokenizer", "generator", "sampling", "evaluation", "classifier"):
-        params = dataclasses.replace(params, **{name: dataclasses.replace(getattr(params, name), out=f"O_{name}")})
+    params = placeholder_params()
     posterior = None if block == "classifier" else "P"
-
-    def render(path: str) -> str:
-        path = path.replace("${metrics_dir}", "M").replace("${item}", "P")
-        for name in ("tokenizer", "generator", "sampling", "evaluation", "classifier"):
-            path = path.replace(f"${{{name}.out}}", f"O_{name}")
-        return path
-
     body = stage_body(stage)
-    assert [render(m) for m in declared_metrics(body)] == [str(metrics_file(params, block, posterior))]
-    assert str(info_file(params, block, posterior)) in [render(o) for o in declared_outs(body)]
+    assert [render_placeholders(m) for m in declared_metrics(body)] == [str(metrics_file(params, block, posterior))]
+    assert str(info_file(params, block, posterior)) in [render_placeholders(o) for o in declared_outs(body)]
     for entry in body.get("metrics", []):
         assert entry[next(iter(entry))] == {"cache": False}, "metrics are git-tracked, so `dvc exp` commits them"
     assert "metrics_dir" in body["params"]
+
+
+def layout_outputs(params: Params, p: str = "P") -> dict[str, set[str]]:
+    """Each stage's outs and plots (other than metrics), as the layout (and the sweep's tables) name them."""
+    sweep = Path(params.sweep.out)
+    paths = {
+        "prepare": [Path(params.data.out)],
+        "train_vae": [layout.tokenizer_ckpt_dir(params, p), layout.tokenizer_model_dir(params, p),
+                      info_file(params, "tokenizer", p), layout.reconstructions_file(params, p)],
+        "encode": [layout.latent_cache_dir(params, p)],
+        "train_classifier": [layout.classifier_model_dir(params), info_file(params, "classifier")],
+        "reference": [layout.reference_dir(params)],
+        "train_ar": [layout.generator_ckpt_dir(params, p), layout.generator_model_dir(params, p),
+                     info_file(params, "generator", p)],
+        "sample": [layout.samples_file(params, p), layout.grids_dir(params, p), info_file(params, "sampling", p)],
+        "evaluate": [info_file(params, "evaluation", p),
+                     *(layout.evaluation_file(params, p, name) for name in layout.EVALUATION_FILES)],
+        "sweep": [layout.trials_dir(params), sweep / RESULTS_FILE, sweep / SUMMARY_FILE, sweep / FD_PLOT_FILE,
+                  sweep / PLOTS_DIR],
+    }
+    return {stage: {str(path) for path in stage_paths} for stage, stage_paths in paths.items()}
+
+
+@pytest.mark.parametrize("stage", sorted(set(DVC) - {"report"}))
+def test_dvc_yaml_outs_and_plots_come_from_the_layout(stage):
+    """Every out and plot of every stage (but the report) is a path the layout returns, and back."""
+    body = stage_body(stage)
+    declared = {render_placeholders(o) for o in declared_outs(body) + declared_plots(body)}
+    assert declared == layout_outputs(placeholder_params())[stage]
+
+
+def test_dvc_yaml_deps_on_stage_outputs_come_from_the_layout():
+    """A stage's templated deps are other stages' outputs as the layout names them (or a whole block's `out`)."""
+    params = placeholder_params()
+    known = set().union(*layout_outputs(params).values()) | {f"O_{name}" for name in OUT_BLOCKS} | {"M"}
+    for name in DVC:
+        templated = [d for d in stage_body(name).get("deps", []) if "${" in d]
+        unknown = [d for d in templated if render_placeholders(d) not in known]
+        assert not unknown, f"{name}: deps {unknown} are not layout paths"
+
+
+def test_per_posterior_paths_live_in_the_posterior_folder():
+    params = placeholder_params()
+    for fn in (layout.tokenizer_ckpt_dir, layout.tokenizer_model_dir, layout.reconstructions_file,
+               layout.latent_cache_dir, layout.generator_ckpt_dir, layout.generator_model_dir, layout.samples_file,
+               layout.grids_dir):
+        assert "P" in fn(params, "P").parts, fn.__name__
+    assert layout.trial_dir(params, "t1") == layout.trials_dir(params) / "t1"
+    assert layout.reference_file(params, "inception") == layout.reference_dir(params) / "inception.npz"
+    with pytest.raises(AssertionError, match="must be one of"):
+        layout.evaluation_file(params, "P", "other.png")
 
 
 def test_metrics_folder_is_tracked_by_git_not_ignored():

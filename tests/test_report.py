@@ -7,8 +7,8 @@ error_split CSV + PNG, sweep results.csv + summary.csv through `sphereard.sweep.
 numbers chosen so every derived statement is known; the notebook also gets a tmp MLflow sqlite store.
 """
 
-import argparse
 import json
+import os
 import re
 import shutil
 import sys
@@ -21,13 +21,17 @@ from PIL import Image
 
 from pipelines import report
 from pipelines._cli import stage_main
-from pipelines._report_findings import rank, section_findings
-from pipelines._report_parts import REL_TOL, compare, fmt, half_width, load_sweep
 from sphereard.config import load_params
 from sphereard.data.sources import FASHION_MNIST_CLASSES
 from sphereard.errors import UserError
 from sphereard.layout import info_file, metrics_file
 from sphereard.profiles import render
+from sphereard.report.build import write_report
+from sphereard.report.compare import REL_TOL, compare, half_width
+from sphereard.report.findings import rank, section_findings
+from sphereard.report.inputs import class_counts, load_inputs
+from sphereard.report.sweep import load_sweep
+from sphereard.report.tables import fmt
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"
@@ -110,8 +114,9 @@ def fake_outputs(root: Path, numbers=NUMBERS, sweep=True, optional=True, extra_e
                  "norm_mean": 2.83 * (1 + (drift if proj == "none" and w == 6 else 0.01) * k / (L - 1)),
                  "norm_q05": 2.7, "norm_q95": 3.0} for proj in ("sphere", "none") for w in (1.0, 6.0) for k in range(L)]
         pd.DataFrame(rows).to_csv(out / "metrics" / p / "norm_trajectory.csv", index=False)
-        pd.DataFrame([{"position": k, "series": part, "error": err} for part, err in (("radial", 0.1), ("tangential", 0.9))
-                      for k in range(L)]).to_csv(out / "metrics" / p / "error_split.csv", index=False)
+        error_split = pd.DataFrame([{"position": k, "series": part, "error": err}
+                                    for part, err in (("radial", 0.1), ("tangential", 0.9)) for k in range(L)])
+        error_split.to_csv(out / "metrics" / p / "error_split.csv", index=False)
         png(out / "metrics" / p / "norm_trajectory.png")
         png(out / "metrics" / p / "error_split.png")
     if optional:
@@ -155,7 +160,7 @@ def write_sweep_outputs(out: Path, numbers=NUMBERS) -> None:
 
 def make_report(root: Path, monkeypatch) -> str:
     monkeypatch.chdir(root)
-    report.run(load_params("params.yaml"), argparse.Namespace(out="reports"))
+    write_report(load_params("params.yaml"), Path("reports"))
     return (root / "reports" / "report.md").read_text()
 
 
@@ -166,7 +171,7 @@ def tables(md: str) -> list[list[dict]]:
         if line.startswith("|"):
             block.append([c.strip() for c in line.strip("|").split("|")])
         elif block:
-            out.append([dict(zip(block[0], row)) for row in block[2:]])
+            out.append([dict(zip(block[0], row, strict=True)) for row in block[2:]])
             block = []
     return out
 
@@ -242,7 +247,7 @@ def test_derived_statements_follow_the_numbers(tmp_path, monkeypatch, best):
     fake_outputs(tmp_path, numbers, optional=False)
     monkeypatch.chdir(tmp_path)
     params = load_params("params.yaml")
-    md = "\n".join(section_findings(params, report.load_inputs(params)))
+    md = "\n".join(section_findings(params, load_inputs(params)))
     shows = md.split("## What the numbers show")[1].split("## What they do not show")[0]
     assert f"**{best}** has the lowest `fd_classifier` (3.25);" in shows
     assert f"**{best}** has the highest `class_consistency_classifier`" in shows
@@ -362,6 +367,8 @@ def test_notebook_runs_headless_on_constructed_outputs(root, monkeypatch):
     monkeypatch.setenv("SPHEREARD_ROOT", str(root))
     monkeypatch.setenv("SPHEREARD_FIGURES", str(figures))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # the kernel imports this checkout's sphereard (a worktree's, not the one installed in the environment)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     shutil.copy(NOTEBOOK, root / "analysis.ipynb")
     nbclient.NotebookClient(nb, timeout=NOTEBOOK_TIMEOUT_S, kernel_name="python3",
                             resources={"metadata": {"path": str(root)}}).execute()
@@ -482,12 +489,12 @@ def test_class_counts_from_the_shards_without_manifest_counts(tmp_path):
     for split, ys in labels.items():
         pq.write_table(pa.table({"label": pa.array(ys, pa.int32())}), tmp_path / f"{split}-00000.parquet")
         manifest["splits"][split] = {"rows": len(ys), "shards": [{"file": f"{split}-00000.parquet", "rows": len(ys)}]}
-    counts = report.class_counts(tmp_path, manifest)
+    counts = class_counts(tmp_path, manifest)
     assert counts[["name", "train", "test"]].values.tolist() == [["a", 3, 0], ["b", 1, 2]]
 
 
 def test_grids_label_every_row_with_its_class_name(tmp_path, monkeypatch):
-    from pipelines import sample
+    from sphereard.ar.generate import write_grids
     from sphereard.eval import figures
     from sphereard.sweep import trial
 
@@ -505,8 +512,7 @@ def test_grids_label_every_row_with_its_class_name(tmp_path, monkeypatch):
     seen = []
     real = figures.class_grid
     monkeypatch.setattr(figures, "class_grid", lambda r, lab, **kw: seen.append(list(lab)) or real(r, lab, **kw))
-    monkeypatch.setattr(sample, "class_grid", figures.class_grid)
-    sample.write_grids(tmp_path / "grids", np.repeat(images, 3, axis=3), labels, 3, names)
+    write_grids(tmp_path / "grids", np.repeat(images, 3, axis=3), labels, 3, names)
     trial.overview_grid(images, labels, tmp_path / "trial.png", names)
     trial.overview_grid(images, labels, tmp_path / "trial_ids.png")
     assert [["T-shirt/top", ""], ["Trouser", ""], ["Pullover", ""], names, names,  # class files: 2 x 2 tiles
@@ -525,8 +531,8 @@ def test_one_colour_per_tokenizer_in_every_figure_and_R_lines(tmp_path, monkeypa
     from matplotlib.axes import Axes
     from matplotlib.colors import to_hex
 
-    from pipelines import _report_parts as parts
     from sphereard.eval import diagnostics, figures
+    from sphereard.report import figures as report_figures
     from sphereard.sweep.results import aggregate_over_seeds, results_frame, write_outputs
 
     monkeypatch.setitem(figures.POSTERIOR_COLOURS, "spherical", "#123456")
@@ -549,13 +555,13 @@ def test_one_colour_per_tokenizer_in_every_figure_and_R_lines(tmp_path, monkeypa
     results = results_frame(list(sweep_rows(stopped=False)))
     write_outputs(tmp_path / "sweep", results, aggregate_over_seeds(results))  # plot_metric_vs_cfg
     summary, _ = load_sweep(tmp_path / "sweep")
-    parts.plot_sweep(summary, "fd_classifier", tmp_path / "c.png")
+    report_figures.plot_sweep(summary, "fd_classifier", tmp_path / "c.png")
     (tmp_path / "root").mkdir()
     fake_outputs(tmp_path / "root", sweep=False)
     frame = pd.read_csv(tmp_path / "root" / "outputs" / "metrics" / "spherical" / "norm_trajectory.csv")
-    parts.plot_norm_overview({"spherical": frame}, {"spherical": RADIUS}, tmp_path / "d.png")
-    parts.plot_split_overview({"spherical": pd.read_csv(tmp_path / "root" / "outputs" / "metrics" / "spherical" /
-                                                        "error_split.csv")}, tmp_path / "e.png")
+    report_figures.plot_norm_overview({"spherical": frame}, {"spherical": RADIUS}, tmp_path / "d.png")
+    split = pd.read_csv(tmp_path / "root" / "outputs" / "metrics" / "spherical" / "error_split.csv")
+    report_figures.plot_split_overview({"spherical": split}, tmp_path / "e.png")
     spherical = [colour for label, colour in lines if label.startswith(("spherical", "sphere cfg", "none cfg"))]
     assert len(spherical) == 4 + 2 + 4 + 1 + 4 + 2  # every plot function drew its spherical lines
     assert set(spherical) == {"#123456"}
@@ -579,7 +585,7 @@ def test_norm_rel_dev_max_below_mean_is_spread_not_a_bug():
 
 
 def test_a_change_with_cfg_must_hold_at_every_step_and_beyond_the_floor():
-    from pipelines._report_parts import trend
+    from sphereard.report.compare import trend
 
     assert trend([(1, 0.05), (3, 0.20), (6, 0.10)]) is None, "up then down is not monotone"
     assert trend([(1, 0.05), (3, 0.10), (6, 0.20)]) == 1 and trend([(1, 0.2), (3, 0.1), (6, 0.05)]) == -1
@@ -591,7 +597,7 @@ def test_a_change_with_cfg_must_hold_at_every_step_and_beyond_the_floor():
 def test_kid_ranks_only_beyond_its_reported_std(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from pipelines._report_findings import generation_findings
+    from sphereard.report.findings import generation_findings
 
     ev = {"a": {"fd_classifier": 10.0, "kid_classifier": 0.010, "kid_std_classifier": 0.004},
           "b": {"fd_classifier": 10.0, "kid_classifier": 0.015, "kid_std_classifier": 0.004}}

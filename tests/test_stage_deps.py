@@ -21,8 +21,9 @@ root = Path(sys.argv[1]).resolve()
 importlib.import_module(sys.argv[2])
 for m in list(sys.modules.values()):
     f = getattr(m, "__file__", None)
-    if f and Path(f).resolve().is_relative_to(root) and Path(f).resolve().parts[len(root.parts)] in ("sphereard", "pipelines"):
-        print(Path(f).resolve().relative_to(root))
+    p = Path(f).resolve() if f else None
+    if p and p.is_relative_to(root) and p.parts[len(root.parts)] in ("sphereard", "pipelines"):
+        print(p.relative_to(root))
 """
 
 
@@ -50,7 +51,7 @@ def test_every_module_a_stage_loads_is_a_dependency():
         return set(proc.stdout.split())
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        found = dict(zip(stages, pool.map(loaded, stages.values())))
+        found = dict(zip(stages, pool.map(loaded, stages.values()), strict=True))
     for name, body in stages.items():
         assert found[name], name
         assert found[name] <= code_deps(body), f"{name}: loads {sorted(found[name] - code_deps(body))}"

@@ -14,10 +14,17 @@ import yaml
 from sphereard.config import SweepConfig, parse_params
 from sphereard.errors import UserError
 from sphereard.profiles import materialise
-from sphereard.sweep import (TrialSettings, aggregate_over_seeds, expand_grid, results_frame, search_space,
-                             segment_ends, write_outputs)
-from sphereard.sweep.results import fd_plot_frame
+from sphereard.sweep import (
+    TrialSettings,
+    aggregate_over_seeds,
+    expand_grid,
+    results_frame,
+    search_space,
+    segment_ends,
+    write_outputs,
+)
 from sphereard.sweep.grid import settings_of
+from sphereard.sweep.results import fd_plot_frame
 from sphereard.sweep.trial import norm_deviation
 from sphereard.utils.io import sha256_file
 
@@ -118,7 +125,8 @@ def test_aggregation_over_two_seeds_and_outputs(tmp_path):
     fd = pd.read_csv(paths["fd_plot"])  # DVC plot input: one line per (setting, extractor), no fixed name
     assert list(fd.columns) == ["cfg_scale", "series", "extractor", "fd_mean", "fd_std", "num_seeds"]
     assert set(fd["series"]) == {"spherical proj_sphere classifier", "gaussian proj_none classifier"} and len(fd) == 4
-    assert fd[(fd.series == "gaussian proj_none classifier") & (fd.cfg_scale == 3.0)]["fd_mean"].item() == pytest.approx(75.0)
+    gaussian_w3 = fd[(fd.series == "gaussian proj_none classifier") & (fd.cfg_scale == 3.0)]
+    assert gaussian_w3["fd_mean"].item() == pytest.approx(75.0)
 
 
 def test_fd_plot_frame_has_one_series_per_extractor():
@@ -126,7 +134,8 @@ def test_fd_plot_frame_has_one_series_per_extractor():
                             "fd_inception_std": [np.nan, np.nan], "fd_effnet_mean": [2.0, 1.0]})
     frame = fd_plot_frame(summary, pd.Series(["spherical", "spherical"]))
     assert sorted(set(frame["series"])) == ["spherical effnet", "spherical inception"]
-    assert frame.groupby("extractor")["fd_mean"].apply(list).to_dict() == {"effnet": [2.0, 1.0], "inception": [5.0, 4.0]}
+    assert frame.groupby("extractor")["fd_mean"].apply(list).to_dict() == {"effnet": [2.0, 1.0],
+                                                                          "inception": [5.0, 4.0]}
 
 
 class FakeResult:
@@ -145,7 +154,7 @@ class WrappedError(RuntimeError):
 
 
 def test_collect_rows_statuses_and_trial_errors():
-    from pipelines.sweep import collect
+    from sphereard.sweep.run import collect
 
     done = TrialSettings("spherical", 4.0, 3.0, "sphere", 8, 0, train=True)
     stopped = TrialSettings("spherical", 2.0, 3.0, "sphere", 8, 0, train=True)
@@ -164,7 +173,7 @@ def test_collect_rows_statuses_and_trial_errors():
 
 
 def test_preflight_names_the_missing_input(tmp_path):
-    from pipelines.sweep import preflight
+    from sphereard.sweep.run import preflight
 
     data = smoke_data(tmp_path)
     with pytest.raises(UserError, match=r"manifest.json: data manifest missing"):
@@ -256,9 +265,11 @@ def test_sample_sweep_cfg_by_posterior(dag_models, monkeypatch):
     assert np.isfinite(results["fd_classifier"]).all() and (results["fd_classifier"] >= 0).all()
     assert results["class_consistency_classifier"].between(0, 1).all()
     assert np.isfinite(results["norm_rel_dev_mean"]).all() and (results["num_images"] == 40).all()
-    assert sorted(zip(results.posterior, results.cfg_scale)) == sorted((p, w) for p in POSTERIORS for w in (1.0, 3.0))
+    assert sorted(zip(results.posterior, results.cfg_scale, strict=True)) == sorted(
+        (p, w) for p in POSTERIORS for w in (1.0, 3.0))
     sph = results[results.posterior == "spherical"]
-    assert set(sph["projection"]) == {"sphere"} and set(results[results.posterior == "gaussian"]["projection"]) == {"none"}
+    assert set(sph["projection"]) == {"sphere"}
+    assert set(results[results.posterior == "gaussian"]["projection"]) == {"none"}
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 4 and set(summary["num_seeds"]) == {1}
     assert summary["fd_classifier_mean"].tolist() == pytest.approx(results["fd_classifier"].tolist())

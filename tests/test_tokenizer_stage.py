@@ -10,10 +10,10 @@ from sphereard.config import absolute_paths, parse_params
 from sphereard.data import ShardDataset, prepare_dataset
 from sphereard.errors import UserError
 from sphereard.export import export_model
-from sphereard.tokenizer.export import load_tokenizer
 from sphereard.latents import LATENTS_FILE, LatentDataset, read_latent_cache
 from sphereard.profiles import materialise
 from sphereard.tokenizer import create_tokenizer, reconstruction_loss
+from sphereard.tokenizer.export import load_tokenizer
 from sphereard.tokenizer.task import TokenizerTask, tokenizer_meta
 from sphereard.train import LoopSpec, fit, load_latest
 
@@ -70,7 +70,8 @@ def test_two_ray_workers_lower_the_loss_and_resume_at_the_saved_step(smoke_param
 
 
 def test_encode_round_trip_reproduces_encoder_output(smoke_params):
-    from pipelines.encode import encode_split, latent_dir, subset_indices
+    from sphereard.layout import latent_cache_dir as latent_dir
+    from sphereard.tokenizer.encode import encode_split, subset_indices
 
     for posterior, hflip, max_images in (("spherical", True, None), ("gaussian", False, 50)):
         smoke_params = dataclasses.replace(smoke_params, encode=dataclasses.replace(
@@ -102,7 +103,7 @@ def test_encode_round_trip_reproduces_encoder_output(smoke_params):
 
 
 def test_encode_subset_is_seeded_sorted_and_unique():
-    from pipelines.encode import subset_indices
+    from sphereard.tokenizer.encode import subset_indices
 
     assert subset_indices(5, None, 0) == subset_indices(5, 9, 0) == [0, 1, 2, 3, 4]
     picked = subset_indices(1000, 100, seed=3)
@@ -111,7 +112,7 @@ def test_encode_subset_is_seeded_sorted_and_unique():
 
 
 def test_latent_cache_detects_tampering(smoke_params):
-    from pipelines.encode import latent_dir
+    from sphereard.layout import latent_cache_dir as latent_dir
 
     cache = latent_dir(smoke_params, "spherical")
     if not (cache / LATENTS_FILE).exists():

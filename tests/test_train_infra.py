@@ -81,7 +81,7 @@ def _assert_same(a, b):
             _assert_same(a[k], b[k])
     elif isinstance(a, (list, tuple)):
         assert type(a) is type(b) and len(a) == len(b)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             _assert_same(x, y)
     else:
         assert a == b
@@ -155,7 +155,9 @@ def test_scheduler_warmup_cosine_and_constant():
         assert len(lrs) == 1, "all groups share the schedule"
         return lrs.pop()
 
-    cosine = lambda s: min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+    def cosine(s):
+        return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+
     assert lr_at(0) == 0.0
     assert lr_at(4) == pytest.approx(lr * 4 / warmup)
     assert lr_at(warmup) == pytest.approx(lr)
@@ -346,7 +348,8 @@ def test_stop_after_then_resume_matches_uninterrupted_run(tmp_path, mlflow_uri):
         out.mkdir()
         with start_run(TrackingConfig(experiment="infra-loop"), tmp_path, name) as run:
             spec = LoopSpec(task_factory=functools.partial(RegressionTask, str(out)), loop=loop,
-                            ckpt_dir=str(out / "ckpt"), seed=3, run=run, stop_after=stop_after, config_snapshot={"k": 1})
+                            ckpt_dir=str(out / "ckpt"), seed=3, run=run, stop_after=stop_after,
+                            config_snapshot={"k": 1})
             result = fit(spec, "infra-local")
             if stop_after:
                 assert result.metrics["step"] == 10 and load_latest(spec.ckpt_dir).step == 10
@@ -513,7 +516,8 @@ def test_worker_group_larger_than_local_ray_fails_fast(tmp_path, ray_local, monk
     spec = LoopSpec(task_factory=functools.partial(RegressionTask, str(tmp_path)),
                     loop=_loop(tmp_path, steps=4, num_workers=2, cpus_per_worker=too_many),
                     ckpt_dir=str(tmp_path / "ckpt"))
-    with pytest.raises(UserError, match=rf"ray.num_workers=2 x ray.cpus_per_worker={too_many} needs {2 * too_many} CPUs"):
+    needs = rf"ray.num_workers=2 x ray.cpus_per_worker={too_many} needs {2 * too_many} CPUs"
+    with pytest.raises(UserError, match=needs):
         fit(spec, "infra-too-big")
 
 

@@ -58,9 +58,12 @@ class GeneratorArch:
 
 _IMAGENET = dict(token_dim=16, grid_size=16, num_classes=1000, num_class_tokens=16)
 GENERATOR_PRESETS: dict[str, GeneratorArch] = {
-    "SphereAR-B": GeneratorArch(dim=768, depth=24, heads=12, head_blocks=6, head_width=768, adaln_groups=2, **_IMAGENET),
-    "SphereAR-L": GeneratorArch(dim=1024, depth=32, heads=16, head_blocks=8, head_width=1024, adaln_groups=2, **_IMAGENET),
-    "SphereAR-H": GeneratorArch(dim=1280, depth=40, heads=20, head_blocks=12, head_width=1280, adaln_groups=3, **_IMAGENET),
+    "SphereAR-B": GeneratorArch(dim=768, depth=24, heads=12, head_blocks=6, head_width=768,
+                                adaln_groups=2, **_IMAGENET),
+    "SphereAR-L": GeneratorArch(dim=1024, depth=32, heads=16, head_blocks=8, head_width=1024,
+                                adaln_groups=2, **_IMAGENET),
+    "SphereAR-H": GeneratorArch(dim=1280, depth=40, heads=20, head_blocks=12, head_width=1280,
+                                adaln_groups=3, **_IMAGENET),
     "fmnist-s": GeneratorArch(dim=96, depth=4, heads=4, head_blocks=2, head_width=96, adaln_groups=1,
                               num_class_tokens=4, token_dim=16, grid_size=8, num_classes=10, mlp_hidden=256),
     "fmnist-xs": GeneratorArch(dim=32, depth=2, heads=2, head_blocks=2, head_width=32, adaln_groups=1,

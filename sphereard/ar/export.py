@@ -1,4 +1,5 @@
-"""Load an exported generator (`sphereard.export` format) and check it against its tokenizer and data."""
+"""Load an exported generator (`sphereard.export` format), check it against its tokenizer and data, and
+load the generator/tokenizer pair a stage needs (`load_pair`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ from pathlib import Path
 import torch
 
 from sphereard.ar.presets import create_generator
+from sphereard.config import Params
+from sphereard.data.shards import manifest_path
 from sphereard.errors import UserError
 from sphereard.export import META_FILE, WEIGHTS_FILE, build_from_meta, check_posterior, read_export
+from sphereard.layout import generator_ckpt_dir, generator_model_dir, tokenizer_model_dir
+from sphereard.tokenizer.export import load_tokenizer
+from sphereard.train.checkpoint import load_weights
 from sphereard.utils.weights import load_state_strict
 
 
@@ -41,3 +47,22 @@ def check_fits_data(vae, tok_dir: str | Path, model, gen_dir: str | Path, manife
     if model.arch.num_classes != manifest["num_classes"]:
         raise UserError(f"{gen_dir}: generator has {model.arch.num_classes} classes, the data in "
                         f"{manifest_path} have {manifest['num_classes']}")
+
+
+def load_pair(params: Params, posterior: str, device: str | torch.device = "cpu", *, use_ema: bool = True,
+              manifest: dict | None = None):
+    """The exported generator of `posterior` (or, with `use_ema=False`, the raw weights of its last
+    checkpoint) and the tokenizer it was trained on -> (vae, tokenizer meta, model, generator meta).
+
+    Raises UserError naming the file for missing, corrupt or mismatched exports / checkpoint weights,
+    and, given the data's `manifest`, when the pair was trained on other data (`check_fits_data`)."""
+    tok_dir, gen_dir = tokenizer_model_dir(params, posterior), generator_model_dir(params, posterior)
+    model, gen_meta = load_generator(gen_dir, device, posterior=posterior)
+    if not use_ema:
+        ckpt_dir = generator_ckpt_dir(params, posterior)
+        load_state_strict(model, load_weights(ckpt_dir, "model", device), ckpt_dir)
+    vae, tok_meta = load_tokenizer(tok_dir, device, posterior=posterior)
+    check_pair(vae, tok_dir, model, gen_dir)
+    if manifest is not None:
+        check_fits_data(vae, tok_dir, model, gen_dir, manifest, manifest_path(params.data.out))
+    return vae, tok_meta, model, gen_meta

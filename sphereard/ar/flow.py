@@ -18,7 +18,7 @@ then takes one plain Euler step of size h = 0.04 (`final_step`) to land on t = 1
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

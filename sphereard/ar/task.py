@@ -10,8 +10,8 @@ flow loss of next-token prediction. AdamW without decay for embeddings, the inpu
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -24,7 +24,7 @@ from sphereard.config import OptimConfig, Params, SamplingConfig
 from sphereard.errors import UserError
 from sphereard.eval.figures import class_grid, class_label, read_class_names
 from sphereard.latents import META_FILE, LatentDataset, pick_views, read_latent_meta
-from sphereard.layout import tokenizer_model_dir
+from sphereard.layout import latent_cache_dir, tokenizer_model_dir
 from sphereard.tokenizer.inference import model_to_uint8
 from sphereard.tokenizer.posterior import sample_from_params
 from sphereard.train import StepContext, TrainTask, build_ema, build_optimizer, build_scheduler, optimizer_step
@@ -37,10 +37,6 @@ log = logging.getLogger(__name__)
 MEDIA_MAX_CLASSES = 10  # the training-time grid shows at most this many classes (evenly spaced)
 MEDIA_PER_CLASS = 4  # images per class: one grid row per class
 MEDIA_MAX_SAMPLER_STEPS = 16  # few sampler steps: a progress picture, not an evaluation
-
-
-def latent_cache_dir(params: Params, posterior: str) -> Path:
-    return Path(params.encode.out) / posterior
 
 
 def check_arch_fits_cache(arch: GeneratorArch, meta: dict, cache_dir: str | Path) -> None:

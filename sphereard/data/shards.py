@@ -13,8 +13,8 @@ import io
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 RESIZE_MODES = ("pad", "center_crop")
+
+
+def manifest_path(data_out: str | Path) -> Path:
+    """The manifest of the prepared data in `data_out` (`data.out`): `<data_out>/manifest.json`."""
+    return Path(data_out) / MANIFEST_NAME
 SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int32()),
                     ("key", pa.string()), ("split", pa.string())])
 
@@ -94,7 +99,7 @@ class _ShardWriter:
     def flush(self) -> None:
         if not self.rows:
             return
-        images, labels, keys = zip(*self.rows)
+        images, labels, keys = zip(*self.rows, strict=True)
         table = pa.table([pa.array(images, pa.binary()), pa.array(labels, pa.int32()),
                           pa.array(keys, pa.string()), pa.array([self.split] * len(keys), pa.string())],
                          schema=SCHEMA)
@@ -143,7 +148,7 @@ def prepare_dataset(cfg, out_dir: str | Path) -> dict:
             "image_size": cfg.image_size, "channels": cfg.channels, "resize": cfg.resize,
             "test_fraction": cfg.test_fraction, "max_per_class": cfg.max_per_class,
             "classes": list(source.classes), "num_classes": len(source.classes), "splits": splits}
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest_path(tmp).write_text(json.dumps(manifest, indent=2) + "\n")
     n, dt = sum(v["rows"] for v in splits.values()), time.perf_counter() - t0
     log.info("prepared %d images (%s) into %s in %.1f s (%.0f images/s)", n,
              ", ".join(f"{s}={v['rows']}" for s, v in splits.items()), out_dir, dt, n / max(dt, 1e-9))
@@ -182,7 +187,7 @@ def load_manifest(root: str | Path, verify: bool = True) -> dict:
 
     Raises UserError naming manifest.json (missing, truncated, malformed: the key) or the shard."""
     root = Path(root)
-    path = root / MANIFEST_NAME
+    path = manifest_path(root)
     if not path.is_file():
         raise UserError(f"{path}: missing (run the prepare stage)")
     manifest = check_manifest(path, read_json_object(path, "dataset manifest"))
@@ -216,11 +221,11 @@ def _read_split(root: Path, manifest: dict, split: str, columns: list[str]) -> p
 
     Raises UserError for an unknown or empty split and for an unreadable shard."""
     if split not in manifest["splits"]:
-        raise UserError(f"split: {split!r} not in {root / MANIFEST_NAME} (has {sorted(manifest['splits'])})")
+        raise UserError(f"split: {split!r} not in {manifest_path(root)} (has {sorted(manifest['splits'])})")
     files = [root / sh["file"] for sh in manifest["splits"][split]["shards"]]
     tables = [_parquet(f, lambda f=f: pq.read_table(f, columns=columns)) for f in files]
     if sum(t.num_rows for t in tables) == 0:
-        raise UserError(f"{root / MANIFEST_NAME}: split {split!r} has no images")
+        raise UserError(f"{manifest_path(root)}: split {split!r} has no images")
     return pa.concat_tables(tables)
 
 
@@ -228,7 +233,7 @@ def _checked_labels(root: Path, manifest: dict, split: str, table: pa.Table) -> 
     """int64 labels (N,) of a split's table; UserError naming the manifest if one is outside its classes."""
     labels = table.column("label").to_numpy().astype(np.int64)
     if len(labels) and not (labels.min() >= 0 and labels.max() < manifest["num_classes"]):
-        raise UserError(f"{root / MANIFEST_NAME}: split {split!r} has labels outside [0, {manifest['num_classes']})")
+        raise UserError(f"{manifest_path(root)}: split {split!r} has labels outside [0, {manifest['num_classes']})")
     return labels
 
 
@@ -248,7 +253,7 @@ def _row_source(root: Path, manifest: dict, split: str, row: int) -> str:
         if row < sh["rows"]:
             return f"{root / sh['file']} row {row}"
         row -= sh["rows"]
-    return f"{root / MANIFEST_NAME} split {split!r} row {row}"
+    return f"{manifest_path(root)} split {split!r} row {row}"
 
 
 class ShardDataset(Dataset):

@@ -15,9 +15,10 @@ import logging
 import tarfile
 import zlib
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
@@ -43,7 +44,11 @@ EMOJI_FONT_SIZE = 109  # the only pixel size the bitmap font accepts
 EMOJI_STATUS = "fully-qualified"
 
 
-Item = NamedTuple("Item", [("key", str), ("image", Image.Image), ("class_name", str), ("split", str)])
+class Item(NamedTuple):
+    key: str
+    image: Image.Image
+    class_name: str
+    split: str
 
 
 class CapSelector:

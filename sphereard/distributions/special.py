@@ -104,7 +104,7 @@ def digamma_diff(x: Tensor, h: float) -> Tensor:
     return torch.where(is_small, direct, asymptotic)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kl_series_coeffs(beta: float) -> tuple[float, ...]:
     """e_j, j = 0..SERIES_TERMS-1, of KL = sum_j e_j (kappa / beta)^(j+2) (module docstring), float64."""
     s = torch.arange(2, SERIES_TERMS + 2, dtype=torch.float64)  # j + 2

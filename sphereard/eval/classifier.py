@@ -88,10 +88,10 @@ def train_classifier(data_root: str | Path, cfg, device="cpu", seed: int = 0) ->
     (meant for the small in-project datasets; ImageNet-scale data uses the inception extractor).
 
     Raises UserError naming manifest.json for a dataset with fewer than two classes or an empty split."""
-    from sphereard.data import MANIFEST_NAME, images_as_uint8, load_manifest
+    from sphereard.data import images_as_uint8, load_manifest, manifest_path
 
     manifest = load_manifest(data_root)
-    check_classes(manifest["num_classes"], Path(data_root) / MANIFEST_NAME)
+    check_classes(manifest["num_classes"], manifest_path(data_root))
     x_train, y_train = images_as_uint8(data_root, "train")
     x_test, y_test = images_as_uint8(data_root, "test")
     gen = torch.Generator().manual_seed(seed)

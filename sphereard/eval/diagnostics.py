@@ -16,8 +16,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from sphereard.eval.figures import (NORM_SERIES, norm_series_style, posterior_colour, reference_line,
-                                    series_styles)
+from sphereard.eval.figures import NORM_SERIES, norm_series_style, posterior_colour, reference_line, series_styles
 from sphereard.geometry import radial_tangential_split
 from sphereard.utils.io import atomic_path
 

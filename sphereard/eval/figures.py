@@ -20,8 +20,8 @@ from __future__ import annotations
 import logging
 import re
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -121,7 +121,7 @@ def class_grid(rows: Sequence[np.ndarray], row_labels: Sequence[str], pad: int =
     cols = max(len(r) for r in rows)
     canvas = Image.new("RGB", (left + cols * (tw + pad), pad + len(rows) * (th + pad)), GRID_BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    for i, (row, text) in enumerate(zip(rows, row_labels)):
+    for i, (row, text) in enumerate(zip(rows, row_labels, strict=True)):
         y = pad + i * (th + pad)
         if text:
             draw.text((pad, y + th // 2), text, fill=LABEL_COLOUR, font=font, anchor="lm")

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sphereard.config import Params
 from sphereard.eval.extractors import build_extractor
 from sphereard.eval.metrics import RefStats, load_ref_stats
-
-REFERENCE_DIR = "reference"
-
-
-def classifier_model_dir(params: Params) -> Path:
-    return Path(params.classifier.out) / "model"
-
-
-def reference_path(params: Params, extractor: str) -> Path:
-    return Path(params.evaluation.out) / REFERENCE_DIR / f"{extractor}.npz"
+from sphereard.layout import classifier_model_dir, reference_file
 
 
 def build_extractors(params: Params, device) -> list:
@@ -29,5 +18,5 @@ def build_extractors(params: Params, device) -> list:
 
 def load_references(params: Params, extractors: list) -> dict[str, RefStats]:
     """{extractor tag: RefStats} from the reference stage's outputs."""
-    return {ext.tag: load_ref_stats(reference_path(params, name))
-            for name, ext in zip(params.evaluation.extractors, extractors)}
+    return {ext.tag: load_ref_stats(reference_file(params, name))
+            for name, ext in zip(params.evaluation.extractors, extractors, strict=True)}

@@ -1,5 +1,6 @@
 """Ray Tune sweeps over SphereAR's ablation axes (`sweep` stage): grid expansion and trial names
-(`grid`), the trial function Ray runs (`trial`), result tables and plots (`results`)."""
+(`grid`), the trial function Ray runs (`trial`), the stage's driver (`run`), result tables and plots
+(`results`)."""
 
 from sphereard.utils.lazy import lazy_exports
 

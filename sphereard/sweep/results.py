@@ -57,7 +57,7 @@ def aggregate_over_seeds(results: pd.DataFrame) -> pd.DataFrame:
     metrics = metric_columns(done)
     rows = []
     for key, group in done.groupby(list(SETTING_COLUMNS), sort=True, dropna=False):
-        row = dict(zip(SETTING_COLUMNS, key))
+        row = dict(zip(SETTING_COLUMNS, key, strict=True))
         row["num_seeds"] = len(group)
         row["seeds"] = ";".join(str(s) for s in sorted(group["seed"]))
         for m in metrics:

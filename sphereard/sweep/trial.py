@@ -27,19 +27,21 @@ import numpy as np
 import torch
 from ray import tune
 
-from pipelines.encode import encode_split
-from pipelines.sample import class_balanced_labels, generate_all, load_models
-from pipelines.train_ar import export_ema as export_generator
-from pipelines.train_vae import export_ema as export_tokenizer
+from sphereard.ar.export import load_pair
+from sphereard.ar.generate import class_balanced_labels, generate_all
 from sphereard.ar.sampler import sampling_kwargs
 from sphereard.ar.task import GeneratorTask
+from sphereard.ar.train import export_generator
 from sphereard.config import Params, as_dict
 from sphereard.errors import UserError
 from sphereard.eval import detect_norm_drift, generation_metrics
 from sphereard.eval.figures import read_class_names, save_class_grid
 from sphereard.eval.setup import build_extractors, load_references
+from sphereard.layout import TRIAL_METRICS_DIR, TRIAL_OUTPUTS, generator_ckpt_dir, tokenizer_ckpt_dir, trial_dir
 from sphereard.sweep.grid import TrialSettings, scaled_steps, segment_ends, settings_of, training_run_name
+from sphereard.tokenizer.encode import encode_split
 from sphereard.tokenizer.task import TokenizerTask
+from sphereard.tokenizer.train import export_tokenizer
 from sphereard.tracking import TRACKING_URI_ENV, start_run
 from sphereard.train import LoopSpec, fit
 from sphereard.train.checkpoint import STEP_DIR_RE, latest_step_dir
@@ -51,7 +53,8 @@ log = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 GRID_MAX_CLASSES = 10  # samples.png: at most this many classes (evenly spaced), one row each
 GRID_PER_CLASS = 8
-METRICS_FILE, GRID_FILE, REPORTS_FILE, TRAIN_CONFIG_FILE = "metrics.json", "samples.png", "ar_reports.json", "train_config.json"
+METRICS_FILE, GRID_FILE = "metrics.json", "samples.png"
+REPORTS_FILE, TRAIN_CONFIG_FILE = "ar_reports.json", "train_config.json"
 ASHA_METRIC = "ar_loss"  # AR training loss over the last logging window (lower is better)
 MANIFEST_TAG = "sphereard.data_manifest_sha256"
 # The `sampling` keys a trial inherits from params (it sets cfg_scale, projection, steps, seed and
@@ -70,10 +73,6 @@ class SweepContext:
     parent_run_id: str | None
     tags: dict = field(default_factory=dict)  # git commit, data manifest hash, profile
     report_segments: bool = False  # asha: report the AR loss after each training segment
-
-    @property
-    def trials_dir(self) -> Path:
-        return Path(self.params.sweep.out) / "trials"
 
 
 def norm_deviation(norms: np.ndarray, radius: float) -> dict[str, float]:
@@ -100,7 +99,7 @@ def overview_grid(images: np.ndarray, labels: np.ndarray, path: Path,
 def sample_and_evaluate(params: Params, t: TrialSettings, out: Path, device: torch.device) -> dict:
     """Sample with the trial's settings from the models `params` point at; generation metrics + norms."""
     cfg = trial_sampling(params, t)
-    model, vae, meta = load_models(dataclasses.replace(params, sampling=cfg), t.posterior, device)
+    vae, _, model, meta = load_pair(params, t.posterior, device, use_ema=cfg.use_ema)
     labels = class_balanced_labels(model.arch.num_classes, cfg.num_per_class)
     res = generate_all(model, vae, labels, cfg.batch_size, sampling_kwargs(cfg, t.posterior, t.radius), t.seed, device)
     extractors = build_extractors(params, device)
@@ -130,14 +129,13 @@ def training_params(params: Params, t: TrialSettings, out: Path) -> Params:
     storage = str(Path(gen.train.ray.storage).resolve())
     tok_train = _scaled_loop(tok.train, f, storage, disc_start=round(tok.train.disc_start * f))
     return dataclasses.replace(
-        params, seed=t.seed, metrics_dir=str(out / "metrics"),
-        tokenizer=dataclasses.replace(tok, radius=t.radius, posteriors=[t.posterior], out=str(out / "tokenizer"),
+        params, seed=t.seed, metrics_dir=str(out / TRIAL_METRICS_DIR),
+        tokenizer=dataclasses.replace(tok, radius=t.radius, posteriors=[t.posterior],
+                                      out=str(out / TRIAL_OUTPUTS["tokenizer"]),
                                       train=tok_train),
-        encode=dataclasses.replace(params.encode, out=str(out / "latents")),
-        generator=dataclasses.replace(gen, out=str(out / "generator"), train=_scaled_loop(gen.train, f, storage)))
-
-
-TRAINING_OUTPUTS = ("tokenizer", "latents", "generator")
+        encode=dataclasses.replace(params.encode, out=str(out / TRIAL_OUTPUTS["encode"])),
+        generator=dataclasses.replace(gen, out=str(out / TRIAL_OUTPUTS["generator"]),
+                                      train=_scaled_loop(gen.train, f, storage)))
 
 
 def _fresh_or_resumable(out: Path, config: dict) -> None:
@@ -149,7 +147,7 @@ def _fresh_or_resumable(out: Path, config: dict) -> None:
     marker = out / TRAIN_CONFIG_FILE
     if marker.is_file() and _read_marker(marker).get("sha256") != digest:
         log.info("%s: trained with another config; starting over", out)
-        for sub in TRAINING_OUTPUTS:
+        for sub in TRIAL_OUTPUTS.values():
             shutil.rmtree(out / sub, ignore_errors=True)
         (out / REPORTS_FILE).unlink(missing_ok=True)
     atomic_write_text(marker, json.dumps({"sha256": digest, "config": config}, indent=2, default=str))
@@ -194,25 +192,25 @@ def train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext,
                               "generator": as_dict(tp.generator), "encode": as_dict(tp.encode),
                               "data_manifest": ctx.tags.get(MANIFEST_TAG)})
     tags = {**ctx.tags, "stage": "sweep_train", "posterior": p}
-    tok_dir, gen_dir = Path(tp.tokenizer.out) / p, Path(tp.generator.out) / p
+    tok_ckpt, gen_ckpt = tokenizer_ckpt_dir(tp, p), generator_ckpt_dir(tp, p)
     vae_name, ar_name = training_run_name(t, "train_vae"), training_run_name(t, "train_ar")
     with start_run(tp.tracking, ctx.repo_root, vae_name, params={"tokenizer": as_dict(tp.tokenizer)},
                    tags=tags, parent_run_id=trial_run_id) as run:
-        if _latest_step(tok_dir / "ckpt") < tp.tokenizer.train.steps:  # else resumed after it finished
+        if _latest_step(tok_ckpt) < tp.tokenizer.train.steps:  # else resumed after it finished
             fit(LoopSpec(task_factory=functools.partial(TokenizerTask, tp, p), loop=tp.tokenizer.train,
-                         ckpt_dir=str(tok_dir / "ckpt"), seed=t.seed, run=run), f"sweep-{vae_name}")
-        vae = export_tokenizer(tp, p, tok_dir / "ckpt", tok_dir / "model", run.run_id)
+                         ckpt_dir=str(tok_ckpt), seed=t.seed, run=run), f"sweep-{vae_name}")
+        vae = export_tokenizer(tp, p, run.run_id)
     encode_split(tp, p, device)
     reports_path = out / REPORTS_FILE
     reports = read_reports(reports_path)
     total = tp.generator.train.steps
     ends = segment_ends(total, tp.sweep.train_reports) if ctx.report_segments else [total]
     spec = LoopSpec(task_factory=functools.partial(GeneratorTask, tp, p), loop=tp.generator.train,
-                    ckpt_dir=str(gen_dir / "ckpt"), seed=t.seed)
+                    ckpt_dir=str(gen_ckpt), seed=t.seed)
     with start_run(tp.tracking, ctx.repo_root, ar_name, params={"generator": as_dict(tp.generator)},
                    tags=tags, parent_run_id=trial_run_id) as run:
         for end in ends:
-            done = _latest_step(gen_dir / "ckpt")
+            done = _latest_step(gen_ckpt)
             if done < end:
                 result = fit(dataclasses.replace(spec, run=run, stop_after=end - done), f"sweep-{ar_name}")
                 reports[str(end)] = (result.metrics or {}).get("train/loss")
@@ -220,7 +218,7 @@ def train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext,
             if ctx.report_segments and end < total:
                 tune.report({ASHA_METRIC: _nan_if_none(reports.get(str(end))), "ar_step": end,
                              "mlflow_run_id": trial_run_id})
-        export_generator(tp, p, gen_dir / "ckpt", gen_dir / "model", vae.radius, run.run_id)
+        export_generator(tp, p, vae.radius, run.run_id)
     return tp, reports.get(str(total))
 
 
@@ -234,7 +232,7 @@ def run_trial(config: dict, context: SweepContext) -> None:
     if context.tracking_uri:  # the driver's store, also on nodes that do not share its environment
         os.environ[TRACKING_URI_ENV] = context.tracking_uri
     t, params = settings_of(config), context.params
-    out = context.trials_dir / t.name
+    out = trial_dir(params, t.name)
     out.mkdir(parents=True, exist_ok=True)
     device = default_device()
     kind = "train" if t.train else "sample"

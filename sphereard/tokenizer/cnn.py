@@ -82,7 +82,7 @@ class CNNEncoder(nn.Module):
         super().__init__()
         self.conv_in = conv3x3(in_channels, channels[0])
         stages = []
-        for cin, cout in zip(channels[:-1], channels[1:]):
+        for cin, cout in zip(channels[:-1], channels[1:], strict=True):
             stages += [ResDown(cin, cout)] + [ResUnit(cout) for _ in range(extra_units)]
         self.stages = nn.Sequential(*stages)
 
@@ -97,7 +97,7 @@ class CNNDecoder(nn.Module):
         super().__init__()
         rev = list(channels)[::-1]
         stages = []
-        for cin, cout in zip(rev[:-1], rev[1:]):
+        for cin, cout in zip(rev[:-1], rev[1:], strict=True):
             stages += [ResUp(cin, cout, mode)] + [ResUnit(cout) for _ in range(extra_units)]
         self.stages = nn.Sequential(*stages)
         self.conv_out = nn.Sequential(*norm_act(rev[-1]), conv3x3(rev[-1], out_channels))

@@ -18,9 +18,10 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -316,11 +317,11 @@ def optimizer_mismatch(optimizer: torch.optim.Optimizer, state: Mapping[str, Any
     ours = optimizer.param_groups
     if len(groups) != len(ours):
         return f"{len(groups)} parameter group(s) in the checkpoint, {len(ours)} in the optimizer now"
-    for i, (saved, now) in enumerate(zip(groups, ours)):
+    for i, (saved, now) in enumerate(zip(groups, ours, strict=True)):
         if len(saved["params"]) != len(now["params"]):
             return (f"parameter group {i} holds {len(saved['params'])} parameters in the checkpoint, "
                     f"{len(now['params'])} now")
-        for index, param in zip(saved["params"], now["params"]):
+        for index, param in zip(saved["params"], now["params"], strict=True):
             entry = per_param.get(index) if isinstance(index, int) else None
             for key, value in (entry.items() if isinstance(entry, Mapping) else ()):
                 if key in PARAM_SHAPED_STATE and torch.is_tensor(value) and value.shape != param.shape:

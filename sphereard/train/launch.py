@@ -15,13 +15,12 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
-from ray.train.v2._internal.constants import V2_ENABLED_ENV_VAR, is_v2_enabled
 
 from sphereard.config import RayConfig
 from sphereard.errors import UserError
@@ -38,6 +37,15 @@ RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_CHDIR_TO_TRIAL_DIR": "0
 LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOCAL_OBJECT_STORE_BYTES = 100 * 1024**2  # training data never goes through the object store
 RAY_CHECKPOINTS_TO_KEEP = 2  # Ray-side checkpoints are tiny pointers into our checkpoint dir
+# Ray's documented switch between Train V1 and V2 (V2 is the default in 2.60: unset means on).
+TRAIN_V2_ENV = "RAY_TRAIN_V2_ENABLED"
+
+
+def train_v2_enabled() -> bool:
+    """Whether Ray Train V2 is on, read from the environment variable the way Ray reads it
+    (unset: on; "1" or "true", any case: on; anything else: off)."""
+    value = os.environ.get(TRAIN_V2_ENV)
+    return value is None or value.lower() in ("1", "true")
 
 
 class TrainingError(RuntimeError):
@@ -125,8 +133,8 @@ def run_training(train_fn: Callable[[dict], None], fn_config: dict, ray_cfg: Ray
 
     Raises UserError when a worker raised one (bad input stays a one-line error), else TrainingError
     (local mode, num_workers 0: the function's own exception)."""
-    if not is_v2_enabled():  # read once, when ray.train is first imported
-        raise UserError(f"{V2_ENABLED_ENV_VAR}={os.environ[V2_ENABLED_ENV_VAR]}: sphereard needs Ray Train V2 (unset it)")
+    if not train_v2_enabled():  # ray.train read it once, when first imported
+        raise UserError(f"{TRAIN_V2_ENV}={os.environ[TRAIN_V2_ENV]}: sphereard needs Ray Train V2 (unset it)")
     if ray_cfg.num_workers > 0:
         init_ray(ray_cfg.num_workers * ray_cfg.cpus_per_worker)
         check_local_capacity(ray_cfg)

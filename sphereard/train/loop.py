@@ -22,9 +22,10 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import ray.train
@@ -117,7 +118,10 @@ class TrainTask:
 
     def items_per_batch(self, batch: Any) -> int:
         """Items in this worker's batch, for throughput (images, or tokens for token models)."""
-        first = batch if isinstance(batch, torch.Tensor) else next(iter(batch.values() if isinstance(batch, dict) else batch))
+        if isinstance(batch, torch.Tensor):
+            first = batch
+        else:
+            first = next(iter(batch.values() if isinstance(batch, dict) else batch))
         return int(first.shape[0])
 
     def log_media(self, step: int, run: Run) -> None:
@@ -159,7 +163,7 @@ class MetricWindow:
         if world_size > 1:
             dist.all_reduce(vec)  # SUM over workers
         vec = vec.cpu()
-        out = {f"train/{k}": float(v) / (self.steps * world_size) for k, v in zip(keys, vec[:-1])}
+        out = {f"train/{k}": float(v) / (self.steps * world_size) for k, v in zip(keys, vec[:-1], strict=True)}
         out["perf/items_per_s"] = float(vec[-1]) / max(time.perf_counter() - self.start, 1e-9)
         return out
 

@@ -12,7 +12,7 @@ same warmup followed by a cosine whose floor equals its peak, i.e. lr_max.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from timm.scheduler import CosineLRScheduler

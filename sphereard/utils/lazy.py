@@ -11,10 +11,12 @@ which reads the `_EXPORTS` literal of a package's `__init__.py`), down to what i
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
-def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
+def lazy_exports(package: str,
+                 exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
     """(`__getattr__`, `__dir__`, `__all__`) for `package`, importing `package.<submodule>` on first use.
 
     Raises AttributeError for names not in `exports`, as a module without the attribute would."""

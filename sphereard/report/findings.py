@@ -1,59 +1,44 @@
-"""The report's "What the numbers show / what they do not" sections.
+"""The report's "What the numbers show": every statement computed from the numbers in the report.
 
-Every statement in "show" is computed from the numbers in the report, and every comparison in it
-(rankings, "grows / shrinks with CFG", beyond / within the drift threshold, degradation along the
-CFG sweep) is decided by `_report_parts.compare`: differences within the tolerance (REL_TOL of the
-larger value; for sweep means over n > 1 seeds also the 95% t-intervals) are printed as ties, never
-as a ranking. "Do not show" is fixed caveats filled in with this run's budget, extractor, sample
-count, seeds and class balance. Metric names stay the stages' keys; the word for the Inception
-metric appears only when a `fid_inception` value exists.
+Every comparison here (rankings, "grows / shrinks with CFG", beyond / within the drift threshold,
+degradation along the CFG sweep) is decided by `sphereard.report.compare`: differences within the
+tolerance (REL_TOL of the larger value; for sweep means over n > 1 seeds also the 95% t-intervals) are
+printed as ties, never as a ranking. "What they do not show" is `sphereard.report.caveats`. Metric
+names stay the stages' keys; the word for the Inception metric appears only when a `fid_inception`
+value exists.
 """
 
 from __future__ import annotations
 
-from pipelines._report_parts import (CONFIDENCE, LOWER_BETTER, REL_TOL, collapse, compare, counted, finite, fmt,
-                                     generation_keys, half_width, norm_devs, recon_fd_keys, sweep_lines, sweep_metrics,
-                                     trend)
 from sphereard.config import Params
 from sphereard.eval.diagnostics import DRIFT_TOL
+from sphereard.report.caveats import caveats
+from sphereard.report.compare import (
+    CONFIDENCE,
+    REL_TOL,
+    TIE,
+    against_threshold,
+    best_of,
+    compare,
+    finite,
+    half_width,
+    tie_groups,
+    trend,
+)
+from sphereard.report.keys import (
+    HIGHER_BETTER_GEN,
+    LOWER_BETTER,
+    SPREAD_PREFIXES,
+    generation_keys,
+    norm_devs,
+    recon_fd_keys,
+)
+from sphereard.report.sweep import sweep_lines, sweep_metrics
+from sphereard.report.tables import IMBALANCE_RATIO, fmt, pct
 
-HIGHER_BETTER_GEN = ("class_consistency_", "precision_", "recall_", "is_")
-PAPER_BEST = "1.34 for SphereAR-H on ImageNet 256x256"
-MISSING_SAMPLES = "an unrecorded number of"
 # a norm deviation must also move by more than this (0.5 percentage points) to count as a change with CFG:
 # the diagnostics average a few dozen samples, which cannot resolve finer differences
 NORM_ABS_FLOOR = 0.005
-SPREAD_PREFIXES = ("kid_", "is_")  # metrics the evaluate stage reports with a std (`<prefix>std_<extractor>`)
-IMAGENET = "imagenet_tar"
-TIE = "no difference beyond the tolerance"
-IMBALANCE_RATIO = 2.0  # largest / smallest class (train images) above this is reported as imbalance
-
-
-def pct(v: float) -> str:
-    return f"{v:.1%}"
-
-
-def tie_groups(values: dict[str, float], lower_better: bool, halves: dict[str, float] | None = None,
-               ) -> list[list[tuple[str, float]]]:
-    """Finite values best first, grouped by single linkage: a value joins the current group when it ties
-    (`compare` == 0) with the group's last (nearest) member, so no tie is ever split across two groups; any
-    two consecutive groups differ beyond the tolerance at every pair of neighbours."""
-    halves = halves or {}
-    order = sorted(((p, float(v)) for p, v in values.items() if finite(v)),
-                   key=lambda item: item[1] if lower_better else -item[1])
-    groups: list[list[tuple[str, float]]] = []
-    for p, v in order:
-        if groups and compare(v, groups[-1][-1][1], halves.get(p, 0.0), halves.get(groups[-1][-1][0], 0.0)) == 0:
-            groups[-1].append((p, v))
-        else:
-            groups.append([(p, v)])
-    return groups
-
-
-def best_of(values: dict[str, float], lower_better: bool, halves: dict[str, float] | None = None) -> str | None:
-    """The one best name, or None when the best is tied (or fewer than two finite values)."""
-    groups = tie_groups(values, lower_better, halves)
-    return groups[0][0][0] if len(groups) > 1 and len(groups[0]) == 1 else None
 
 
 def rank(key: str, values: dict[str, float], lower_better: bool, halves: dict[str, float] | None = None,
@@ -113,11 +98,6 @@ def generation_findings(inp) -> list[str]:
             out.append(f"Better reconstruction did not give better generation: **{by_psnr}** has the highest "
                        f"psnr, **{by_fd}** the lowest `{fd}` (reconstruction / generation trade-off).")
     return [s for s in out if s]
-
-
-def against_threshold(v: float, half: float = 0.0) -> str:
-    """'beyond' / 'within' the drift threshold, or 'at' it when the difference is a tie."""
-    return {1: "beyond", -1: "within", 0: "at"}[compare(v, DRIFT_TOL, half)]
 
 
 def norm_findings(inp) -> list[str]:
@@ -224,57 +204,6 @@ def data_findings(inp) -> list[str]:
     return [f"Class imbalance: the largest class **{big['name']}** holds {pct(big['train'] / total)} of the train "
             f"images ({fmt(int(big['train']))}), {ratio:.1f}x the smallest, **{small['name']}** "
             f"({fmt(int(small['train']))}); see the Data table."]
-
-
-def caveats(params: Params, inp) -> list[str]:
-    tok, gen, ev = params.tokenizer.train, params.generator.train, inp.metrics["evaluation"]
-    has_fid = any(finite(m.get("fid_inception")) for m in ev.values())
-    acc = inp.classifier.get("test_accuracy") if inp.classifier else None
-    samples = sorted({i["num_samples"] for i in inp.info["evaluation"].values() if i and "num_samples" in i})
-    devices = ", ".join(sorted({i["device"] for i in inp.info["sampling"].values() if i and "device" in i})) or \
-        "an unrecorded device"
-    tok_steps = collapse({p: (m or {}).get("step") for p, m in inp.exports.items()})
-    gen_steps = collapse({p: (i or {}).get("steps") for p, i in inp.info["generator"].items()})
-    budget = (f"tokenizers trained {tok_steps} steps (batch {tok.batch_size}), generators {gen_steps} steps (batch "
-              f"{gen.batch_size}) on {params.data.source} {params.data.image_size}x{params.data.image_size}, "
-              f"sampled on {devices}")
-    out = [f"Small budget: {budget}. The paper trains for hundreds of epochs on ImageNet 256x256; these numbers "
-           "test the pipeline and the relative behaviour at this budget, not the paper's results."
-           if params.data.source != IMAGENET else f"Budget: {budget}; check it against the paper's training length "
-           "before comparing."]
-    if any("fd_classifier" in m for m in ev.values()):
-        out.append("`fd_classifier` is a Frechet distance in the feature space of the small in-project classifier "
-                   f"(test accuracy {fmt(acc)}): it is only as meaningful as that classifier and is not the "
-                   f"Inception-feature metric the paper reports (best {PAPER_BEST}); it is not comparable with the "
-                   "paper's numbers.")
-    out += [f"Sample sizes: generation metrics from {', '.join(map(fmt, samples)) or MISSING_SAMPLES} samples per "
-            f"tokenizer against {counted(inp.info['evaluation'], 'reference_images')} real images; Frechet distances "
-            "are biased upward at small N, so compare only numbers computed with the same N.",
-            f"Single seed (seed={params.seed}, sampling.seed={params.sampling.seed}) and one training run per "
-            f"tokenizer for the main tables: a difference beyond the {REL_TOL:.0%} tolerance may still be noise.",
-            "`is_classifier` is an Inception-Score analogue on the in-project classifier's logits, not the IS."]
-    if inp.classes is not None and len(inp.classes) and inp.classes["train"].min() > 0 and \
-            inp.classes["train"].max() / inp.classes["train"].min() > IMBALANCE_RATIO:
-        out.append("Class mix: sampling draws the same number of images per class, while the real reference "
-                   "images are drawn from the imbalanced train split, so `fd_*`, `kid_*`, precision and recall "
-                   "also measure that class-mix mismatch.")
-    if has_fid:
-        out.append("`fid_inception` uses the standard FID Inception weights, but on this dataset and sample "
-                   "count; it is still not the paper's 50k-sample ImageNet FID.")
-    if inp.sweep is not None:
-        n = inp.sweep["n"].dropna()
-        if not len(n):
-            out.append("The sweep summary does not record how many seeds each point averages: its differences are "
-                       f"judged by the {REL_TOL:.0%} tolerance alone.")
-        elif int(n.min()) <= 1:
-            out.append("The sweep has 1 trial per point: a single seed, so the CFG curves have no error bars and "
-                       f"differences beyond the {REL_TOL:.0%} tolerance may still be noise.")
-        else:
-            out.append(f"The sweep has {int(n.min())} trial(s) per point: sweep differences count only beyond the "
-                       f"{CONFIDENCE:.0%} t-intervals of the means (wide for few seeds).")
-    out.append(f"Norm diagnostics use {params.evaluation.diagnostic_samples} samples and "
-               f"{params.evaluation.diagnostic_steps} sampler steps per setting.")
-    return out
 
 
 def section_findings(params: Params, inp) -> list[str]:

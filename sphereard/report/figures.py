@@ -1,0 +1,99 @@
+"""The report's overview plots (also drawn by the notebook): metric vs CFG scale from the sweep summary,
+token norms and the teacher-forced error split from evaluate's CSVs.
+
+Conventions come from `sphereard.eval.figures`: one colour per tokenizer, several lines of one tokenizer
+apart by line style / marker / opacity, a target drawn as a dotted black `reference_line`. Plots are
+built on `matplotlib.figure.Figure` (no pyplot state) and written to the given path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from sphereard.eval.diagnostics import DRIFT_TOL, FIG_DPI, FIG_SIZE
+from sphereard.eval.figures import norm_series_style, posterior_colour, reference_line, series_styles
+from sphereard.report.compare import finite, half_width
+from sphereard.report.sweep import sweep_lines
+
+BAND_COLUMNS = ("norm_q05", "norm_q95")  # evaluate's per-position norm quantiles
+BAND_ALPHA = 0.1
+PANEL_SIZE = (4.5, 3.5)  # one panel of a multi-panel figure, inches
+
+
+def _save(fig: Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=FIG_DPI)
+
+
+def draw_sweep(ax, summary: pd.DataFrame, metric: str, title: str | None = None, threshold: bool = False) -> None:
+    """Mean of `metric` vs CFG scale in `ax`, one line per sweep setting in its tokenizer's colour; error
+    bars = the CONFIDENCE t-interval of the mean where n > 1 seeds; `threshold`: norm deviations get the
+    drift tolerance DRIFT_TOL as a reference line."""
+    lines = sweep_lines(summary)
+    styles = series_styles(list(lines))
+    for label, line in lines.items():
+        std = line.get(f"{metric}_std", pd.Series(np.nan, index=line.index))
+        yerr = [half_width(sd, n) for sd, n in zip(std, line["n"], strict=True)]
+        ax.errorbar(line["cfg_scale"], line[f"{metric}_mean"], yerr=yerr, capsize=3, label=label, **styles[label])
+    if threshold and metric.startswith("norm_rel_dev_"):
+        reference_line(ax, DRIFT_TOL, f"drift threshold {DRIFT_TOL:.0%}")
+    ax.set(xlabel="CFG scale w", ylabel=metric, title=title or f"{metric} vs CFG scale")
+    ax.legend(fontsize="small")
+
+
+def plot_sweep(summary: pd.DataFrame, metric: str, path: Path) -> None:
+    """One metric vs CFG scale (`draw_sweep`), the report's per-metric figure."""
+    fig = Figure(figsize=FIG_SIZE)
+    draw_sweep(fig.add_subplot(), summary, metric)
+    _save(fig, path)
+
+
+def plot_sweep_panels(summary: pd.DataFrame, metrics: list[str], path: Path, source: str) -> None:
+    """Several metrics vs CFG scale side by side (`draw_sweep`, drift threshold on norm panels); `source`
+    names where the summary came from in each title."""
+    fig = Figure(figsize=(PANEL_SIZE[0] * len(metrics), PANEL_SIZE[1]))
+    for i, metric in enumerate(metrics):
+        draw_sweep(fig.add_subplot(1, len(metrics), i + 1), summary, metric, f"{metric} vs w ({source})",
+                   threshold=True)
+    _save(fig, path)
+
+
+def plot_norm_overview(frames: dict[str, pd.DataFrame], radii: dict[str, float | None], path: Path,
+                       bands: bool = False) -> None:
+    """Mean pre-projection token norm per position, one panel per tokenizer in its colour (dashed = no
+    projection, more opaque = higher CFG scale), the radius R it is compared with as a dotted line;
+    `bands`: also the 5-95% quantile band where the CSV has it."""
+    fig = Figure(figsize=(FIG_SIZE[0] * len(frames) * 0.7, FIG_SIZE[1]))
+    for i, (p, frame) in enumerate(frames.items()):
+        ax = fig.add_subplot(1, len(frames), i + 1)
+        scales = sorted(frame["cfg_scale"].unique())
+        for series, rows in frame.groupby("series", sort=False):
+            style = norm_series_style(p, str(rows["projection"].iloc[0]), scales.index(rows["cfg_scale"].iloc[0]),
+                                      len(scales))
+            ax.plot(rows["position"], rows["norm_mean"], label=series, **style)
+            if bands and all(c in rows for c in BAND_COLUMNS):
+                ax.fill_between(rows["position"], rows[BAND_COLUMNS[0]], rows[BAND_COLUMNS[1]], color=style["color"],
+                                alpha=BAND_ALPHA)
+        if finite(radii.get(p)):
+            reference_line(ax, radii[p], f"R = {radii[p]:.3g}")
+        ax.set(xlabel="token position", ylabel="mean ||z|| (pre-projection)", title=p)
+        ax.legend(fontsize="x-small")
+    _save(fig, path)
+
+
+def plot_split_overview(frames: dict[str, pd.DataFrame], path: Path) -> None:
+    """Teacher-forced error per position: solid = tangential, dashed = radial, one colour per tokenizer."""
+    fig = Figure(figsize=FIG_SIZE)
+    ax = fig.add_subplot()
+    for p, frame in frames.items():  # long format: position, series (radial | tangential), error
+        part = {name: rows.sort_values("position") for name, rows in frame.groupby("series")}
+        colour = posterior_colour(p)
+        ax.plot(part["tangential"]["position"], part["tangential"]["error"], color=colour, label=f"{p} tangential")
+        ax.plot(part["radial"]["position"], part["radial"]["error"], ls="--", color=colour, label=f"{p} radial")
+    ax.set(xlabel="token position", ylabel="mean |error|", title="teacher-forced error: radial vs tangential")
+    ax.legend(fontsize="small")
+    _save(fig, path)

@@ -1,0 +1,52 @@
+"""Metric-name conventions of the stage outputs: which keys are metrics, which extractor they belong
+to, and the evaluate stage's per-setting norm keys. Metric names are never renamed: a key carries its
+feature extractor (`fd_classifier`, `kid_effnet`, `fid_inception` only with the verified weights)."""
+
+from __future__ import annotations
+
+import re
+
+from sphereard.eval.extractors import metric_name
+
+LOWER_BETTER = ("fd_", "fid_", "kid_")
+HIGHER_BETTER_GEN = ("class_consistency_", "precision_", "recall_", "is_")
+METRIC_PREFIXES = (*LOWER_BETTER, "precision_", "recall_", "is_", "class_consistency_", "norm_")
+HIDDEN_PREFIXES = ("kid_std_", "is_std_")  # spreads reported with kid_* / is_*, not metrics of their own
+SPREAD_PREFIXES = ("kid_", "is_")  # metrics the evaluate stage reports with a std (`<prefix>std_<extractor>`)
+GEN_METRICS = ("fd", "kid", "precision", "recall", "is", "class_consistency")
+RECON_PREFIX = "recon_"  # evaluate's reconstruction metrics: recon_psnr, recon_rfd_<tag>, ...
+NORM_KEY = re.compile(r"^norm_rel_dev_(?P<projection>[a-z]+)_cfg(?P<cfg>[0-9.eE+-]+)$")
+NORM_GENERIC = "norm_rel_dev_<projection>_cfg<w>"
+
+
+def is_metric(column: str) -> bool:
+    """A metric column of the stage outputs / sweep results (not a setting, not a reported spread)."""
+    return column.startswith(METRIC_PREFIXES) and not column.startswith(HIDDEN_PREFIXES)
+
+
+def generation_keys(ev: dict[str, dict]) -> list[str]:
+    """Generation metric keys present in any posterior's evaluate metrics, grouped per extractor tag."""
+    present = {k for m in ev.values() for k in m}
+    tags = dict.fromkeys("inception" if k == "fid_inception" else k[3:] for m in ev.values() for k in m
+                         if k.startswith("fd_") or k == "fid_inception")
+    return [metric_name(m, t) for t in tags for m in GEN_METRICS if metric_name(m, t) in present]
+
+
+def recon_fd_keys(ev: dict[str, dict]) -> list[str]:
+    """rfd_<tag> / rfid_inception keys (without the evaluate stage's `recon_` prefix)."""
+    return list(dict.fromkeys(k[len(RECON_PREFIX):] for m in ev.values() for k in m
+                              if k.startswith(("recon_rfd_", "recon_rfid_"))))
+
+
+def norm_key(projection: str, cfg_scale: float) -> str:
+    """The evaluate stage's key for one diagnostic setting: `norm_rel_dev_<projection>_cfg<w>`."""
+    return f"norm_rel_dev_{projection}_cfg{cfg_scale:g}"
+
+
+def norm_devs(metrics: dict) -> dict[tuple[str, float], float]:
+    """{(projection, cfg_scale): max relative norm deviation} from `norm_rel_dev_<proj>_cfg<w>` keys."""
+    out = {}
+    for key, value in metrics.items():
+        if m := NORM_KEY.match(key):
+            out[(m["projection"], float(m["cfg"]))] = value
+    return out

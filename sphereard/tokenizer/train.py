@@ -1,0 +1,88 @@
+"""Train one tokenizer with Ray Train, export its EMA weights and measure reconstruction (PSNR, SSIM,
+LPIPS when its weights are local) on the held-out split: DVC stage `train_vae@{posterior}`.
+
+Outputs (sphereard/layout.py): `tokenizer.out/<posterior>/` ckpt/, model/, info.json,
+reconstructions.png; the metrics file `<metrics_dir>/tokenizer/<posterior>.json`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+import numpy as np
+import torch
+
+from sphereard.config import Params, absolute_paths, as_dict
+from sphereard.data import images_as_uint8
+from sphereard.eval.reconstruction import reconstruction_metrics
+from sphereard.export import read_meta
+from sphereard.layout import reconstructions_file, tokenizer_ckpt_dir, tokenizer_model_dir, write_results
+from sphereard.tokenizer.inference import reconstruct
+from sphereard.tokenizer.losses import load_lpips
+from sphereard.tokenizer.task import TokenizerTask, tokenizer_meta
+from sphereard.tokenizer.vae import create_tokenizer
+from sphereard.tracking import image_grid, start_run
+from sphereard.train import LoopSpec, fit, load_latest
+from sphereard.train.export import export_ema
+from sphereard.utils.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+GRID_IMAGES = 32
+EVAL_BATCH = 250
+
+
+def export_tokenizer(params: Params, posterior: str, run_id: str | None):
+    """Rebuild the tokenizer from its last checkpoint's EMA weights and export it -> the model (eval).
+
+    Raises UserError naming the checkpoint folder when there is no usable checkpoint."""
+    tok = params.tokenizer
+    vae, _ = export_ema(
+        tokenizer_ckpt_dir(params, posterior), tokenizer_model_dir(params, posterior),
+        lambda: create_tokenizer(tok.preset, posterior=posterior, radius=tok.radius, **tok.overrides),
+        lambda vae, step: {**tokenizer_meta(params, posterior, vae.radius), "step": step, "mlflow_run_id": run_id})
+    return vae
+
+
+def evaluate_reconstruction(params: Params, vae, posterior: str, run) -> tuple[dict[str, float], int]:
+    """(held-out reconstruction metrics, number of images measured) + an input/reconstruction grid PNG."""
+    real, _ = images_as_uint8(params.data.out, "test", limit=params.tokenizer.eval_images)
+    start = time.perf_counter()
+    recon = reconstruct(vae, real, EVAL_BATCH, "cpu")
+    elapsed = time.perf_counter() - start
+    lpips = load_lpips(params.evaluation.lpips_weights_path) if params.evaluation.lpips_weights_path else None
+    metrics = reconstruction_metrics(real, recon, lpips=lpips)
+    metrics.update(recon_images_per_s=len(real) / elapsed)
+    pair = torch.from_numpy(np.concatenate([real[:GRID_IMAGES], recon[:GRID_IMAGES]]))
+    grid = reconstructions_file(params, posterior)
+    with atomic_path(grid) as tmp:
+        image_grid(pair.permute(0, 3, 1, 2).float(), nrow=GRID_IMAGES // 2, value_range=(0, 255)).save(tmp)
+    run.log_artifact(grid)
+    return metrics, len(real)
+
+
+def train_and_export(params: Params, posterior: str, stop_after: int | None = None) -> None:
+    """Train (resuming this run's checkpoints), export, measure and write the stage's results.
+
+    With `stop_after` the loop ends after that many steps (checkpointed) and nothing is exported."""
+    ckpt_dir = tokenizer_ckpt_dir(params, posterior)
+    name = f"vae-{posterior}"
+    tags = {"stage": "train_vae", "posterior": posterior, "profile": params.profile}
+    logged = {"posterior": posterior, "data": as_dict(params.data), "tokenizer": as_dict(params.tokenizer)}
+    with start_run(params.tracking, ".", name, params=logged, tags=tags) as run:
+        spec = LoopSpec(task_factory=functools.partial(TokenizerTask, absolute_paths(params), posterior),
+                        loop=params.tokenizer.train, ckpt_dir=str(ckpt_dir), seed=params.seed, run=run,
+                        stop_after=stop_after, config_snapshot=logged)
+        fit(spec, name)
+        if stop_after is not None and load_latest(ckpt_dir).step < params.tokenizer.train.steps:
+            log.info("stopped early as asked (--stop-after %d); rerun to resume", stop_after)
+            return
+        vae = export_tokenizer(params, posterior, run.run_id)
+        metrics, eval_images = evaluate_reconstruction(params, vae, posterior, run)
+        run.log_metrics({f"recon/{k}": v for k, v in metrics.items()}, step=params.tokenizer.train.steps)
+        step = read_meta(tokenizer_model_dir(params, posterior))["step"]
+        write_results(params, "tokenizer", posterior, metrics,
+                      {"posterior": posterior, "eval_images": eval_images, "step": step})
+        log.info("%s: %s", name, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
