@@ -198,6 +198,8 @@ def data_findings(inp) -> list[str]:
     if small["train"] == 0:
         return [f"Class imbalance: class **{small['name']}** has no train images."]
     ratio = big["train"] / small["train"]
+    if big["train"] == small["train"]:
+        return [f"Classes are balanced: every class has {fmt(int(big['train']))} train images."]
     if ratio <= IMBALANCE_RATIO:
         return [f"Classes are balanced within {IMBALANCE_RATIO:g}x: largest {big['name']} ({fmt(int(big['train']))}"
                 f" train images), smallest {small['name']} ({fmt(int(small['train']))})."]
