@@ -1,18 +1,22 @@
-"""Latent cache: posterior parameters of every train image and, optionally, of its horizontal flip.
+"""Latent cache: posterior moments of every train image and, optionally, of its horizontal flip.
 
-The AR stage draws a fresh posterior sample from these parameters at every step (SphereAR
-Sec. 4.1, as MAR does), instead of training on one frozen sample. One Parquet file per
-tokenizer: `label` (int32), `params` and, with flips, `params_flip` (fixed-size lists of L*P
-floats), plus `meta.json` (posterior kind, radius, shapes, views, dtype, the Parquet file's sha256).
+The moments (MAR's term) are the posterior's parameters per token (`sphereard.tokenizer.posterior`).
+The AR stage draws a fresh posterior sample from them at every step (SphereAR Sec. 4.1, as MAR
+does), instead of training on one frozen sample. One Parquet file per tokenizer: `label` (int32),
+`moments` and, with flips, `moments_flip` (fixed-size lists of L*P floats), plus `cache.json`
+(posterior, radius, shapes, views, dtype, the Parquet file's sha256). An exported model's metadata
+is `model.json` (`sphereard.export`); a data set's is `manifest.json` (`sphereard.data.shards`).
 
-No overflow: format 2 (`meta.json` "format": 2) stores the posterior's unbounded positive
+No overflow: format 2 and later (`cache.json` "format") store the posterior's unbounded positive
 scales (`log_channels`: the Power Spherical kappa) as their natural log, so no value overflows
 a float16 column (kappa > 65504 used to become inf, and PS(mu, inf) sampled -mu). A float16
 cache rounds: mu to ~5e-4 and kappa to ~0.4% relative (its log to 2^-7 near log kappa = 10), far
 inside the posterior's own spread; `encode.dtype: float32` stores both to float32 precision. Writing stops
 with one UserError naming the file, column, position and value when a parameter is not finite
-or cannot be stored in the cache dtype. Caches without "format" (format 1) hold raw parameters and
-are still read. Readers get raw parameters either way: `read_latent_cache`, `decode_column`.
+or cannot be stored in the cache dtype. Caches without "format" (format 1) hold raw moments and
+are still read. Readers get raw moments either way: `read_latent_cache`, `decode_column`.
+Format 3 renamed the metadata file, its `params_dim` key and the columns (formerly `meta.json`,
+`params`, `params_flip`); formats 1 and 2 are still read under their old names.
 """
 
 from __future__ import annotations
@@ -31,16 +35,19 @@ from sphereard.tokenizer.posterior import cache_log_channels
 from sphereard.utils.io import atomic_path, read_json_object, require_fields, sha256_file
 
 LATENTS_FILE = "latents.parquet"
-META_FILE = "meta.json"
-PARAM_COLUMNS = ("params", "params_flip")
+META_FILE = "cache.json"
+MOMENT_COLUMNS = ("moments", "moments_flip")
 ARROW_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 ROW_GROUP_ROWS = 8192
-CACHE_FORMAT = 2  # 1: raw params (no "format" key); 2: `log_channels` stored as log
+CACHE_FORMAT = 3  # 1: raw moments (no "format" key); 2: `log_channels` stored as log; 3: renamed
+# Formats 1 and 2: their metadata file, and their names of the moments columns and `moments_dim`
+LEGACY_META_FILE = "meta.json"
+LEGACY_NAMES = {"moments": "params", "moments_flip": "params_flip", "moments_dim": "params_dim"}
 
 
-def encode_params(params: np.ndarray, log_channels, dtype: str) -> np.ndarray:
-    """Raw params (B, L, P) -> the stored values (B, L, P) in `dtype`: log of `log_channels`, rest as is."""
-    out = params.astype(np.float64)
+def encode_moments(moments: np.ndarray, log_channels, dtype: str) -> np.ndarray:
+    """Raw moments (B, L, P) -> the stored values (B, L, P) in `dtype`: log of `log_channels`, rest as is."""
+    out = moments.astype(np.float64)
     if len(log_channels):
         with np.errstate(divide="ignore", invalid="ignore"):  # log(<= 0) -> -inf / nan, caught by the caller
             out[..., list(log_channels)] = np.log(out[..., list(log_channels)])
@@ -48,8 +55,8 @@ def encode_params(params: np.ndarray, log_channels, dtype: str) -> np.ndarray:
         return out.astype(dtype)
 
 
-def decode_params(stored: torch.Tensor, log_channels) -> torch.Tensor:
-    """Stored values (..., P) -> raw params (..., P): exp of `log_channels` (float32 then), rest as is."""
+def decode_moments(stored: torch.Tensor, log_channels) -> torch.Tensor:
+    """Stored values (..., P) -> raw moments (..., P): exp of `log_channels` (float32 then), rest as is."""
     if not len(log_channels):
         return stored
     out = stored.to(torch.float32, copy=True)  # exp(log kappa) can exceed the float16 range
@@ -59,19 +66,19 @@ def decode_params(stored: torch.Tensor, log_channels) -> torch.Tensor:
 
 
 def _stored_values(column: pa.ChunkedArray | pa.Array, meta: dict) -> np.ndarray:
-    """One Parquet params column -> its stored values (n, L, P), possibly a read-only view."""
+    """One Parquet moments column -> its stored values (n, L, P), possibly a read-only view."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, meta["num_tokens"], meta["params_dim"])
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, meta["num_tokens"], meta["moments_dim"])
 
 
 def decode_column(column: pa.ChunkedArray | pa.Array, meta: dict) -> torch.Tensor:
-    """One Parquet params column of a cache with `meta` (any format) -> raw params (n, L, P).
+    """One Parquet moments column of a cache with `meta` (any format) -> raw moments (n, L, P).
 
     For readers of row groups (`sphereard.ar.train.eval_batches`): the stored values are not the
     parameters when meta["log_channels"] is non-empty."""
     stored = np.require(_stored_values(column, meta), requirements="W")  # torch needs writable memory
-    return decode_params(torch.from_numpy(stored), meta.get("log_channels", ()))
+    return decode_moments(torch.from_numpy(stored), meta.get("log_channels", ()))
 
 
 def _first_bad(bad: np.ndarray) -> tuple[int, int, int]:
@@ -79,21 +86,21 @@ def _first_bad(bad: np.ndarray) -> tuple[int, int, int]:
     return tuple(int(i) for i in np.argwhere(bad)[0])
 
 
-def _checked_column(params: np.ndarray, log_channels, dtype: str, where: str, first_row: int) -> pa.FixedSizeListArray:
-    """Encode params (B, L, P) into a Parquet column; UserError (one line) for a value that is not
+def _checked_column(moments: np.ndarray, log_channels, dtype: str, where: str, first_row: int) -> pa.FixedSizeListArray:
+    """Encode moments (B, L, P) into a Parquet column; UserError (one line) for a value that is not
     finite or whose stored form overflows `dtype` or does not decode to a finite float32."""
-    if not np.isfinite(params).all():
-        i, t, c = _first_bad(~np.isfinite(params))
-        raise UserError(f"{where}: non-finite posterior parameter {float(params[i, t, c])} at image {first_row + i}, "
+    if not np.isfinite(moments).all():
+        i, t, c = _first_bad(~np.isfinite(moments))
+        raise UserError(f"{where}: non-finite posterior parameter {float(moments[i, t, c])} at image {first_row + i}, "
                         f"token {t}, channel {c} (encoder output)")
-    stored = encode_params(params, log_channels, dtype)
-    decoded = decode_params(torch.from_numpy(stored), log_channels).numpy()
+    stored = encode_moments(moments, log_channels, dtype)
+    decoded = decode_moments(torch.from_numpy(stored), log_channels).numpy()
     bad = ~(np.isfinite(stored) & np.isfinite(decoded))
     if bad.any():
         i, t, c = _first_bad(bad)
         why = ("is stored as its log, which needs 0 < value < 3.4e38" if c in log_channels
                else f"overflows {dtype} (set encode.dtype=float32)")
-        raise UserError(f"{where}: posterior parameter {float(params[i, t, c]):g} at image {first_row + i}, "
+        raise UserError(f"{where}: posterior parameter {float(moments[i, t, c]):g} at image {first_row + i}, "
                         f"token {t}, channel {c} {why}")
     n = stored.shape[0]
     flat = pa.array(stored.reshape(-1), type=ARROW_DTYPES[dtype])
@@ -104,7 +111,7 @@ class LatentCacheWriter:
     """Streams batches into the cache; the directory appears only when `close()` succeeds.
 
         with LatentCacheWriter(out_dir, meta) as cache:
-            cache.write(params, labels, params_flip)  # (B, L, P), (B,), (B, L, P) or None
+            cache.write(moments, labels, moments_flip)  # (B, L, P), (B,), (B, L, P) or None
     """
 
     def __init__(self, out_dir: str | Path, meta: dict, dtype: str = "float16"):
@@ -119,19 +126,19 @@ class LatentCacheWriter:
         self.tmp.mkdir()
         return self
 
-    def write(self, params: np.ndarray, labels: np.ndarray, params_flip: np.ndarray | None = None) -> None:
-        assert params.ndim == 3, "params must be (B, L, P)"
-        assert params_flip is None or params_flip.shape == params.shape, "params_flip must match params (B, L, P)"
-        assert len(labels) == params.shape[0], "one label per cached image"
-        assert self.shape in (None, params.shape[1:]), "every batch must have the same (L, P)"
-        views = 1 if params_flip is None else 2
+    def write(self, moments: np.ndarray, labels: np.ndarray, moments_flip: np.ndarray | None = None) -> None:
+        assert moments.ndim == 3, "moments must be (B, L, P)"
+        assert moments_flip is None or moments_flip.shape == moments.shape, "moments_flip must match moments (B, L, P)"
+        assert len(labels) == moments.shape[0], "one label per cached image"
+        assert self.shape in (None, moments.shape[1:]), "every batch must have the same (L, P)"
+        views = 1 if moments_flip is None else 2
         assert self.views in (None, views), "every batch must have the same views (with or without flips)"
         if self.shape is None:
             assert "posterior" in self.meta, "cache meta must name the posterior kind"
-            self.log_channels = cache_log_channels(self.meta["posterior"], params.shape[2])
-        self.shape, self.views = params.shape[1:], views
+            self.log_channels = cache_log_channels(self.meta["posterior"], moments.shape[2])
+        self.shape, self.views = moments.shape[1:], views
         columns = {"label": pa.array(labels.astype(np.int32))}
-        for name, values in zip(PARAM_COLUMNS, (params, params_flip), strict=True):
+        for name, values in zip(MOMENT_COLUMNS, (moments, moments_flip), strict=True):
             if values is not None:
                 where = f"{self.out_dir / LATENTS_FILE} column {name!r}"
                 columns[name] = _checked_column(values, self.log_channels, self.dtype, where, self.rows)
@@ -146,51 +153,69 @@ class LatentCacheWriter:
             self.writer.close()
         if exc_type is None:
             assert self.rows > 0, "the latent cache must hold at least one image"
-            self.meta = {**self.meta, "rows": self.rows, "num_tokens": self.shape[0], "params_dim": self.shape[1],
+            self.meta = {**self.meta, "rows": self.rows, "num_tokens": self.shape[0], "moments_dim": self.shape[1],
                          "views": self.views, "dtype": self.dtype, "format": CACHE_FORMAT,
                          "log_channels": list(self.log_channels), "sha256": sha256_file(self.tmp / LATENTS_FILE)}
             (self.tmp / META_FILE).write_text(json.dumps(self.meta, indent=2))
         self._atomic.__exit__(exc_type, exc, tb)
 
 
-META_FIELDS = {"posterior": str, "sha256": str, "rows": int, "num_tokens": int, "params_dim": int}
-COUNT_FIELDS = ("rows", "num_tokens", "params_dim")
+META_FIELDS = {"posterior": str, "sha256": str, "rows": int, "num_tokens": int, "moments_dim": int}
+COUNT_FIELDS = ("rows", "num_tokens", "moments_dim")
 PARQUET_ERRORS = (pa.ArrowException, OSError)
 RERUN = "re-run the encode stage"
 
 
+def cache_format(meta: dict) -> int:
+    return meta.get("format", 1)
+
+
+def moment_columns(meta: dict) -> tuple[str, str]:
+    """The names of the (moments, moments_flip) columns in a cache with `meta`: renamed in format 3."""
+    return MOMENT_COLUMNS if cache_format(meta) >= 3 else tuple(LEGACY_NAMES[c] for c in MOMENT_COLUMNS)
+
+
 def _check_meta(meta_path: Path, meta: dict) -> dict:
-    """Raises UserError naming meta.json: a format newer than this code, a key of META_FIELDS missing
-    or of another type, a count below 1, or `log_channels` that are not channels of the params."""
+    """Raises UserError naming the metadata file: a format newer than this code, a key of META_FIELDS
+    missing or of another type, a count below 1, or `log_channels` that are not channels of the
+    moments. Returns it with format 1 and 2 keys under their format-3 names."""
     if "format" in meta:
         require_fields(meta_path, meta, {"format": int})
         if meta["format"] > CACHE_FORMAT:
             raise UserError(f"{meta_path}: cache format {meta['format']} is newer than this code reads "
                             f"(<= {CACHE_FORMAT}); {RERUN}")
+    if cache_format(meta) < 3 and LEGACY_NAMES["moments_dim"] in meta:
+        meta = {**meta, "moments_dim": meta[LEGACY_NAMES["moments_dim"]]}
     require_fields(meta_path, meta, META_FIELDS)
     for key in COUNT_FIELDS:
         if meta[key] < 1:
             raise UserError(f"{meta_path}: key {key!r} must be >= 1, got {meta[key]}")
     channels = meta.get("log_channels", [])
-    if not isinstance(channels, list) or not all(type(c) is int and 0 <= c < meta["params_dim"] for c in channels):
-        raise UserError(f"{meta_path}: key 'log_channels' must list channels in [0, {meta['params_dim']}), "
+    if not isinstance(channels, list) or not all(type(c) is int and 0 <= c < meta["moments_dim"] for c in channels):
+        raise UserError(f"{meta_path}: key 'log_channels' must list channels in [0, {meta['moments_dim']}), "
                         f"got {channels!r}")
     return meta
 
 
-def read_latent_meta(cache_dir: str | Path, verify: bool = True) -> dict:
-    """meta.json of a latent cache; with `verify`, latents.parquet must have the sha256 it records.
+def meta_path(cache_dir: str | Path) -> Path:
+    """The cache's metadata file: `cache.json`, or `meta.json` in a cache of format 1 or 2."""
+    legacy = Path(cache_dir) / LEGACY_META_FILE
+    return legacy if legacy.is_file() and not (Path(cache_dir) / META_FILE).exists() else Path(cache_dir) / META_FILE
 
-    Raises UserError naming the file: either file missing, meta.json not a JSON object (truncated,
+
+def read_latent_meta(cache_dir: str | Path, verify: bool = True) -> dict:
+    """cache.json of a latent cache; with `verify`, latents.parquet must have the sha256 it records.
+
+    Raises UserError naming the file: either file missing, the metadata not a JSON object (truncated,
     corrupt, not UTF-8) or failing `_check_meta`, or (with `verify`) a sha256 mismatch."""
     cache_dir = Path(cache_dir)
-    meta_path, data_path = cache_dir / META_FILE, cache_dir / LATENTS_FILE
-    for path in (meta_path, data_path):
+    meta_file, data_path = meta_path(cache_dir), cache_dir / LATENTS_FILE
+    for path in (meta_file, data_path):
         if not path.is_file():
             raise UserError(f"{path}: latent cache file missing (run the encode stage)")
-    meta = _check_meta(meta_path, read_json_object(meta_path, "latent cache metadata"))
+    meta = _check_meta(meta_file, read_json_object(meta_file, "latent cache metadata"))
     if verify and sha256_file(data_path) != meta["sha256"]:
-        raise UserError(f"{data_path}: sha256 does not match {meta_path} (corrupt or modified cache)")
+        raise UserError(f"{data_path}: sha256 does not match {meta_file} (corrupt or modified cache)")
     return meta
 
 
@@ -203,24 +228,24 @@ def _read_table(data_path: Path) -> pa.Table:
 
 
 def _check_table(table: pa.Table, meta: dict, data_path: Path) -> None:
-    """Raises UserError naming the Parquet file when its rows or columns differ from what meta.json says:
-    the row count, a missing label / params column, or a params column that is not `num_tokens` x
-    `params_dim` floats per row without nulls."""
-    meta_path = data_path.with_name(META_FILE)
+    """Raises UserError naming the Parquet file when its rows or columns differ from what cache.json says:
+    the row count, a missing label / moments column, or a moments column that is not `num_tokens` x
+    `moments_dim` floats per row without nulls."""
+    meta_file = meta_path(data_path.parent)
     if table.num_rows != meta["rows"]:
-        raise UserError(f"{data_path}: holds {table.num_rows} rows, {meta_path} says {meta['rows']}; {RERUN}")
-    width = meta["num_tokens"] * meta["params_dim"]
-    for name in ("label", PARAM_COLUMNS[0]):
+        raise UserError(f"{data_path}: holds {table.num_rows} rows, {meta_file} says {meta['rows']}; {RERUN}")
+    width = meta["num_tokens"] * meta["moments_dim"]
+    for name in ("label", moment_columns(meta)[0]):
         if name not in table.column_names:
             raise UserError(f"{data_path}: no column {name!r} (not a latent cache of the encode stage); {RERUN}")
     if not pa.types.is_integer(table.schema.field("label").type):
         raise UserError(f"{data_path}: column 'label' holds {table.schema.field('label').type}, not integers")
-    for name in (c for c in PARAM_COLUMNS if c in table.column_names):
+    for name in (c for c in moment_columns(meta) if c in table.column_names):
         kind = table.schema.field(name).type
         if not (pa.types.is_fixed_size_list(kind) and kind.list_size == width
                 and pa.types.is_floating(kind.value_type)):
-            raise UserError(f"{data_path}: column {name!r} holds {kind}, {meta_path} says {meta['num_tokens']} "
-                            f"tokens x {meta['params_dim']} floats per row")
+            raise UserError(f"{data_path}: column {name!r} holds {kind}, {meta_file} says {meta['num_tokens']} "
+                            f"tokens x {meta['moments_dim']} floats per row")
     for name in table.column_names:
         if table.column(name).null_count:
             raise UserError(f"{data_path}: column {name!r} has {table.column(name).null_count} null rows; {RERUN}")
@@ -228,29 +253,29 @@ def _check_table(table: pa.Table, meta: dict, data_path: Path) -> None:
 
 def read_latent_cache(cache_dir: str | Path, verify: bool = True,
                       decode: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Returns raw params (N, V, L, P) [original, flipped when cached], labels (N,), meta.
+    """Returns raw moments (N, V, L, P) [original, flipped when cached], labels (N,), meta.
 
-    params have the cache dtype, or float32 when it stores log channels (decoded kappa can exceed float16).
-    `decode=False` returns the stored values instead (cache dtype; `decode_params` turns them into
-    params), so a reader can keep the cache at its stored size and decode per item.
+    moments have the cache dtype, or float32 when it stores log channels (decoded kappa can exceed float16).
+    `decode=False` returns the stored values instead (cache dtype; `decode_moments` turns them into
+    moments), so a reader can keep the cache at its stored size and decode per item.
     Raises UserError naming the file: `read_latent_meta`'s checks, a Parquet file that is not
     readable (truncated or corrupt; read with verify=False) or whose rows and columns differ from
-    meta.json (`_check_table`)."""
+    the metadata (`_check_table`)."""
     meta = read_latent_meta(cache_dir, verify)
     data_path = Path(cache_dir) / LATENTS_FILE
     table = _read_table(data_path)
     _check_table(table, meta, data_path)
-    stored = np.stack([_stored_values(table.column(c), meta) for c in PARAM_COLUMNS if c in table.column_names],
+    stored = np.stack([_stored_values(table.column(c), meta) for c in moment_columns(meta) if c in table.column_names],
                       axis=1)  # (N, V, L, P)
-    params = torch.from_numpy(stored)
+    moments = torch.from_numpy(stored)
     if decode:
-        params = decode_params(params, meta.get("log_channels", ()))
+        moments = decode_moments(moments, meta.get("log_channels", ()))
     labels = torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
-    return params, labels, meta
+    return moments, labels, meta
 
 
 class LatentDataset(Dataset):
-    """Items (params (V, L, P) float32 of every cached view: the image [and its flip]; label).
+    """Items (moments (V, L, P) float32 of every cached view: the image [and its flip]; label).
 
     Holds the stored values (the cache dtype: half the memory of float32 for a float16 cache) and
     decodes one item at a time. Deterministic per index: the training step picks a view
@@ -264,10 +289,10 @@ class LatentDataset(Dataset):
         return self.labels.shape[0]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return decode_params(self.stored[index], self.log_channels).float(), self.labels[index]
+        return decode_moments(self.stored[index], self.log_channels).float(), self.labels[index]
 
 
-def pick_views(params: torch.Tensor) -> torch.Tensor:
+def pick_views(moments: torch.Tensor) -> torch.Tensor:
     """One cached view per item, uniformly at random (the flip augmentation): (B, V, L, P) -> (B, L, P)."""
-    view = torch.randint(params.shape[1], (params.shape[0],), device=params.device)  # (B,)
-    return params[torch.arange(params.shape[0], device=params.device), view]
+    view = torch.randint(moments.shape[1], (moments.shape[0],), device=moments.device)  # (B,)
+    return moments[torch.arange(moments.shape[0], device=moments.device), view]

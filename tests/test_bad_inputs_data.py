@@ -153,7 +153,7 @@ def _case_generator_cache_without_classes(ws, tmp):
     """A latent cache whose meta.json lacks what the generator is checked against (num_classes)."""
     params = train_params(tmp)
     params = dataclasses.replace(params, encode=dataclasses.replace(params.encode, out=str(tmp)))
-    edit_json(latent_cache(tmp).rename(tmp / "spherical") / "meta.json", drop("num_classes"))
+    edit_json(latent_cache(tmp).rename(tmp / "spherical") / "cache.json", drop("num_classes"))
     return generator_arch_for_cache(params, "spherical")
 
 
@@ -192,30 +192,30 @@ CASES = [
          r"emoji-test\.txt: not a UTF-8 text file", _case_emoji_test_not_utf8),
     Case("emoji-test-bad-code-point", "a code point that is not hex", "parse_emoji_test",
          r"emoji-test\.txt: line .*ZZZZ.*: code points must be hex", _case_emoji_test_bad_code_point),
-    # latent cache (encode.out/<posterior>/meta.json + latents.parquet): train_ar, sweep
-    Case("latent-meta-truncated", "meta.json cut in half", "read_latent_cache", r"meta\.json: not valid JSON",
+    # latent cache (encode.out/<posterior>/cache.json + latents.parquet): train_ar, sweep
+    Case("latent-meta-truncated", "cache.json cut in half", "read_latent_cache", r"cache\.json: not valid JSON",
          _case_latent_meta_truncated),
-    Case("latent-meta-not-object", "meta.json holds a list", "read_latent_cache",
-         r"meta\.json: latent cache metadata must hold a JSON object", _case_latent_meta_not_object),
-    Case("latent-meta-missing-sha256", "meta.json lacks 'sha256'", "read_latent_cache",
-         r"meta\.json: key 'sha256' missing", _latent_meta(drop("sha256"), verify=True)),
-    Case("latent-meta-missing-num-tokens", "meta.json lacks 'num_tokens' (read unverified)", "read_latent_cache",
-         r"meta\.json: key 'num_tokens' missing", _latent_meta(drop("num_tokens"))),
-    Case("latent-meta-wrong-type", "params_dim is a string", "read_latent_cache",
-         r"meta\.json: key 'params_dim' must be int, got '3'", _latent_meta(set_key("params_dim", "3"))),
+    Case("latent-meta-not-object", "cache.json holds a list", "read_latent_cache",
+         r"cache\.json: latent cache metadata must hold a JSON object", _case_latent_meta_not_object),
+    Case("latent-meta-missing-sha256", "cache.json lacks 'sha256'", "read_latent_cache",
+         r"cache\.json: key 'sha256' missing", _latent_meta(drop("sha256"), verify=True)),
+    Case("latent-meta-missing-num-tokens", "cache.json lacks 'num_tokens' (read unverified)", "read_latent_cache",
+         r"cache\.json: key 'num_tokens' missing", _latent_meta(drop("num_tokens"))),
+    Case("latent-meta-wrong-type", "moments_dim is a string", "read_latent_cache",
+         r"cache\.json: key 'moments_dim' must be int, got '3'", _latent_meta(set_key("moments_dim", "3"))),
     Case("latent-meta-bad-log-channels", "log_channels names channel 7 of 3", "read_latent_cache",
-         r"meta\.json: key 'log_channels' must list channels in \[0, 3\), got \[7\]",
+         r"cache\.json: key 'log_channels' must list channels in \[0, 3\), got \[7\]",
          _latent_meta(set_key("log_channels", [7]))),
     Case("latent-parquet-corrupt-unverified", "latents.parquet cut in half, read without verification",
          "read_latent_cache", r"latents\.parquet: not a readable latent cache",
          _case_latent_parquet_corrupt_unverified),
-    Case("latent-rows-mismatch", "meta.json says 5 rows, the file holds 4", "read_latent_cache",
-         r"latents\.parquet: holds 4 rows, .*meta\.json says 5", _latent_meta(set_key("rows", 5))),
-    Case("latent-width-mismatch", "meta.json says 2 tokens per row, the file holds 4", "read_latent_cache",
-         r"latents\.parquet: column 'params' holds .*meta\.json says 2 tokens x 3 floats per row",
+    Case("latent-rows-mismatch", "cache.json says 5 rows, the file holds 4", "read_latent_cache",
+         r"latents\.parquet: holds 4 rows, .*cache\.json says 5", _latent_meta(set_key("rows", 5))),
+    Case("latent-width-mismatch", "cache.json says 2 tokens per row, the file holds 4", "read_latent_cache",
+         r"latents\.parquet: column 'moments' holds .*cache\.json says 2 tokens x 3 floats per row",
          _latent_meta(set_key("num_tokens", 2))),
-    Case("generator-cache-meta-no-classes", "latent meta.json lacks num_classes", "generator_arch_for_cache (train_ar)",
-         r"meta\.json: key 'num_classes' missing", _case_generator_cache_without_classes),
+    Case("generator-cache-meta-no-classes", "cache.json lacks num_classes", "generator_arch_for_cache (train_ar)",
+         r"cache\.json: key 'num_classes' missing", _case_generator_cache_without_classes),
 ]
 
 

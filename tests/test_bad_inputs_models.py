@@ -60,7 +60,7 @@ def _tok_meta(change):
 
 def _clf_meta(change):
     def run(ws, tmp):
-        edit_json(copy(ws, "clf", tmp) / "meta.json", change)
+        edit_json(copy(ws, "clf", tmp) / "model.json", change)
         return load_classifier(tmp / "clf")
     return run
 
@@ -148,7 +148,7 @@ def _case_clf_truncated_weights(ws, tmp):
 
 
 def _case_clf_truncated_meta(ws, tmp):
-    truncate(copy(ws, "clf", tmp) / "meta.json")
+    truncate(copy(ws, "clf", tmp) / "model.json")
     return load_classifier(tmp / "clf")
 
 
@@ -289,19 +289,19 @@ CASES = [
          _case_export_pair_mismatch),
     Case("export-other-data", "a generator of 10 classes for 2-class data", "check_fits_data (evaluate)",
          r"gen10: generator has 10 classes, the data in .*manifest\.json have 2", _case_export_other_data),
-    # in-project classifier (meta.json + model.safetensors): reference, evaluate, sweep
-    Case("classifier-truncated-meta", "meta.json cut in half", "load_classifier", r"meta\.json: not valid JSON",
+    # in-project classifier (model.json + model.safetensors): reference, evaluate, sweep
+    Case("classifier-truncated-meta", "model.json cut in half", "load_classifier", r"model\.json: not valid JSON",
          _case_clf_truncated_meta),
-    Case("classifier-meta-missing-key", "meta.json lacks 'width'", "load_classifier",
-         r"meta\.json: key 'width' missing", _clf_meta(drop("width"))),
-    Case("classifier-meta-one-class", "meta.json says 1 class", "load_classifier",
-         r"meta\.json: key 'num_classes': 1 class", _clf_meta(set_key("num_classes", 1))),
+    Case("classifier-meta-missing-key", "model.json lacks 'width'", "load_classifier",
+         r"model\.json: key 'width' missing", _clf_meta(drop("width"))),
+    Case("classifier-meta-one-class", "model.json says 1 class", "load_classifier",
+         r"model\.json: key 'num_classes': 1 class", _clf_meta(set_key("num_classes", 1))),
     Case("classifier-other-weights", "weights of a wider network", "build_extractor('classifier')",
          r"model\.safetensors: weights of a different model: tensor '.+' has shape", _case_clf_other_weights),
     Case("classifier-truncated-weights", "model.safetensors cut in half", "load_classifier",
          r"model\.safetensors: cannot read classifier weights", _case_clf_truncated_weights),
     Case("classifier-other-data", "a 10-class classifier for 2-class data", "check_classifier (evaluate)",
-         r"clf_out/model/meta\.json: classifier has 10 classes, the data have 2", _case_clf_other_data),
+         r"clf_out/model/model\.json: classifier has 10 classes, the data have 2", _case_clf_other_data),
     Case("classifier-one-class-data", "a one-class dataset reaches the classifier", "train_classifier",
          r"manifest\.json: 1 class\(es\); the classifier needs at least 2", _case_one_class_data),
     # local FID Inception weights (evaluation.inception_weights): reference, evaluate

@@ -12,8 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from sphereard.errors import UserError
-from sphereard.latents import CACHE_FORMAT, LATENTS_FILE, META_FILE, LatentCacheWriter, decode_column, read_latent_cache
-from sphereard.tokenizer.posterior import sample_from_params
+from sphereard.latents import (
+    CACHE_FORMAT,
+    LATENTS_FILE,
+    LEGACY_META_FILE,
+    LatentCacheWriter,
+    decode_column,
+    read_latent_cache,
+)
+from sphereard.tokenizer.posterior import sample_from_moments
 from sphereard.utils.io import sha256_file
 
 D, L = 16, 3
@@ -37,7 +44,7 @@ def write(out_dir, params, posterior="spherical", dtype="float16", flips=None):
 
 def same_seed_samples(kind, params, seed=3):
     torch.manual_seed(seed)
-    return sample_from_params(kind, torch.as_tensor(params).float())
+    return sample_from_moments(kind, torch.as_tensor(params).float())
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
@@ -84,7 +91,7 @@ def test_unrepresentable_parameter_stops_with_one_line(tmp_path, posterior, chan
     with pytest.raises(UserError, match=match) as err:
         write(tmp_path / "bad", params, posterior=posterior)
     message = str(err.value)
-    assert "\n" not in message and f"{tmp_path / 'bad' / LATENTS_FILE} column 'params'" in message
+    assert "\n" not in message and f"{tmp_path / 'bad' / LATENTS_FILE} column 'moments'" in message
     assert not (tmp_path / "bad").exists()  # nothing half-written
     assert posterior == "spherical" or write(tmp_path / "ok", params, posterior=posterior, dtype="float32")
 
@@ -100,11 +107,11 @@ def test_format_1_caches_are_still_read_and_newer_formats_refused(tmp_path):
     pq.write_table(table, out / LATENTS_FILE)
     meta = {"posterior": "spherical", "rows": 2, "num_tokens": L, "params_dim": D + 1, "views": 1,
             "dtype": "float16", "sha256": sha256_file(out / LATENTS_FILE)}
-    (out / META_FILE).write_text(json.dumps(meta))
+    (out / LEGACY_META_FILE).write_text(json.dumps(meta))  # format 1: old names
     cached, _, _ = read_latent_cache(out)
     assert cached.shape == (2, 1, L, D + 1)
     torch.testing.assert_close(cached[:, 0].float(), torch.from_numpy(params.astype(np.float16)).float())
-    (out / META_FILE).write_text(json.dumps({**meta, "format": CACHE_FORMAT + 1}))
+    (out / LEGACY_META_FILE).write_text(json.dumps({**meta, "format": CACHE_FORMAT + 1}))
     with pytest.raises(UserError, match=rf"meta\.json: cache format {CACHE_FORMAT + 1} is newer"):
         read_latent_cache(out)
 
@@ -113,5 +120,5 @@ def test_decode_column_gives_the_readers_params(tmp_path):
     """Row-group readers (the AR stage's loss estimate) decode with `decode_column`."""
     out = write(tmp_path / "c", spherical_params())
     cached, _, meta = read_latent_cache(out)
-    group = pq.ParquetFile(out / LATENTS_FILE).read_row_group(0, columns=["params"])
-    torch.testing.assert_close(decode_column(group.column("params"), meta), cached[:, 0])
+    group = pq.ParquetFile(out / LATENTS_FILE).read_row_group(0, columns=["moments"])
+    torch.testing.assert_close(decode_column(group.column("moments"), meta), cached[:, 0])

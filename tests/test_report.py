@@ -103,9 +103,9 @@ def fake_outputs(root: Path, numbers=NUMBERS, sweep=True, optional=True, extra_e
                               "final_step": 0.04, "projection": "none" if p == "gaussian" else "sphere",
                               "radius": RADIUS, "seed": 0, "batch_size": 250, "num_per_class": 100,
                               "use_ema": True}})
-        write_json(root / "data" / "latents" / p / "meta.json", {
+        write_json(root / "data" / "latents" / p / "cache.json", {
             "posterior": p, "radius": RADIUS, "num_classes": 10, "train_images": TRAIN_IMAGES, "rows": CACHED,
-            "views": 1, "num_tokens": L, "params_dim": 5, "sha256": "0" * 64})
+            "views": 1, "num_tokens": L, "moments_dim": 5, "sha256": "0" * 64})
         write_json(out / "tokenizer" / p / "model" / "model.json", {"kind": "tokenizer", "posterior": p,
                                                                     "radius": RADIUS, "step": 800})
         png(out / "samples" / p / "grids" / "overview.png")
@@ -280,10 +280,10 @@ def test_missing_sweep_and_optional_pieces_are_reported(tmp_path, monkeypatch):
     assert "Single seed (seed=0" in md and "The sweep has" not in md
     absent = md.split("## Absent optional inputs")[1]
     for name in ("outputs/samples/gaussian/info.json", "metrics/sampling/gaussian.json", "data/shards/manifest.json",
-                 "data/latents/spherical/meta.json", "outputs/metrics/spherical/error_split.csv"):
+                 "data/latents/spherical/cache.json", "outputs/metrics/spherical/error_split.csv"):
         assert f"- `{name}`" in absent
     assert "Data manifest absent: images per class unknown." in md
-    assert "cache meta absent (`data/latents/<posterior>/meta.json`): no count; setting `encode.max_images`" in md
+    assert "cache meta absent (`data/latents/<posterior>/cache.json`): no count; setting `encode.max_images`" in md
     assert "(sampling info absent: no counts)" in md
     assert table_with(md, "images/s (sample)")["spherical"]["images/s (sample)"] == "n/a"
     assert "(absent)" in md and not (tmp_path / "reports" / "figures" / "norm_trajectories.png").exists()

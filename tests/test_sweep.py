@@ -309,7 +309,7 @@ def test_training_trial_radius_ablation_under_asha(eval_inputs, monkeypatch):
     tok_meta = json.loads((trial / "tokenizer/spherical/model/model.json").read_text())
     gen_meta = json.loads((trial / "generator/spherical/model/model.json").read_text())
     assert tok_meta["radius"] == 2.0 and gen_meta["radius"] == 2.0 and gen_meta["step"] == steps
-    assert json.loads((trial / "latents/spherical/meta.json").read_text())["radius"] == 2.0
+    assert json.loads((trial / "latents/spherical/cache.json").read_text())["radius"] == 2.0
     reports = json.loads((trial / "ar_reports.json").read_text())
     assert sorted(map(int, reports)) == segment_ends(steps, 2) and all(np.isfinite(list(reports.values())))
     # Tune saw one intermediate report per segment before the last, then the final one

@@ -15,7 +15,7 @@ from sphereard.tokenizer import (
     d_hinge_loss,
     g_hinge_loss,
     load_lpips,
-    sample_from_params,
+    sample_from_moments,
     tokenizer_arch,
 )
 from sphereard.tokenizer.losses import LPIPS_WEIGHTS_ENV
@@ -64,7 +64,7 @@ def test_paper_preset_parameter_count():
         vae = create_tokenizer("svae-paper")
     n = n_params(vae)
     assert abs(n - PAPER_PARAMS) / PAPER_PARAMS < PAPER_TOLERANCE, f"{n / 1e6:.2f}M vs ~75M"
-    assert vae.num_tokens == 256 and vae.latent_dim == 16 and vae.params_dim == 17
+    assert vae.num_tokens == 256 and vae.latent_dim == 16 and vae.moments_dim == 17
 
 
 def test_bad_preset_and_override_name_the_culprit():
@@ -88,21 +88,21 @@ def test_forward_shapes(name):
     out = vae(x)
     assert out["recon"].shape == x.shape
     assert out["z"].shape == (2, vae.num_tokens, a.latent_dim)
-    assert out["params"].shape == (2, vae.num_tokens, a.latent_dim + 1)
+    assert out["moments"].shape == (2, vae.num_tokens, a.latent_dim + 1)
     assert out["kl"].shape == (2,)
     assert vae.decode(out["z"]).shape == x.shape
 
 
 @pytest.fixture(scope="module")
 def encoded():
-    """params from encode_params for each posterior of a random fmnist-xs VAE."""
+    """params from encode_moments for each posterior of a random fmnist-xs VAE."""
     out = {}
     x = images(4, 1, 32)
     for kind in POSTERIORS:
         torch.manual_seed(1)
         vae = create_tokenizer("fmnist-xs", posterior=kind).eval()
         with torch.no_grad():
-            out[kind] = (vae, vae.encode_params(x))
+            out[kind] = (vae, vae.encode_moments(x))
     return out
 
 
@@ -140,23 +140,23 @@ def test_spherical_kl_vanishes_only_for_uniform():
 def test_sample_from_params_reproduces_posterior(encoded, kind):
     vae, params = encoded[kind]
     cached = params.clone()
-    torch.testing.assert_close(sample_from_params(kind, cached, vae.radius, mode=True), vae.mode(params))
+    torch.testing.assert_close(sample_from_moments(kind, cached, vae.radius, mode=True), vae.mode(params))
     torch.manual_seed(7)
     a = vae.sample(params)
     torch.manual_seed(7)
-    torch.testing.assert_close(sample_from_params(kind, cached, vae.radius), a)
+    torch.testing.assert_close(sample_from_moments(kind, cached, vae.radius), a)
     d = vae.latent_dim
     if kind == "spherical":
         mu, kappa = params[..., :d], params[..., d]
         torch.testing.assert_close(vae.mode(params), vae.radius * mu)
-        many = torch.stack([sample_from_params(kind, cached) for _ in range(400)])  # (S, B, L, d)
+        many = torch.stack([sample_from_moments(kind, cached) for _ in range(400)])  # (S, B, L, d)
         mean_cos = (many / vae.radius * mu).sum(-1).mean(0)  # (B, L)
         torch.testing.assert_close(mean_cos, expected_dot(kappa, d), atol=0.06, rtol=0)
     else:
         mean, logvar = params[..., :d], params[..., d:]
         if kind == "gaussian":
             torch.testing.assert_close(vae.mode(params), mean)
-            s = torch.stack([sample_from_params(kind, cached) for _ in range(400)])
+            s = torch.stack([sample_from_moments(kind, cached) for _ in range(400)])
             torch.testing.assert_close(s.mean(0), mean, atol=0.25, rtol=0)
             torch.testing.assert_close(s.std(0).log() * 2, logvar, atol=0.35, rtol=0)
         else:

@@ -91,15 +91,15 @@ def test_encode_round_trip_reproduces_encoder_output(smoke_params):
         x = torch.stack([dataset[i][0] for i in kept])
         loaded, _ = load_tokenizer(model_dir)
         with torch.no_grad():
-            expected = loaded.encode_params(x)
-            expected_flip = loaded.encode_params(x.flip(3))
+            expected = loaded.encode_moments(x)
+            expected_flip = loaded.encode_moments(x.flip(3))
         scale = expected.abs().amax(dim=(0, 1)).clamp_min(1.0)  # per-channel magnitude (kappa can be large)
         assert torch.allclose(params[:, 0].float() / scale, expected / scale, atol=FP16_ATOL)
         if hflip:
             assert torch.allclose(params[:, 1].float() / scale, expected_flip / scale, atol=FP16_ATOL)
         assert torch.equal(labels, torch.as_tensor(dataset.labels[kept]))
         item, label = LatentDataset(latent_dir(smoke_params, posterior))[0]
-        assert item.shape == (2 if hflip else 1, vae.num_tokens, vae.params_dim) and item.dtype == torch.float32
+        assert item.shape == (2 if hflip else 1, vae.num_tokens, vae.moments_dim) and item.dtype == torch.float32
 
 
 def test_encode_subset_is_seeded_sorted_and_unique():

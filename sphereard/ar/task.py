@@ -23,10 +23,10 @@ from sphereard.ar.sampler import sampling_kwargs
 from sphereard.config import OptimConfig, Params, SamplingConfig
 from sphereard.errors import UserError
 from sphereard.eval.figures import class_grid, class_label, read_class_names
-from sphereard.latents import META_FILE, LatentDataset, pick_views, read_latent_meta
+from sphereard.latents import LatentDataset, meta_path, pick_views, read_latent_meta
 from sphereard.layout import latent_cache_dir, tokenizer_model_dir
 from sphereard.tokenizer.inference import model_to_uint8
-from sphereard.tokenizer.posterior import sample_from_params
+from sphereard.tokenizer.posterior import sample_from_moments
 from sphereard.train import StepContext, TrainTask, build_ema, build_optimizer, build_scheduler, optimizer_step
 from sphereard.train.checkpoint import load_optimizer_state, require_state
 from sphereard.utils.io import require_fields
@@ -49,10 +49,10 @@ def check_arch_fits_cache(arch: GeneratorArch, meta: dict, cache_dir: str | Path
 
 
 def generator_arch_for_cache(params: Params, posterior: str) -> tuple[GeneratorArch, dict]:
-    """Resolve generator.preset + overrides and check them against `encode.out/<posterior>/meta.json`."""
+    """Resolve generator.preset + overrides and check them against the latent cache's `cache.json`."""
     cache_dir = latent_cache_dir(params, posterior)
     meta = read_latent_meta(cache_dir, verify=False)
-    require_fields(cache_dir / META_FILE, meta, {"num_classes": int, "latent_dim": int, "grid_size": int,
+    require_fields(meta_path(cache_dir), meta, {"num_classes": int, "latent_dim": int, "grid_size": int,
                                                  "radius": float})  # what the generator needs of the cache
     arch = resolve_generator_arch(params.generator.preset, params.generator.overrides, "generator")
     check_arch_fits_cache(arch, meta, cache_dir)
@@ -74,13 +74,13 @@ def build_training(model: SphereARModel, cfg: OptimConfig, total_steps: int):
     return opt, build_scheduler(opt, cfg, total_steps), build_ema(model, cfg)
 
 
-def train_update(model: SphereARModel, forward: Callable, opt, sched, ema, params: torch.Tensor,
-                 labels: torch.Tensor, step: int, kind: str, radius: float, ctx: StepContext) -> dict:
-    """One generator update on cached posterior params (B, L, P) and labels (B,) -> metrics.
+def train_update(model: SphereARModel, forward: Callable, opt, sched, ema, moments: torch.Tensor,
+                 labels: torch.Tensor, step: int, posterior: str, radius: float, ctx: StepContext) -> dict:
+    """One generator update on cached posterior moments (B, L, P) and labels (B,) -> metrics.
 
     `forward(z, labels)` is the (possibly DDP-wrapped or compiled) `model.loss`."""
     with torch.no_grad():
-        z = sample_from_params(kind, params.float(), radius)  # (B, L, d): fresh posterior sample
+        z = sample_from_moments(posterior, moments.float(), radius)  # (B, L, d): fresh posterior sample
     with ctx.autocast():
         loss = forward(z, labels)
     metrics = {"loss": loss.detach()}
@@ -115,7 +115,8 @@ class GeneratorTask(TrainTask):
     def dataset(self) -> Dataset:
         self.arch, meta = generator_arch_for_cache(self.params, self.posterior)
         data = LatentDataset(latent_cache_dir(self.params, self.posterior))
-        self.kind, self.radius = meta["posterior"], float(meta["radius"])
+        assert meta["posterior"] == self.posterior, "the latent cache must come from this posterior's tokenizer"
+        self.radius = float(meta["radius"])
         return data
 
     def build(self, ctx: StepContext) -> None:
@@ -127,10 +128,10 @@ class GeneratorTask(TrainTask):
         self.opt, self.sched, self.ema = build_training(self.gen, ctx.optim, ctx.total_steps)
 
     def train_step(self, batch, step: int) -> dict:
-        views, labels = batch  # (B, V, L, P) cached posterior params of each view, (B,)
-        params = pick_views(views)  # (B, L, P): the image or its flip, under the step seed
-        return train_update(self.gen, self.model, self.opt, self.sched, self.ema, params, labels, step,
-                            self.kind, self.radius, self.ctx)
+        views, labels = batch  # (B, V, L, P) cached posterior moments of each view, (B,)
+        moments = pick_views(views)  # (B, L, P): the image or its flip, under the step seed
+        return train_update(self.gen, self.model, self.opt, self.sched, self.ema, moments, labels, step,
+                            self.posterior, self.radius, self.ctx)
 
     def items_per_batch(self, batch) -> int:
         """Tokens (B * L): the loop's perf/items_per_s is then tokens/s."""

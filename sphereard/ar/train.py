@@ -29,7 +29,7 @@ from sphereard.ar.task import GeneratorTask, generator_arch_for_cache, generator
 from sphereard.config import Params, absolute_paths, as_dict
 from sphereard.errors import UserError, error_detail
 from sphereard.export import META_FILE
-from sphereard.latents import LATENTS_FILE, PARAM_COLUMNS, decode_column, read_latent_meta
+from sphereard.latents import LATENTS_FILE, decode_column, moment_columns, read_latent_meta
 from sphereard.layout import (
     generator_ckpt_dir,
     generator_model_dir,
@@ -37,7 +37,7 @@ from sphereard.layout import (
     tokenizer_model_dir,
     write_results,
 )
-from sphereard.tokenizer.posterior import sample_from_params
+from sphereard.tokenizer.posterior import sample_from_moments
 from sphereard.tracking import start_run
 from sphereard.train import LoopSpec, fit, load_latest
 from sphereard.train.export import export_ema
@@ -65,7 +65,7 @@ def export_generator(params: Params, posterior: str, radius: float, run_id: str 
 
 
 def eval_batches(cache_dir: Path, num_batches: int, batch: int, seed: int):
-    """Yield (params (B, L, P), labels (B,)) of random rows, each batch from a random Parquet row group,
+    """Yield (moments (B, L, P), labels (B,)) of random rows, each batch from a random Parquet row group,
     so the estimate never loads the whole cache (ImageNet: tens of GB). Un-flipped images only."""
     meta, path = read_latent_meta(cache_dir, verify=False), cache_dir / LATENTS_FILE
     rng = np.random.default_rng(seed)
@@ -73,9 +73,9 @@ def eval_batches(cache_dir: Path, num_batches: int, batch: int, seed: int):
         parquet = pq.ParquetFile(path)
         for _ in range(num_batches):
             group = parquet.read_row_group(int(rng.integers(parquet.num_row_groups)),
-                                           columns=["label", PARAM_COLUMNS[0]])
+                                           columns=["label", moment_columns(meta)[0]])
             rows = group.take(rng.choice(group.num_rows, size=min(batch, group.num_rows), replace=False))
-            yield (decode_column(rows.column(PARAM_COLUMNS[0]), meta).float(),  # (B, L, P) raw params
+            yield (decode_column(rows.column(moment_columns(meta)[0]), meta).float(),  # (B, L, P) raw moments
                    torch.from_numpy(rows.column("label").to_numpy().astype(np.int64)))
     except (pa.ArrowException, OSError) as err:
         raise UserError(f"{path}: not a readable latent cache ({error_detail(err)})") from None
@@ -88,7 +88,7 @@ def ema_loss(model, params: Params, posterior: str, radius: float, device: torch
     rng = torch.Generator(device=device).manual_seed(LOSS_EVAL_SEED)
     torch.manual_seed(LOSS_EVAL_SEED)  # posterior sampling uses the global RNG
     model = model.to(device).eval()
-    losses = [float(model.loss(sample_from_params(posterior, cached.to(device), radius), labels.to(device),
+    losses = [float(model.loss(sample_from_moments(posterior, cached.to(device), radius), labels.to(device),
                                generator=rng))
               for cached, labels in eval_batches(latent_cache_dir(params, posterior), LOSS_EVAL_BATCHES, batch,
                                                  LOSS_EVAL_SEED)]

@@ -3,7 +3,7 @@
 from sphereard.utils.lazy import lazy_exports
 
 _EXPORTS = {  # public name -> submodule defining it (imported on first use)
-    "MANIFEST_NAME": "shards", "ShardDataset": "shards", "decode_png": "shards", "images_as_uint8": "shards",
+    "MANIFEST_FILE": "shards", "ShardDataset": "shards", "decode_png": "shards", "images_as_uint8": "shards",
     "load_manifest": "shards", "manifest_path": "shards", "prepare_dataset": "shards",
     "SOURCES": "sources", "SPLITS": "sources", "hash_split": "sources", "open_source": "sources",
 }

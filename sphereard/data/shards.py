@@ -31,14 +31,14 @@ from sphereard.utils.io import atomic_path, read_json_object, require_fields, sh
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
+MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 RESIZE_MODES = ("pad", "center_crop")
 
 
 def manifest_path(data_out: str | Path) -> Path:
     """The manifest of the prepared data in `data_out` (`data.out`): `<data_out>/manifest.json`."""
-    return Path(data_out) / MANIFEST_NAME
+    return Path(data_out) / MANIFEST_FILE
 SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int32()),
                     ("key", pa.string()), ("split", pa.string())])
 
@@ -200,7 +200,7 @@ def load_manifest(root: str | Path, verify: bool = True) -> dict:
 
 def _verify_shard(f: Path, sh: dict) -> None:
     if not f.is_file():
-        raise UserError(f"{f}: shard listed in {MANIFEST_NAME} is missing")
+        raise UserError(f"{f}: shard listed in {MANIFEST_FILE} is missing")
     if sha256_file(f) != sh["sha256"]:
         raise UserError(f"{f}: sha256 mismatch (shard modified or corrupt)")
     rows = _parquet(f, lambda: pq.read_metadata(f).num_rows)
@@ -243,7 +243,7 @@ def _decode_row(root: Path, manifest: dict, split: str, i: int, data: bytes) -> 
     image = decode_png(data, lambda: _row_source(root, manifest, split, i))
     want = (manifest["image_size"], manifest["image_size"], manifest["channels"])
     if image.shape != want:
-        raise UserError(f"{_row_source(root, manifest, split, i)}: image is {image.shape}, {MANIFEST_NAME} says {want}")
+        raise UserError(f"{_row_source(root, manifest, split, i)}: image is {image.shape}, {MANIFEST_FILE} says {want}")
     return image
 
 

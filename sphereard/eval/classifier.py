@@ -2,7 +2,8 @@
 
 Its penultimate features (feature_dim) and logits are the `classifier` feature extractor for
 FD / KID / precision-recall / IS-analogue / class consistency on data where no standard
-pretrained network applies (Fashion-MNIST, emoji). Saved as `model.safetensors` + `meta.json`.
+pretrained network applies (Fashion-MNIST, emoji). Saved as an export: `model.safetensors` +
+`model.json`.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from sphereard.errors import UserError
+from sphereard.export import META_FILE, WEIGHTS_FILE
 from sphereard.utils.io import atomic_path, read_json_object, require_fields
 from sphereard.utils.weights import load_state_strict, read_safetensors
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "model.safetensors"
-META_NAME = "meta.json"
 NUM_STAGES = 2  # stride-2 conv stages after the stride-2 stem: 32 -> 16 -> 8 -> 4 (cheap on CPU)
 EVAL_BATCH = 1000
 WEIGHT_DECAY = 1e-4
@@ -124,13 +124,13 @@ def train_classifier(data_root: str | Path, cfg, device="cpu", seed: int = 0) ->
 
 def save_classifier(model: SmallCNN, out_dir: str | Path, accuracy: float | None = None,
                     classes: list[str] | None = None) -> Path:
-    """Write `model.safetensors` + `meta.json` into out_dir (atomically, as a whole directory)."""
+    """Write `model.safetensors` + `model.json` into out_dir (atomically, as a whole directory)."""
     meta = dict(model.config, accuracy=accuracy, classes=classes)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_NAME))
-        (tmp / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return Path(out_dir)
 
 
@@ -146,10 +146,10 @@ def check_classes(num_classes: int, where: str | Path) -> None:
 
 
 def read_classifier_meta(path: str | Path) -> dict:
-    """meta.json of a saved classifier, checked (keys, types, values).
+    """model.json of a saved classifier, checked (keys, types, values).
 
-    Raises UserError naming meta.json and the key for a missing, truncated or malformed file."""
-    meta_path = Path(path) / META_NAME
+    Raises UserError naming model.json and the key for a missing, truncated or malformed file."""
+    meta_path = Path(path) / META_FILE
     meta = read_json_object(meta_path, "classifier metadata")
     require_fields(meta_path, meta, CLASSIFIER_FIELDS)
     check_classes(meta["num_classes"], f"{meta_path}: key 'num_classes'")
@@ -164,13 +164,13 @@ def read_classifier_meta(path: str | Path) -> dict:
 def load_classifier(path: str | Path, device="cpu") -> tuple[SmallCNN, dict]:
     """Load a directory written by `save_classifier`; returns (model in eval mode, meta).
 
-    Raises UserError naming the file: missing files, malformed meta.json, unreadable or non-finite
-    weights, weights that do not fit the network meta.json describes."""
+    Raises UserError naming the file: missing files, malformed model.json, unreadable or non-finite
+    weights, weights that do not fit the network model.json describes."""
     path = Path(path)
-    for name in (WEIGHTS_NAME, META_NAME):
+    for name in (WEIGHTS_FILE, META_FILE):
         if not (path / name).is_file():
             raise UserError(f"{path / name}: classifier file missing (run the train_classifier stage)")
     meta = read_classifier_meta(path)
     model = SmallCNN(**{k: meta[k] for k in CLASSIFIER_FIELDS})
-    load_state_strict(model, read_safetensors(path / WEIGHTS_NAME, "classifier weights"), path / WEIGHTS_NAME)
+    load_state_strict(model, read_safetensors(path / WEIGHTS_FILE, "classifier weights"), path / WEIGHTS_FILE)
     return model.to(device).eval(), meta

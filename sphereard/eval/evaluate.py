@@ -32,7 +32,6 @@ from sphereard.config import Params
 from sphereard.data import images_as_uint8, load_manifest
 from sphereard.errors import UserError
 from sphereard.eval.adm import load_samples_npz
-from sphereard.eval.classifier import META_NAME
 from sphereard.eval.diagnostics import (
     detect_norm_drift,
     norm_trajectory,
@@ -43,6 +42,7 @@ from sphereard.eval.diagnostics import (
 from sphereard.eval.metrics import generation_metrics
 from sphereard.eval.reconstruction import reconstruction_metrics
 from sphereard.eval.setup import build_extractors, load_references
+from sphereard.export import META_FILE
 from sphereard.layout import classifier_model_dir, evaluation_file, samples_file, write_results
 from sphereard.tokenizer.inference import reconstruct, uint8_to_model
 from sphereard.tokenizer.losses import load_lpips
@@ -66,7 +66,7 @@ def check_classifier(extractors: list, manifest: dict, params: Params) -> None:
     """The in-project classifier must have been trained on this data's classes (UserError naming it)."""
     for ext in extractors:
         if ext.tag == "classifier" and ext.model.config["num_classes"] != manifest["num_classes"]:
-            raise UserError(f"{classifier_model_dir(params) / META_NAME}: classifier has "
+            raise UserError(f"{classifier_model_dir(params) / META_FILE}: classifier has "
                             f"{ext.model.config['num_classes']} classes, the data have {manifest['num_classes']} "
                             "(rerun train_classifier)")
 

@@ -23,7 +23,7 @@ from sphereard.config import Params
 from sphereard.data.shards import load_manifest, manifest_path
 from sphereard.errors import UserError
 from sphereard.export import META_FILE as EXPORT_META
-from sphereard.latents import META_FILE as LATENT_META
+from sphereard.latents import meta_path as latent_meta_path
 from sphereard.layout import (
     evaluation_file,
     grids_dir,
@@ -120,7 +120,7 @@ class Inputs:
     classifier_info: dict | None
     manifest: dict | None  # data.out/manifest.json
     classes: pd.DataFrame | None  # images per class: class, name, train, test
-    latents: dict[str, dict | None]  # posterior -> latent cache meta.json
+    latents: dict[str, dict | None]  # posterior -> latent cache.json
     exports: dict[str, dict | None]  # posterior -> tokenizer export meta (radius)
     sweep: pd.DataFrame | None  # sweep summary (`sphereard.report.sweep`)
     sweep_note: str
@@ -162,7 +162,7 @@ def load_inputs(params: Params, root: Path = Path("."), required: bool = True) -
                     for block in OPTIONAL})
     info = {block: {p: read_optional(root / info_file(params, block, p), absent) for p in posteriors}
             for block in INFO_BLOCKS}
-    latents = {p: read_optional(root / latent_cache_dir(params, p) / LATENT_META, absent) for p in posteriors}
+    latents = {p: read_optional(latent_meta_path(root / latent_cache_dir(params, p)), absent) for p in posteriors}
     exports = {p: read_optional(root / tokenizer_model_dir(params, p) / EXPORT_META, absent) for p in posteriors}
     for p in posteriors:
         found = optional_paths(params, p, root)

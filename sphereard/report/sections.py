@@ -53,7 +53,7 @@ def data_text(params: Params, inp: Inputs) -> str:
 
 
 def cache_text(params: Params, inp: Inputs) -> str:
-    """The latent-cache row: images cached of the train images and views, from each cache's meta.json."""
+    """The latent-cache row: images cached of the train images and views, from each cache's cache.json."""
     def one(meta: dict) -> str:
         rows, total = meta.get("rows"), meta.get("train_images")
         of = "" if total is None else (" (every train image)" if rows == total else f" of {fmt(total)} train images")

@@ -8,7 +8,7 @@ _EXPORTS = {  # public name -> submodule defining it (imported on first use)
     "load_lpips": "losses", "reconstruction_loss": "losses",
     "POSTERIOR_CLASSES": "posterior", "GaussianNormPosterior": "posterior", "GaussianPosterior": "posterior",
     "Posterior": "posterior", "SphericalPosterior": "posterior", "build_posterior": "posterior",
-    "default_radius": "posterior", "sample_from_params": "posterior",
+    "default_radius": "posterior", "sample_from_moments": "posterior",
     "TOKENIZER_PRESETS": "presets", "TokenizerArch": "presets", "create_tokenizer": "vae",
     "tokenizer_arch": "presets",
     "HybridVAE": "vae",

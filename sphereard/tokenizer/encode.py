@@ -33,7 +33,7 @@ def subset_indices(num_images: int, max_images: int | None, seed: int) -> list[i
 
 @torch.no_grad()
 def encode_split(params: Params, posterior: str, device: torch.device) -> dict:
-    """Cache the posterior params of the train split (`encode.max_images` of them) -> the cache's meta.
+    """Cache the posterior moments of the train split (`encode.max_images` of them) -> the cache's meta.
 
     Raises UserError naming the file when the tokenizer export is missing, corrupt or of another
     posterior (`load_tokenizer`), or the prepared data are unreadable; nothing is written then."""
@@ -50,7 +50,7 @@ def encode_split(params: Params, posterior: str, device: torch.device) -> dict:
         for images, labels in tqdm(loader, desc=f"encode {posterior}", unit="batch", mininterval=5):
             images = images.to(device)
             views = [images, images.flip(HORIZONTAL)] if params.encode.hflip else [images]
-            encoded = vae.encode_params(torch.cat(views))  # (V*B, L, P)
+            encoded = vae.encode_moments(torch.cat(views))  # (V*B, L, P)
             per_view = encoded.float().cpu().numpy().reshape(len(views), len(images), *encoded.shape[1:])
             cache.write(per_view[0], labels.numpy(), per_view[1] if params.encode.hflip else None)
     elapsed = time.perf_counter() - start

@@ -28,9 +28,3 @@ def reconstruct(vae: HybridVAE, images: np.ndarray, batch_size: int, device, sam
     out = [model_to_uint8(vae(uint8_to_model(images[i:i + batch_size], device), sample=sample)["recon"])
            for i in range(0, len(images), batch_size)]
     return np.concatenate(out)
-
-
-@torch.no_grad()
-def decode_to_uint8(vae: HybridVAE, z: torch.Tensor, batch_size: int) -> np.ndarray:
-    """Latents (N, L, d) -> uint8 images (N, H, W, C)."""
-    return np.concatenate([model_to_uint8(vae.decode(z[i:i + batch_size])) for i in range(0, len(z), batch_size)])

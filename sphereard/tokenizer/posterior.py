@@ -1,11 +1,12 @@
 """Posterior heads of the hybrid VAE: spherical (S-VAE), gaussian_norm and gaussian (SphereAR Sec. 3.1, App. B).
 
-All three share one interface over per-token parameter tensors params (B, L, P):
-  params_dim        P for a latent_dim d
-  parameterise(raw) raw encoder output (B, L, P) -> params (B, L, P), the tensor that is cached
-  sample(params)    z (B, L, d), reparameterised
-  mode(params)      z (B, L, d), deterministic (posterior mode, on the sphere where it applies)
-  kl(params)        (B,) KL in nats **per token**, averaged over the L tokens of each image
+All three share one interface over the per-token posterior moments (B, L, P) (MAR's term: the
+distribution's parameters, not the config's `params`):
+  moments_dim        P for a latent_dim d
+  parameterise(raw)  raw encoder output (B, L, P) -> moments (B, L, P), the tensor that is cached
+  sample(moments)    z (B, L, d), reparameterised
+  mode(moments)      z (B, L, d), deterministic (posterior mode, on the sphere where it applies)
+  kl(moments)        (B,) KL in nats **per token**, averaged over the L tokens of each image
 
 Layouts: spherical [mu (unit, d) | kappa (1)], kappa = softplus(raw) + 1, latent = R * x with
 x ~ PowerSpherical(mu, kappa), KL to the uniform distribution on S^{d-1} (exact, no R term);
@@ -16,7 +17,7 @@ latent cache stores log kappa (`cache_log_channels`); logvar is clamped to [-30,
 
 KL normalisation: per-token KL (summed over the d channels for the Gaussians) and averaged over
 tokens, as the official S-VAE does before weighting it by 0.004; batch-mean it for the loss.
-The AR stage caches `params` per image and calls `sample_from_params` every training step.
+The AR stage caches `moments` per image and calls `sample_from_moments` every training step.
 """
 
 from __future__ import annotations
@@ -52,29 +53,29 @@ class Posterior:
         assert self.radius > 0, "radius R must be positive"
 
     @property
-    def params_dim(self) -> int:
+    def moments_dim(self) -> int:
         raise NotImplementedError
 
     def parameterise(self, raw: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def sample(self, params: torch.Tensor) -> torch.Tensor:
+    def sample(self, moments: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def mode(self, params: torch.Tensor) -> torch.Tensor:
+    def mode(self, moments: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def kl(self, params: torch.Tensor) -> torch.Tensor:
+    def kl(self, moments: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def cache_log_channels(self) -> tuple[int, ...]:
-        """Channels of params that are unbounded positive scales (kappa): the latent cache stores their
+        """Channels of moments that are unbounded positive scales (kappa): the latent cache stores their
         log, which no float16 column overflows (kappa > 65504 would become inf). None by default."""
         return ()
 
-    def _check(self, params: torch.Tensor) -> None:
-        assert params.shape[-1] == self.params_dim, (
-            f"{self.name} posterior params must have last dim {self.params_dim} (latent_dim {self.latent_dim})")
+    def _check(self, moments: torch.Tensor) -> None:
+        assert moments.shape[-1] == self.moments_dim, (
+            f"{self.name} posterior moments must have last dim {self.moments_dim} (latent_dim {self.latent_dim})")
 
 
 class SphericalPosterior(Posterior):
@@ -83,7 +84,7 @@ class SphericalPosterior(Posterior):
     name = "spherical"
 
     @property
-    def params_dim(self) -> int:
+    def moments_dim(self) -> int:
         return self.latent_dim + 1
 
     def parameterise(self, raw: torch.Tensor) -> torch.Tensor:
@@ -92,27 +93,27 @@ class SphericalPosterior(Posterior):
         kappa = F.softplus(raw[..., -1:]) + KAPPA_MIN  # (B, L, 1)
         return torch.cat([mu, kappa], dim=-1)
 
-    def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check(params)
-        mu = project_to_sphere(params[..., :-1], 1.0)  # re-normalise: cached params may be rounded
-        return mu, params[..., -1]  # mu (B, L, d), kappa (B, L)
+    def split(self, moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(moments)
+        mu = project_to_sphere(moments[..., :-1], 1.0)  # re-normalise: cached moments may be rounded
+        return mu, moments[..., -1]  # mu (B, L, d), kappa (B, L)
 
-    def distribution(self, params: torch.Tensor) -> PowerSpherical:
-        mu, kappa = self.split(params)
+    def distribution(self, moments: torch.Tensor) -> PowerSpherical:
+        mu, kappa = self.split(moments)
         return PowerSpherical(mu, kappa, validate_args=False)
 
-    def sample(self, params: torch.Tensor) -> torch.Tensor:
-        return self.radius * self.distribution(params).rsample()
+    def sample(self, moments: torch.Tensor) -> torch.Tensor:
+        return self.radius * self.distribution(moments).rsample()
 
-    def mode(self, params: torch.Tensor) -> torch.Tensor:
-        return self.radius * self.split(params)[0]
+    def mode(self, moments: torch.Tensor) -> torch.Tensor:
+        return self.radius * self.split(moments)[0]
 
     def cache_log_channels(self) -> tuple[int, ...]:
         return (self.latent_dim,)  # kappa; mu is a unit vector
 
-    def kl(self, params: torch.Tensor) -> torch.Tensor:
-        prior = HypersphericalUniform(self.latent_dim, device=params.device, dtype=params.dtype)
-        return kl_divergence(self.distribution(params), prior).mean(dim=-1)  # (B, L) -> (B,)
+    def kl(self, moments: torch.Tensor) -> torch.Tensor:
+        prior = HypersphericalUniform(self.latent_dim, device=moments.device, dtype=moments.dtype)
+        return kl_divergence(self.distribution(moments), prior).mean(dim=-1)  # (B, L) -> (B,)
 
 
 class GaussianPosterior(Posterior):
@@ -122,7 +123,7 @@ class GaussianPosterior(Posterior):
     on_sphere = False
 
     @property
-    def params_dim(self) -> int:
+    def moments_dim(self) -> int:
         return 2 * self.latent_dim
 
     def parameterise(self, raw: torch.Tensor) -> torch.Tensor:
@@ -130,22 +131,22 @@ class GaussianPosterior(Posterior):
         g = DiagonalGaussian(*raw.chunk(2, dim=-1))  # clamps logvar to a finite range
         return torch.cat([g.mean, g.logvar], dim=-1)
 
-    def split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check(params)
-        mean, logvar = params.chunk(2, dim=-1)
+    def split(self, moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check(moments)
+        mean, logvar = moments.chunk(2, dim=-1)
         return mean, logvar  # (B, L, d) each
 
-    def distribution(self, params: torch.Tensor):
-        return DiagonalGaussian(*self.split(params))
+    def distribution(self, moments: torch.Tensor):
+        return DiagonalGaussian(*self.split(moments))
 
-    def sample(self, params: torch.Tensor) -> torch.Tensor:
-        return self.distribution(params).rsample()
+    def sample(self, moments: torch.Tensor) -> torch.Tensor:
+        return self.distribution(moments).rsample()
 
-    def mode(self, params: torch.Tensor) -> torch.Tensor:
-        return self.distribution(params).mode()
+    def mode(self, moments: torch.Tensor) -> torch.Tensor:
+        return self.distribution(moments).mode()
 
-    def kl(self, params: torch.Tensor) -> torch.Tensor:
-        return self.distribution(params).kl_to_standard_normal().mean(dim=-1)  # (B, L) -> (B,)
+    def kl(self, moments: torch.Tensor) -> torch.Tensor:
+        return self.distribution(moments).kl_to_standard_normal().mean(dim=-1)  # (B, L) -> (B,)
 
 
 class GaussianNormPosterior(GaussianPosterior):
@@ -154,8 +155,8 @@ class GaussianNormPosterior(GaussianPosterior):
     name = "gaussian_norm"
     on_sphere = True
 
-    def distribution(self, params: torch.Tensor) -> GaussianThenNormalize:
-        return GaussianThenNormalize(*self.split(params), radius=self.radius)
+    def distribution(self, moments: torch.Tensor) -> GaussianThenNormalize:
+        return GaussianThenNormalize(*self.split(moments), radius=self.radius)
 
 
 POSTERIOR_CLASSES: dict[str, type[Posterior]] = {
@@ -163,31 +164,31 @@ POSTERIOR_CLASSES: dict[str, type[Posterior]] = {
 }
 
 
-def build_posterior(kind: str, latent_dim: int, radius: float | None = None) -> Posterior:
+def build_posterior(posterior: str, latent_dim: int, radius: float | None = None) -> Posterior:
     """Posterior head by name: spherical | gaussian_norm | gaussian."""
-    if kind not in POSTERIOR_CLASSES:
-        raise UserError(f"posterior={kind!r}: must be one of {', '.join(POSTERIOR_CLASSES)}")
-    return POSTERIOR_CLASSES[kind](latent_dim, radius)
+    if posterior not in POSTERIOR_CLASSES:
+        raise UserError(f"posterior={posterior!r}: must be one of {', '.join(POSTERIOR_CLASSES)}")
+    return POSTERIOR_CLASSES[posterior](latent_dim, radius)
 
 
-def latent_dim_from_params(kind: str, params_dim: int) -> int:
-    """Invert params_dim: d + 1 (spherical) or 2d (gaussians)."""
-    if kind == "spherical":
-        return params_dim - 1
-    assert params_dim % 2 == 0, "Gaussian posterior params hold [mean | logvar], so P must be even"
-    return params_dim // 2
+def latent_dim_from_moments(posterior: str, moments_dim: int) -> int:
+    """Invert moments_dim: d + 1 (spherical) or 2d (gaussians)."""
+    if posterior == "spherical":
+        return moments_dim - 1
+    assert moments_dim % 2 == 0, "Gaussian posterior moments hold [mean | logvar], so P must be even"
+    return moments_dim // 2
 
 
-def cache_log_channels(kind: str, params_dim: int) -> tuple[int, ...]:
-    """Channels of a `kind` posterior's params (..., params_dim) that the latent cache stores as log."""
-    return build_posterior(kind, latent_dim_from_params(kind, params_dim)).cache_log_channels()
+def cache_log_channels(posterior: str, moments_dim: int) -> tuple[int, ...]:
+    """Channels of a `posterior`'s moments (..., moments_dim) that the latent cache stores as log."""
+    return build_posterior(posterior, latent_dim_from_moments(posterior, moments_dim)).cache_log_channels()
 
 
-def sample_from_params(kind: str, params: torch.Tensor, radius: float | None = None,
-                       mode: bool = False) -> torch.Tensor:
-    """Fresh latent z (..., d) from cached posterior params (..., P); `mode=True` gives the mode.
+def sample_from_moments(posterior: str, moments: torch.Tensor, radius: float | None = None,
+                        mode: bool = False) -> torch.Tensor:
+    """Fresh latent z (..., d) from cached posterior moments (..., P); `mode=True` gives the mode.
 
     `radius` defaults to sqrt(d) and is ignored by the plain gaussian posterior.
     """
-    post = build_posterior(kind, latent_dim_from_params(kind, params.shape[-1]), radius)
-    return post.mode(params) if mode else post.sample(params)
+    post = build_posterior(posterior, latent_dim_from_moments(posterior, moments.shape[-1]), radius)
+    return post.mode(moments) if mode else post.sample(moments)

@@ -29,7 +29,7 @@ from sphereard.utils.weights import load_state_strict
 log = logging.getLogger(__name__)
 
 MEDIA_IMAGES = 16
-NO_DECAY_PATTERNS = (r"register", r"from_latent", r"to_params")
+NO_DECAY_PATTERNS = (r"register", r"from_latent", r"to_moments")
 
 
 def tokenizer_meta(params: Params, posterior: str, radius: float) -> dict:

@@ -2,7 +2,7 @@
 
 image (B, C, H, W) in [-1, 1]
   -> CNN stem (stride 2^S) -> tokens (B, L, W) -> ViT encoder -> linear -> raw (B, L, P)
-  -> posterior params (B, L, P) -> latent z (B, L, d)   [spherical: ||z|| = R = sqrt(d)]
+  -> posterior moments (B, L, P) -> latent z (B, L, d)   [spherical: ||z|| = R = sqrt(d)]
   -> linear -> ViT decoder -> CNN up-stem -> image (B, C, H, W)
 with L = (H / patch)^2 tokens in raster order.
 """
@@ -26,16 +26,12 @@ class HybridVAE(nn.Module):
         g, w = arch.grid_size, arch.width
         self.cnn_enc = CNNEncoder(arch.in_channels, arch.cnn_channels, arch.enc_extra_units)
         self.vit_enc = ViTEncoder(g, w, arch.enc_layers, arch.heads, arch.num_registers, arch.mlp_hidden)
-        self.to_params = nn.Linear(w, self.posterior.params_dim, bias=True)
+        self.to_moments = nn.Linear(w, self.posterior.moments_dim, bias=True)
         self.from_latent = nn.Linear(arch.latent_dim, w, bias=False)
         self.vit_dec = ViTDecoder(g, w, arch.dec_layers, arch.heads, arch.num_registers, arch.mlp_hidden)
         self.cnn_dec = CNNDecoder(arch.in_channels, arch.cnn_channels, arch.dec_extra_units, arch.upsample)
 
     # --- shapes -----------------------------------------------------------------------------
-    @property
-    def posterior_kind(self) -> str:
-        return self.posterior.name
-
     @property
     def grid_size(self) -> int:
         return self.arch.grid_size
@@ -49,8 +45,8 @@ class HybridVAE(nn.Module):
         return self.arch.latent_dim
 
     @property
-    def params_dim(self) -> int:
-        return self.posterior.params_dim
+    def moments_dim(self) -> int:
+        return self.posterior.moments_dim
 
     @property
     def radius(self) -> float:
@@ -63,26 +59,26 @@ class HybridVAE(nn.Module):
         return self.posterior.on_sphere
 
     # --- encode / decode ----------------------------------------------------------------------
-    def encode_params(self, x: torch.Tensor) -> torch.Tensor:
-        """Image (B, C, H, W) in [-1, 1] -> posterior params (B, L, P) (see posterior.py layouts)."""
+    def encode_moments(self, x: torch.Tensor) -> torch.Tensor:
+        """Image (B, C, H, W) in [-1, 1] -> posterior moments (B, L, P) (see posterior.py layouts)."""
         a = self.arch
         assert x.shape[1:] == (a.in_channels, a.image_size, a.image_size), (
             f"tokenizer input must be (B, {a.in_channels}, {a.image_size}, {a.image_size}), got {tuple(x.shape)}")
         h = grid_to_tokens(self.cnn_enc(x))  # (B, L, W)
-        raw = self.to_params(self.vit_enc(h)).float()  # posterior math in fp32, also under autocast
+        raw = self.to_moments(self.vit_enc(h)).float()  # posterior math in fp32, also under autocast
         return self.posterior.parameterise(raw)  # (B, L, P)
 
-    def sample(self, params: torch.Tensor) -> torch.Tensor:
-        """Reparameterised latent (B, L, d) from params (B, L, P)."""
-        return self.posterior.sample(params)
+    def sample(self, moments: torch.Tensor) -> torch.Tensor:
+        """Reparameterised latent (B, L, d) from moments (B, L, P)."""
+        return self.posterior.sample(moments)
 
-    def mode(self, params: torch.Tensor) -> torch.Tensor:
+    def mode(self, moments: torch.Tensor) -> torch.Tensor:
         """Deterministic latent (B, L, d): R * mu (spherical), N_R(mean), or mean."""
-        return self.posterior.mode(params)
+        return self.posterior.mode(moments)
 
-    def kl(self, params: torch.Tensor) -> torch.Tensor:
+    def kl(self, moments: torch.Tensor) -> torch.Tensor:
         """(B,) KL per token, averaged over tokens (posterior.py)."""
-        return self.posterior.kl(params)
+        return self.posterior.kl(moments)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent (B, L, d) -> image (B, C, H, W) (unbounded; ~[-1, 1] once trained)."""
@@ -93,14 +89,14 @@ class HybridVAE(nn.Module):
 
     def encode(self, x: torch.Tensor, sample: bool = True) -> torch.Tensor:
         """Image -> latent (B, L, d): a posterior sample, or its mode when sample=False."""
-        params = self.encode_params(x)
-        return self.sample(params) if sample else self.mode(params)
+        moments = self.encode_moments(x)
+        return self.sample(moments) if sample else self.mode(moments)
 
     def forward(self, x: torch.Tensor, sample: bool = True) -> dict[str, torch.Tensor]:
-        """dict(recon (B, C, H, W), z (B, L, d), params (B, L, P), kl (B,))."""
-        params = self.encode_params(x)
-        z = self.sample(params) if sample else self.mode(params)
-        return {"recon": self.decode(z), "z": z, "params": params, "kl": self.kl(params)}
+        """dict(recon (B, C, H, W), z (B, L, d), moments (B, L, P), kl (B,))."""
+        moments = self.encode_moments(x)
+        z = self.sample(moments) if sample else self.mode(moments)
+        return {"recon": self.decode(z), "z": z, "moments": moments, "kl": self.kl(moments)}
 
 
 def create_tokenizer(name: str, posterior: str = "spherical", radius: float | None = None, **overrides) -> HybridVAE:
