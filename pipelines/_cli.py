@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable
 
 from sphereard.config import DEFAULT_PARAMS_FILE, POSTERIORS, Params, load_params
 from sphereard.errors import UserError, one_line
+from sphereard.utils.logs import configure_logging
 
 USER_ERROR_EXIT = 2
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CPU_THREADS_ENV = "SPHEREARD_CPU_THREADS"
 
 
@@ -53,7 +52,7 @@ def stage_main(description: str, run: Callable[[Params, argparse.Namespace], Non
     if add_args:
         add_args(parser)
     args = parser.parse_args()
-    logging.basicConfig(level=os.environ.get("SPHEREARD_LOG_LEVEL", "INFO"), format=LOG_FORMAT)
+    configure_logging()
     configure_cpu_threads()
     try:
         params = load_params(args.params)

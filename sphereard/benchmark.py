@@ -38,6 +38,7 @@ from sphereard.errors import UserError
 from sphereard.geometry import project_to_sphere
 from sphereard.train.loop import StepContext, resolve_precision
 from sphereard.utils.io import atomic_write_text
+from sphereard.utils.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         result = run_benchmark(args)
     except UserError as err:

@@ -68,10 +68,12 @@ def to_unit_tensor(arr: np.ndarray) -> torch.Tensor:
     return x.float() / UINT8_HALF_RANGE - 1.0
 
 
-def random_hflip_batch(x: torch.Tensor, p: float = FLIP_PROB) -> torch.Tensor:
-    """Flip each image of a (B, ..., H, W) batch left-right with probability p (global torch RNG).
+def random_hflip_batch(x: torch.Tensor, p: float = FLIP_PROB,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flip each image of a (B, ..., H, W) batch left-right with probability p.
 
-    Draws exactly B uniforms on x's device, whatever the outcome, so the RNG stream is the same
-    for every batch of a given size."""
-    flip = torch.rand(x.shape[0], device=x.device) < p  # (B,)
+    Draws exactly B uniforms, whatever the outcome, so the RNG stream is the same for every batch
+    of a given size: from `generator` on its device, else from the global torch RNG on x's device."""
+    device = generator.device if generator is not None else x.device
+    flip = (torch.rand(x.shape[0], generator=generator, device=device) < p).to(x.device)  # (B,)
     return torch.where(flip.view(-1, *([1] * (x.ndim - 1))), x.flip(-1), x)

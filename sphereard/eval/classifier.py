@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from sphereard.data.transforms import random_hflip_batch
 from sphereard.errors import UserError
 from sphereard.export import META_FILE, WEIGHTS_FILE
 from sphereard.utils.io import atomic_path, read_json_object, require_fields
@@ -30,7 +31,6 @@ NUM_STAGES = 2  # stride-2 conv stages after the stride-2 stem: 32 -> 16 -> 8 ->
 EVAL_BATCH = 1000
 WEIGHT_DECAY = 1e-4
 LOG_EVERY = 100
-FLIP_PROB = 0.5  # random horizontal flips (Fashion-MNIST / emoji classes are mirror-invariant)
 
 
 def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -107,8 +107,7 @@ def train_classifier(data_root: str | Path, cfg, device="cpu", seed: int = 0) ->
     for step in range(cfg.steps):
         idx = torch.randint(len(y_train), (cfg.batch_size,), generator=gen).to(device)
         x = uint8_to_unit(x_train[idx])
-        flip = torch.rand(len(idx), generator=gen).to(device) < FLIP_PROB
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        x = random_hflip_batch(x, generator=gen)  # Fashion-MNIST / emoji classes are mirror-invariant
         _, logits = model(x)
         loss = F.cross_entropy(logits, y_train[idx])
         opt.zero_grad(set_to_none=True)

@@ -223,14 +223,6 @@ def build_extractor(name: str, *, inception_weights=None, classifier_path=None, 
     return ext.to(device).eval()
 
 
-def metric_name(metric: str, extractor: str) -> str:
-    """Key of a metric computed with an extractor tag: `fd` / `rfd` / `is` with the verified FID
-    Inception become `fid_inception` / `rfid_inception` / `is_inception`; otherwise `<metric>_<tag>`."""
-    if extractor == "inception" and metric in ("fd", "rfd"):
-        return {"fd": "fid", "rfd": "rfid"}[metric] + "_inception"
-    return f"{metric}_{extractor}"
-
-
 @torch.no_grad()
 def extract_features(extractor: FeatureExtractorBase, images, batch_size: int = 250) -> dict[str, torch.Tensor]:
     """uint8 images (N, H, W, C) numpy or (N, C, H, W) tensor -> {layer: float (N, D) on CPU}."""

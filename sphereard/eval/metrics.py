@@ -33,7 +33,8 @@ from torch_fidelity.metric_kid import kernel_poly
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
 from sphereard.errors import UserError
-from sphereard.eval.extractors import extract_features, metric_name
+from sphereard.eval.extractors import extract_features
+from sphereard.eval.names import metric_name
 from sphereard.utils.io import atomic_path, read_npz
 
 log = logging.getLogger(__name__)

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from sphereard.eval.extractors import extract_features, metric_name
+from sphereard.eval.extractors import extract_features
 from sphereard.eval.metrics import feature_stats, frechet_distance
+from sphereard.eval.names import LPIPS_KEY, metric_name
 
 DATA_RANGE = 1.0
-LPIPS_KEY = "lpips_vgg"
 
 
 def to_unit_float(images) -> torch.Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from sphereard.eval.extractors import metric_name
+from sphereard.eval.names import metric_name
 
 LOWER_BETTER = ("fd_", "fid_", "kid_")
 HIGHER_BETTER_GEN = ("class_consistency_", "precision_", "recall_", "is_")

@@ -15,7 +15,7 @@ import torch
 
 from sphereard.config import Params
 from sphereard.eval.diagnostics import DRIFT_TOL
-from sphereard.eval.reconstruction import LPIPS_KEY
+from sphereard.eval.names import LPIPS_KEY
 from sphereard.latents import META_FILE as LATENT_META
 from sphereard.report.compare import CONFIDENCE
 from sphereard.report.figures import plot_norm_overview, plot_split_overview, plot_sweep

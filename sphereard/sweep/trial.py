@@ -47,10 +47,10 @@ from sphereard.train import LoopSpec, fit
 from sphereard.train.checkpoint import STEP_DIR_RE, latest_step_dir
 from sphereard.utils.device import default_device
 from sphereard.utils.io import atomic_write_text, read_json_object, require_fields
+from sphereard.utils.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 GRID_MAX_CLASSES = 10  # samples.png: at most this many classes (evenly spaced), one row each
 GRID_PER_CLASS = 8
 METRICS_FILE, GRID_FILE = "metrics.json", "samples.png"
@@ -228,7 +228,7 @@ def _nan_if_none(value) -> float:
 
 def run_trial(config: dict, context: SweepContext) -> None:
     """Ray Tune function trainable (module-level so Ray workers can import it)."""
-    logging.basicConfig(level=os.environ.get("SPHEREARD_LOG_LEVEL", "INFO"), format=LOG_FORMAT)
+    configure_logging()
     if context.tracking_uri:  # the driver's store, also on nodes that do not share its environment
         os.environ[TRACKING_URI_ENV] = context.tracking_uri
     t, params = settings_of(config), context.params
