@@ -12,11 +12,12 @@ Large outputs stay under each block's `out`, one folder per posterior (`<block.o
   tokenizer   ckpt/ (resumable checkpoints), model/ (EMA export), reconstructions.png
   encode      the latent cache itself (sphereard/latents.py)
   generator   ckpt/, model/
-  sampling    samples.npz, grids/
+  sampling    samples.npz, grids/ (class_XX.png, overview.png)
   evaluation  EVALUATION_FILES (plots and their CSVs); reference/<extractor>.npz (not per posterior)
   classifier  model/ (not per posterior)
-  sweep       trials/<trial name>/ (not per posterior; a training trial's own stage outputs under
-              TRIAL_OUTPUTS and TRIAL_METRICS_DIR inside it)
+  sweep       results.csv, summary.csv, fd_vs_cfg.csv, plots/ and trials/<trial name>/ (not per
+              posterior; a trial's TRIAL_FILES and, for a training trial, its own stage outputs
+              under TRIAL_OUTPUTS and TRIAL_METRICS_DIR inside it)
 Stages, the sweep and the library ask these functions instead of joining paths.
 """
 
@@ -31,10 +32,15 @@ from sphereard.utils.io import atomic_write_text
 METRICS_BLOCKS = ("tokenizer", "generator", "sampling", "evaluation", "classifier")
 INFO_FILE = "info.json"
 CKPT_DIR, MODEL_DIR = "ckpt", "model"
-SAMPLES_FILE, GRIDS_DIR = "samples.npz", "grids"
+SAMPLES_FILE, GRIDS_DIR, OVERVIEW_FILE = "samples.npz", "grids", "overview.png"
 RECONSTRUCTIONS_FILE = "reconstructions.png"
 EVALUATION_FILES = ("norm_trajectory.png", "norm_trajectory.csv", "error_split.png", "error_split.csv")
 REFERENCE_DIR, TRIALS_DIR = "reference", "trials"
+SWEEP_RESULTS_FILE, SWEEP_SUMMARY_FILE, SWEEP_FD_PLOT_FILE = "results.csv", "summary.csv", "fd_vs_cfg.csv"
+SWEEP_PLOTS_DIR = "plots"
+# a trial's own files: its metrics, its sample grid, its AR segment reports (asha), its training settings
+TRIAL_FILES = {"metrics": "metrics.json", "grid": "samples.png", "reports": "ar_reports.json",
+               "train_config": "train_config.json"}
 # a training trial runs the stages with each block's `out` (and metrics_dir) moved into its trial dir
 TRIAL_OUTPUTS = {"tokenizer": "tokenizer", "encode": "latents", "generator": "generator"}
 TRIAL_METRICS_DIR = "metrics"
@@ -115,6 +121,11 @@ def grids_dir(params: Params, posterior: str) -> Path:
     return samples_dir(params, posterior) / GRIDS_DIR
 
 
+def overview_file(params: Params, posterior: str) -> Path:
+    """The one-row-per-class sample overview (sphereard/ar/generate.py)."""
+    return grids_dir(params, posterior) / OVERVIEW_FILE
+
+
 def evaluation_dir(params: Params, posterior: str) -> Path:
     """`evaluate@posterior`'s folder: info.json and EVALUATION_FILES."""
     return Path(params.evaluation.out) / posterior
@@ -162,6 +173,17 @@ def write_results(params: Params, block: str, posterior: str | None, metrics: di
 
 
 def trial_dir(params: Params, trial: str) -> Path:
-    """One sweep trial's folder: metrics.json, samples.png and, for training trials, its own
-    tokenizer/, latents/ and generator/ outputs (sphereard/sweep/trial.py)."""
+    """One sweep trial's folder: TRIAL_FILES and, for training trials, its own tokenizer/, latents/
+    and generator/ outputs (sphereard/sweep/trial.py)."""
     return trials_dir(params) / trial
+
+
+def trial_file(params: Params, trial: str, name: str) -> Path:
+    """One of a trial's own files (`name` a key of TRIAL_FILES)."""
+    assert name in TRIAL_FILES, f"name must be one of {sorted(TRIAL_FILES)}, got {name!r}"
+    return trial_dir(params, trial) / TRIAL_FILES[name]
+
+
+def sweep_dir(params: Params) -> Path:
+    """The sweep stage's tables (SWEEP_*_FILE), plots/ and trials/ (sphereard/sweep/outputs.py)."""
+    return Path(params.sweep.out)

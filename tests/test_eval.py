@@ -32,7 +32,6 @@ from sphereard.eval import (
     metric_name,
     norm_trajectory,
     plot_error_split,
-    plot_metric_vs_cfg,
     plot_norm_trajectories,
     psnr,
     radial_tangential_error,
@@ -349,10 +348,7 @@ def test_radial_tangential_error():
 def test_plots_written(tmp_path):
     norms = {"spherical": torch.full((8, 10), 4.0), "gaussian": 4.0 + torch.rand(8, 10).cumsum(-1)}
     errs = {"spherical": (torch.zeros(8, 10), torch.rand(8, 10)), "gaussian": (torch.rand(8, 10), torch.rand(8, 10))}
-    table = [dict(posterior=p, cfg_scale=w, fd_classifier=w * i)
-             for i, p in enumerate(("spherical", "gaussian"), 1) for w in (1.0, 2.0, 3.0)]
     paths = [plot_norm_trajectories(norms, 4.0, tmp_path / "norms.png"),
-             plot_error_split(errs, tmp_path / "err.png"),
-             plot_metric_vs_cfg(table, "fd_classifier", tmp_path / "cfg.png")]
+             plot_error_split(errs, tmp_path / "err.png")]
     for p in paths:
         assert p.is_file() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,6 @@ from sphereard import layout
 from sphereard.config import Params, SamplingConfig
 from sphereard.layout import METRICS_BLOCKS, info_file, metrics_file, write_results
 from sphereard.sweep.grid import TrialSettings
-from sphereard.sweep.results import FD_PLOT_FILE, PLOTS_DIR, RESULTS_FILE, SUMMARY_FILE
 from sphereard.sweep.trial import INHERITED_SAMPLING_KEYS, trial_sampling
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,7 +73,6 @@ def test_dvc_yaml_metrics_and_info_paths_come_from_the_layout(stage, block):
 
 def layout_outputs(params: Params, p: str = "P") -> dict[str, set[str]]:
     """Each stage's outs and plots (other than metrics), as the layout (and the sweep's tables) name them."""
-    sweep = Path(params.sweep.out)
     paths = {
         "prepare": [Path(params.data.out)],
         "train_vae": [layout.tokenizer_ckpt_dir(params, p), layout.tokenizer_model_dir(params, p),
@@ -87,8 +85,9 @@ def layout_outputs(params: Params, p: str = "P") -> dict[str, set[str]]:
         "sample": [layout.samples_file(params, p), layout.grids_dir(params, p), info_file(params, "sampling", p)],
         "evaluate": [info_file(params, "evaluation", p),
                      *(layout.evaluation_file(params, p, name) for name in layout.EVALUATION_FILES)],
-        "sweep": [layout.trials_dir(params), sweep / RESULTS_FILE, sweep / SUMMARY_FILE, sweep / FD_PLOT_FILE,
-                  sweep / PLOTS_DIR],
+        "sweep": [layout.trials_dir(params), *(layout.sweep_dir(params) / name for name in (
+                  layout.SWEEP_RESULTS_FILE, layout.SWEEP_SUMMARY_FILE, layout.SWEEP_FD_PLOT_FILE,
+                  layout.SWEEP_PLOTS_DIR))],
     }
     return {stage: {str(path) for path in stage_paths} for stage, stage_paths in paths.items()}
 

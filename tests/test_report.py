@@ -533,7 +533,8 @@ def test_one_colour_per_tokenizer_in_every_figure_and_R_lines(tmp_path, monkeypa
 
     from sphereard.eval import diagnostics, figures
     from sphereard.report import figures as report_figures
-    from sphereard.sweep.results import aggregate_over_seeds, results_frame, write_outputs
+    from sphereard.sweep.outputs import write_outputs
+    from sphereard.sweep.results import aggregate_over_seeds, results_frame
 
     monkeypatch.setitem(figures.POSTERIOR_COLOURS, "spherical", "#123456")
     lines, refs = [], []
@@ -553,7 +554,7 @@ def test_one_colour_per_tokenizer_in_every_figure_and_R_lines(tmp_path, monkeypa
     diagnostics.plot_norm_trajectories(norms, RADIUS, tmp_path / "a.png", posterior="spherical")
     diagnostics.plot_error_split({"spherical": (torch.rand(4, L), torch.rand(4, L))}, tmp_path / "b.png")
     results = results_frame(list(sweep_rows(stopped=False)))
-    write_outputs(tmp_path / "sweep", results, aggregate_over_seeds(results))  # plot_metric_vs_cfg
+    write_outputs(tmp_path / "sweep", results, aggregate_over_seeds(results))  # plot_sweep per metric
     summary, _ = load_sweep(tmp_path / "sweep")
     report_figures.plot_sweep(summary, "fd_classifier", tmp_path / "c.png")
     (tmp_path / "root").mkdir()

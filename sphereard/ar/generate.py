@@ -33,7 +33,7 @@ from sphereard.ar.sampler import sampling_kwargs
 from sphereard.config import Params, as_dict
 from sphereard.eval import figures
 from sphereard.eval.adm import save_samples_npz
-from sphereard.layout import grids_dir, samples_file, write_results
+from sphereard.layout import OVERVIEW_FILE, grids_dir, samples_file, write_results
 from sphereard.tokenizer.inference import model_to_uint8
 from sphereard.tracking import start_run
 from sphereard.utils.device import default_device
@@ -106,8 +106,8 @@ def write_grids(out: Path, images: np.ndarray, labels: np.ndarray, num_classes: 
             _grid(shown_of_class, math.ceil(math.sqrt(len(shown_of_class))),
                   figures.class_label(c, class_names)).save(tmp / f"class_{c:0{width}d}.png")
         figures.class_grid(*figures.overview_rows(images, labels, OVERVIEW_MAX_CLASSES, OVERVIEW_PER_CLASS,
-                                                  class_names)).save(tmp / "overview.png")
-    return out / "overview.png"
+                                                  class_names)).save(tmp / OVERVIEW_FILE)
+    return out / OVERVIEW_FILE
 
 
 def norm_stats(norms: np.ndarray) -> dict:

@@ -118,23 +118,3 @@ def plot_error_split(errors_by_label: dict, path: str | Path,
     ax.set(xlabel="token position", ylabel="mean |error|", title=title)
     ax.legend(fontsize="small")
     return _save(fig, path)
-
-
-def plot_metric_vs_cfg(table, metric: str, path: str | Path, x: str = "cfg_scale",
-                       group: str = "posterior") -> Path:
-    """One line per `group` value of `metric` against `x` from rows (list of dicts or a DataFrame), in the
-    colour of the tokenizer the group value names (several settings of one tokenizer: line styles)."""
-    rows = table.to_dict("records") if hasattr(table, "to_dict") else list(table)
-    assert all(metric in r and x in r for r in rows), f"every row needs {x!r} and {metric!r}"
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault(str(r.get(group, metric)), []).append((r[x], r[metric]))
-    styles = series_styles(list(groups))
-    fig = Figure(figsize=FIG_SIZE)
-    ax = fig.add_subplot()
-    for label, pts in groups.items():
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, **styles[label])
-    ax.set(xlabel=x, ylabel=metric, title=f"{metric} vs {x}")
-    ax.legend(fontsize="small")
-    return _save(fig, path)

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from sphereard.eval.diagnostics import DRIFT_TOL, FIG_DPI, FIG_SIZE
 from sphereard.eval.figures import norm_series_style, posterior_colour, reference_line, series_styles
 from sphereard.report.compare import finite, half_width
-from sphereard.report.sweep import sweep_lines
+from sphereard.sweep.results import sweep_lines
 
 BAND_COLUMNS = ("norm_q05", "norm_q95")  # evaluate's per-position norm quantiles
 BAND_ALPHA = 0.1

@@ -33,8 +33,9 @@ from sphereard.report.keys import (
     norm_devs,
     recon_fd_keys,
 )
-from sphereard.report.sweep import sweep_lines, sweep_metrics
+from sphereard.report.sweep import sweep_metrics
 from sphereard.report.tables import IMBALANCE_RATIO, fmt, pct
+from sphereard.sweep.results import sweep_lines
 
 # a norm deviation must also move by more than this (0.5 percentage points) to count as a change with CFG:
 # the diagnostics average a few dozen samples, which cannot resolve finer differences

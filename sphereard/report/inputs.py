@@ -26,10 +26,10 @@ from sphereard.export import META_FILE as EXPORT_META
 from sphereard.latents import meta_path as latent_meta_path
 from sphereard.layout import (
     evaluation_file,
-    grids_dir,
     info_file,
     latent_cache_dir,
     metrics_file,
+    overview_file,
     reconstructions_file,
     tokenizer_model_dir,
 )
@@ -44,7 +44,6 @@ INFO_BLOCKS = {"tokenizer": "train_vae", "generator": "train_ar", "sampling": "s
 CSV_COLUMNS = {"norm_csv": ("series", "projection", "cfg_scale", "position", "norm_mean"),
                "split_csv": ("position", "series", "error")}
 SPLITS = ("train", "test")
-OVERVIEW_GRID = "overview.png"
 SWEEP_DISABLED = "**Sweep disabled** (`sweep.enabled: false`): no metric-vs-CFG curves."
 
 
@@ -142,7 +141,7 @@ class Inputs:
 def optional_paths(params: Params, p: str, root: Path = Path(".")) -> dict[str, Path]:
     """The optional figures and CSVs of posterior p, by the names the report uses for them."""
     return {"reconstructions": root / reconstructions_file(params, p),
-            "overview": root / grids_dir(params, p) / OVERVIEW_GRID,
+            "overview": root / overview_file(params, p),
             **{key: root / evaluation_file(params, p, name) for key, name in (
                 ("norm_csv", "norm_trajectory.csv"), ("norm_png", "norm_trajectory.png"),
                 ("split_csv", "error_split.csv"), ("split_png", "error_split.png"))}}

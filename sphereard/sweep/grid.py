@@ -22,6 +22,7 @@ from sphereard.errors import UserError
 log = logging.getLogger(__name__)
 
 RADIUS_DIGITS = 4  # significant digits of R in a trial name (R4, R5.657)
+DEFAULT_RADIUS_LABEL = "sqrt(d)"  # a radius left null: sqrt(latent_dim)
 RADIUS_REL_TOL = 1e-6  # an R this close to the trained one is the trained one
 SETTING_COLUMNS = ("posterior", "radius", "projection", "sampler_steps", "cfg_scale", "train")
 
@@ -51,23 +52,25 @@ def format_cfg(w: float) -> str:
     return f"{w:.1f}" if round(w, 1) == w else f"{w:g}"
 
 
-def format_radius(r: float) -> str:
-    """4.0 -> '4', 5.656854 -> '5.657'."""
-    return f"{r:.{RADIUS_DIGITS}g}"
+def radius_label(r) -> str:
+    """4.0 -> '4', 5.656854 -> '5.657'; no radius (None, NaN, '', 'none', 'null': sqrt(latent_dim)) -> 'sqrt(d)'."""
+    if r is None or (isinstance(r, float) and math.isnan(r)) or str(r).strip().lower() in ("", "none", "null", "nan"):
+        return DEFAULT_RADIUS_LABEL
+    return f"{float(r):.{RADIUS_DIGITS}g}"
 
 
 def trial_name(t: TrialSettings) -> str:
     """`ar-spherical-R4-cfg3.0-proj_sphere-s25-seed0` (+ `-train` when the trial trains its models).
 
     Also the MLflow child run's name and the trial's directory under `sweep.out/trials/`."""
-    name = (f"ar-{t.posterior}-R{format_radius(t.radius)}-cfg{format_cfg(t.cfg_scale)}-proj_{t.projection}"
+    name = (f"ar-{t.posterior}-R{radius_label(t.radius)}-cfg{format_cfg(t.cfg_scale)}-proj_{t.projection}"
             f"-s{t.sampler_steps}-seed{t.seed}")
     return f"{name}-train" if t.train else name
 
 
 def training_run_name(t: TrialSettings, stage: str) -> str:
     """`train_vae-spherical-R2-seed0`: a training trial's inner MLflow runs (nested under the trial's)."""
-    return f"{stage}-{t.posterior}-R{format_radius(t.radius)}-seed{t.seed}"
+    return f"{stage}-{t.posterior}-R{radius_label(t.radius)}-seed{t.seed}"
 
 
 def on_sphere(posterior: str) -> bool:

@@ -1,31 +1,29 @@
-"""Sweep tables and plots: one row per trial, mean/std over seeds per setting, metric-vs-CFG PNGs.
+"""Sweep tables: one row per trial, summarised over seeds per setting, and the lines drawn per setting.
 
-  results.csv   trial, status (done | stopped: ASHA ended it early), settings, seed, metrics,
-                mlflow_run_id
-  summary.csv   per setting (SETTING_COLUMNS): num_seeds, seeds, and <metric>_mean / <metric>_std
-                over the finished trials' seeds (sample std, ddof 1: empty with one seed)
+  results.csv   trial, status (done | stopped: ASHA ended it early), settings (SETTING_COLUMNS),
+                seed, metrics, mlflow_run_id
+  summary.csv   per setting: num_seeds, seeds, and <metric>_mean / <metric>_std over the finished
+                trials' seeds (sample std, ddof 1: empty with one seed)
   fd_vs_cfg.csv long format for DVC plots (`series` template): cfg_scale, series, extractor, fd_mean,
                 fd_std, num_seeds; one line per (setting, extractor), whatever the extractors are
-  plots/<metric>_vs_cfg.png   summary means vs CFG scale, one line per series (the settings that vary)
-All written atomically.
+The files are written by `sphereard.sweep.outputs` and read by the report (`sphereard.report.sweep`);
+`summarise_results` is the one summary over seeds, also of any frame with `posterior`, `cfg_scale`,
+optional settings and metric columns (the notebook's MLflow child runs).
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from sphereard.eval.diagnostics import plot_metric_vs_cfg
-from sphereard.sweep.grid import SETTING_COLUMNS, format_radius
-from sphereard.utils.io import atomic_path
+from sphereard.config import POSTERIORS
+from sphereard.report.keys import is_metric
+from sphereard.sweep.grid import SETTING_COLUMNS, radius_label
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE, SUMMARY_FILE, PLOTS_DIR = "results.csv", "summary.csv", "plots"
-FD_PLOT_FILE = "fd_vs_cfg.csv"
 FD_PREFIX = "fd_"  # fd_<extractor>: Frechet distance in that extractor's feature space
 ID_COLUMNS = ("trial", "status", *SETTING_COLUMNS, "seed")
 TEXT_COLUMNS = ("mlflow_run_id",)
@@ -33,6 +31,9 @@ NORM_METRICS = ("norm_rel_dev_mean", "norm_rel_dev_max")
 MAIN_METRIC_PREFIXES = ("fd_", "fid_", "class_consistency_")
 STD_DDOF = 1  # sample standard deviation across seeds
 SERIES_COLUMN = "series"
+DONE = "done"  # status of a finished trial (ASHA-stopped ones are left out of summaries)
+COUNT_COLUMNS = ("num_seeds", "n", "n_seeds", "count")  # a summary's seed count, as others may name it
+LINE_SETTINGS = tuple(k for k in SETTING_COLUMNS if k not in ("posterior", "cfg_scale"))  # tell lines apart
 
 
 def results_frame(rows: list[dict]) -> pd.DataFrame:
@@ -52,20 +53,66 @@ def metric_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def aggregate_over_seeds(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std of every metric over the seeds of each setting (finished trials only)."""
-    done = results[results["status"] == "done"] if "status" in results.columns else results
+    """Mean and std of every metric over the seeds of each setting (finished trials only): the
+    summary.csv table. Settings missing from `results` are left out of the grouping."""
+    done = results[results["status"] == DONE] if "status" in results.columns else results
+    settings = [c for c in SETTING_COLUMNS if c in done.columns]
     metrics = metric_columns(done)
     rows = []
-    for key, group in done.groupby(list(SETTING_COLUMNS), sort=True, dropna=False):
-        row = dict(zip(SETTING_COLUMNS, key, strict=True))
+    for key, group in done.groupby(settings, sort=True, dropna=False):
+        row = dict(zip(settings, key, strict=True))
         row["num_seeds"] = len(group)
-        row["seeds"] = ";".join(str(s) for s in sorted(group["seed"]))
+        row["seeds"] = ";".join(str(s) for s in sorted(group["seed"])) if "seed" in group else ""
         for m in metrics:
             row[f"{m}_mean"] = group[m].mean()
             row[f"{m}_std"] = group[m].std(ddof=STD_DDOF)
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*SETTING_COLUMNS, "num_seeds", "seeds",
+    return pd.DataFrame(rows, columns=[*settings, "num_seeds", "seeds",
                                        *(f"{m}_{s}" for m in metrics for s in ("mean", "std"))])
+
+
+def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    """ValueError without `posterior` / `cfg_scale`; radii as labels (`radius_label`: null is sqrt(d))."""
+    missing = [k for k in ("posterior", "cfg_scale") if k not in frame]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)} column")
+    return frame.assign(radius=frame["radius"].map(radius_label)) if "radius" in frame else frame
+
+
+def parse_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """A summary (summary.csv: <metric>_mean / <metric>_std columns, or plain metric columns taken as
+    means) with labelled radii and the seed count as `n`. ValueError without a metric column."""
+    frame = _labelled(summary)
+    rename = {c: f"{c}_mean" for c in frame if is_metric(c) and not c.endswith(("_mean", "_std", "_count"))
+              and f"{c}_mean" not in frame}
+    frame = frame.rename(columns=rename)
+    count = next((c for c in COUNT_COLUMNS if c in frame), None)
+    frame["n"] = frame[count] if count else np.nan
+    if not any(c.endswith("_mean") and is_metric(c) for c in frame):
+        raise ValueError("no metric columns")
+    return frame
+
+
+def summarise_results(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial -> one row per setting (`aggregate_over_seeds`), as `parse_summary` reads it."""
+    return parse_summary(aggregate_over_seeds(_labelled(results)))
+
+
+def posterior_rank(item: tuple) -> int:
+    """Sort key of (posterior, ...) items: the paper's order spherical, gaussian_norm, gaussian."""
+    return POSTERIORS.index(item[0]) if item[0] in POSTERIORS else len(POSTERIORS)
+
+
+def sweep_lines(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """{label: rows sorted by cfg_scale}, one line per posterior x each other setting that varies within
+    a posterior (`auto` projection, sphere for one posterior and none for another, stays out of the label)."""
+    varying = [k for k in LINE_SETTINGS if k in summary
+               and summary.groupby("posterior")[k].nunique(dropna=False).max() > 1]
+    lines = {}
+    for values, rows in summary.groupby(["posterior", *varying], sort=False, dropna=False):
+        label = ", ".join([str(values[0])] + [f"{k}={v}" for k, v in zip(varying, values[1:], strict=True)])
+        lines[label] = rows.sort_values("cfg_scale")
+    return dict(sorted(lines.items(), key=lambda item: posterior_rank((item[1]["posterior"].iloc[0],))))
 
 
 def main_metrics(frame: pd.DataFrame) -> list[str]:
@@ -76,7 +123,7 @@ def main_metrics(frame: pd.DataFrame) -> list[str]:
 
 def series_labels(summary: pd.DataFrame) -> pd.Series:
     """`spherical` or, when those vary in the sweep, `spherical R4 proj_none s25 trained`."""
-    parts = {"posterior": lambda v: str(v), "radius": lambda v: f"R{format_radius(v)}",
+    parts = {"posterior": lambda v: str(v), "radius": lambda v: f"R{radius_label(v)}",
              "projection": lambda v: f"proj_{v}", "sampler_steps": lambda v: f"s{v}",
              "train": lambda v: "trained" if v else "dag"}
     varying = [c for c in parts if c == "posterior" or summary[c].nunique() > 1]
@@ -96,28 +143,3 @@ def fd_plot_frame(summary: pd.DataFrame, series: pd.Series) -> pd.DataFrame:
             "num_seeds": summary["num_seeds"]}))
     frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     return frame[columns].sort_values([SERIES_COLUMN, "cfg_scale"]).reset_index(drop=True)
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-    return path
-
-
-def write_outputs(out: str | Path, results: pd.DataFrame, summary: pd.DataFrame) -> dict[str, Path]:
-    """results.csv, summary.csv, fd_vs_cfg.csv and plots/<metric>_vs_cfg.png under `out` (each atomic)."""
-    out = Path(out)
-    paths = {"results": _write_csv(results, out / RESULTS_FILE), "summary": _write_csv(summary, out / SUMMARY_FILE)}
-    means = summary.copy()
-    means[SERIES_COLUMN] = series_labels(summary) if len(summary) else pd.Series(dtype=str)
-    paths["fd_plot"] = _write_csv(fd_plot_frame(summary, means[SERIES_COLUMN]), out / FD_PLOT_FILE)
-    with atomic_path(out / PLOTS_DIR) as tmp:
-        tmp.mkdir()
-        for metric in main_metrics(results):
-            frame = means.rename(columns={f"{metric}_mean": metric})
-            frame = frame[np.isfinite(frame[metric].astype(float))]
-            if len(frame):
-                plot_metric_vs_cfg(frame[[SERIES_COLUMN, "cfg_scale", metric]], metric,
-                                   tmp / f"{metric}_vs_cfg.png", group=SERIES_COLUMN)
-    paths["plots"] = out / PLOTS_DIR
-    return paths

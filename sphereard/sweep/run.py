@@ -34,7 +34,8 @@ from sphereard.errors import UserError, first_lines
 from sphereard.export import META_FILE, read_export
 from sphereard.layout import classifier_model_dir, generator_model_dir, reference_file, tokenizer_model_dir, trials_dir
 from sphereard.sweep.grid import SETTING_COLUMNS, TrialSettings, expand_grid, search_space, settings_of, tune_trial_name
-from sphereard.sweep.results import ID_COLUMNS, aggregate_over_seeds, results_frame, write_outputs
+from sphereard.sweep.outputs import write_outputs
+from sphereard.sweep.results import ID_COLUMNS, aggregate_over_seeds, results_frame
 from sphereard.sweep.trial import ASHA_METRIC, DONE_KEY, MANIFEST_TAG, SweepContext, run_trial
 from sphereard.tokenizer.presets import tokenizer_arch
 from sphereard.tracking import git_commit, mlflow_client, start_run, tracking_uri
