@@ -45,12 +45,13 @@ ui: venv  ## MLflow UI on the repo's store (or $MLFLOW_TRACKING_URI), bound to 1
 	uri=$$(python -m sphereard.tracking --base http://127.0.0.1:5000) && \
 	mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri "$$uri" --default-artifact-root $(CURDIR)/mlartifacts
 
-# Only what the pipeline regenerates: the stage outputs (checkpoints, exports, samples, sweep, Ray
-# results) and the latent cache. Kept: data/shards (the prepared source data), metrics/ and reports/
-# (git-tracked), the DVC cache and run cache (.dvc/cache: `dvc checkout` or `dvc repro` restores cached
-# outputs from it), and the MLflow store (mlflow.db, mlartifacts/). Paths are params.yaml's defaults.
-clean-outputs:  ## delete outputs/ and data/latents (keeps data/shards, metrics/, reports/, the DVC cache, MLflow runs)
-	rm -rf outputs data/latents
+# Only what the pipeline regenerates, read from params.yaml (`python -m sphereard.layout outputs`): every
+# stage block's `out` (checkpoints, exports, latent cache, samples, metrics plots, sweep) and the Ray Train
+# storage. Kept: data.out (the prepared source data), metrics/ and reports/ (git-tracked), the DVC cache
+# and run cache (.dvc/cache: `dvc checkout` or `dvc repro` restores cached outputs from it), and the
+# MLflow store (mlflow.db, mlartifacts/).
+clean-outputs: venv  ## delete the stage outputs params.yaml names (keeps the prepared data, metrics/, reports/, the DVC cache, MLflow runs)
+	set -o pipefail; python -m sphereard.layout outputs | xargs -d '\n' -r rm -rf --
 
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)

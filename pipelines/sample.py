@@ -3,13 +3,13 @@
     python -m pipelines.sample --posterior spherical [--params FILE]
 
 The work, its settings and its outputs (samples.npz, grids/, info.json, the metrics file):
-`sphereard.ar.generate`.
+`sphereard.ar.sample_set`.
 """
 
 from __future__ import annotations
 
 from pipelines._cli import add_posterior_arg, stage_main
-from sphereard.ar.generate import sample_set
+from sphereard.ar.sample_set import sample_set
 from sphereard.config import Params
 
 

@@ -112,7 +112,7 @@ def samples_dir(params: Params, posterior: str) -> Path:
 
 
 def samples_file(params: Params, posterior: str) -> Path:
-    """The ADM-layout samples archive (sphereard/ar/generate.py)."""
+    """The ADM-layout samples archive (sphereard/ar/sample_set.py)."""
     return samples_dir(params, posterior) / SAMPLES_FILE
 
 
@@ -122,7 +122,7 @@ def grids_dir(params: Params, posterior: str) -> Path:
 
 
 def overview_file(params: Params, posterior: str) -> Path:
-    """The one-row-per-class sample overview (sphereard/ar/generate.py)."""
+    """The one-row-per-class sample overview (sphereard/ar/sample_set.py)."""
     return grids_dir(params, posterior) / OVERVIEW_FILE
 
 
@@ -187,3 +187,58 @@ def trial_file(params: Params, trial: str, name: str) -> Path:
 def sweep_dir(params: Params) -> Path:
     """The sweep stage's tables (SWEEP_*_FILE), plots/ and trials/ (sphereard/sweep/outputs.py)."""
     return Path(params.sweep.out)
+
+
+REGENERATED_BLOCKS = ("tokenizer", "encode", "generator", "sampling", "evaluation", "classifier", "sweep")
+
+
+def regenerated_outputs(params: Params) -> list[Path]:
+    """The folders the pipeline rebuilds from the prepared data: every stage block's `out` (the latent
+    cache included) and the Ray Train storage. Not `data.out` (the prepared data), not `metrics_dir`
+    (git-tracked), not the DVC cache or the MLflow store. `make clean-outputs` deletes these."""
+    outs = [Path(getattr(params, block).out) for block in REGENERATED_BLOCKS]
+    outs += [Path(block.train.ray.storage) for block in (params.tokenizer, params.generator)]
+    return list(dict.fromkeys(outs))
+
+
+def check_deletable(paths: list[Path], params: Params, root: Path) -> None:
+    """UserError naming the key's folder unless each path lies strictly inside `root` and holds neither
+    the prepared data (`data.out`) nor the git-tracked `metrics_dir`: a clean must not delete those."""
+    from sphereard.errors import UserError
+
+    root = root.resolve()
+    kept = [Path(params.data.out).resolve(), Path(params.metrics_dir).resolve()]
+    for path in paths:
+        full = (root / path).resolve()
+        if full == root or root not in full.parents:
+            raise UserError(f"{path}: not a folder inside {root}; refusing to delete it (check the params' `out` keys)")
+        for keep in kept:
+            if full == keep or full in keep.parents:
+                raise UserError(f"{path}: holds {keep}, which a clean keeps; refusing to delete it")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m sphereard.layout outputs [--params FILE]`: print `regenerated_outputs`, one a line, after
+    `check_deletable` (exit 2 with one line otherwise)."""
+    import argparse
+    import sys
+
+    from sphereard.config import DEFAULT_PARAMS_FILE, load_params
+    from sphereard.errors import UserError, one_line
+
+    parser = argparse.ArgumentParser(prog="python -m sphereard.layout", description=main.__doc__)
+    parser.add_argument("what", choices=["outputs"])
+    parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help="params file (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        outputs = regenerated_outputs(params)
+        check_deletable(outputs, params, Path.cwd())
+    except UserError as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        sys.exit(2)
+    print("\n".join(str(path) for path in outputs))
+
+
+if __name__ == "__main__":
+    main()

@@ -3,8 +3,10 @@ stage lists only the params it reads (the sweep: only the sampling keys its tria
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -172,3 +174,27 @@ def test_sweep_depends_only_on_the_sampling_keys_its_trials_inherit():
                   if getattr(cfg, f.name) != getattr(base.sampling, f.name)}
     inherited = {f.name for f in dataclasses.fields(SamplingConfig)} - overridden - {"out"}
     assert inherited == set(INHERITED_SAMPLING_KEYS)
+
+
+def test_clean_outputs_lists_every_regenerated_folder_and_refuses_kept_ones(tmp_path, monkeypatch):
+    """`make clean-outputs` deletes what `python -m sphereard.layout outputs` prints: every stage block's
+    `out` and the Ray storage from the params, never the prepared data, metrics/ or the checkout itself."""
+    params = Params()
+    outs = {str(p) for p in layout.regenerated_outputs(params)}
+    assert outs == {"outputs/tokenizer", "data/latents", "outputs/generator", "outputs/samples", "outputs/metrics",
+                    "outputs/classifier", "outputs/sweep", "outputs/ray"}
+    assert params.data.out not in outs and params.metrics_dir not in outs
+    layout.check_deletable(layout.regenerated_outputs(params), params, tmp_path)  # the defaults are fine
+    monkeypatch.chdir(tmp_path)
+    for key, value, why in (("sweep", ".", "not a folder inside"), ("sampling", "..", "not a folder inside"),
+                            ("sampling", "data", "which a clean keeps")):
+        bad = tmp_path / f"{key}.yaml"
+        data = yaml.safe_load((REPO / "params.yaml").read_text())
+        data[key]["out"] = value
+        bad.write_text(yaml.safe_dump(data))
+        with pytest.raises(SystemExit) as exit_info:
+            layout.main(["outputs", "--params", str(bad)])
+        assert exit_info.value.code == 2
+    proc = subprocess.run([sys.executable, "-m", "sphereard.layout", "outputs", "--params", str(bad)], cwd=tmp_path,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2 and why in proc.stderr and proc.stdout == "" and len(proc.stderr.splitlines()) == 1

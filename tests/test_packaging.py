@@ -117,3 +117,24 @@ def test_train_v2_switch_is_read_like_ray_reads_it(monkeypatch, value, enabled):
     else:
         monkeypatch.setenv(launch.TRAIN_V2_ENV, value)
     assert launch.train_v2_enabled() is enabled
+
+
+def test_lazy_exports_are_not_shadowed_by_submodules():
+    """A package's lazy export must not share its name with a submodule: importing the submodule
+    would replace the export with the module (sphereard.ar.generate was once both)."""
+    import importlib
+    import pkgutil
+
+    import sphereard
+
+    for info in pkgutil.iter_modules(sphereard.__path__, "sphereard."):
+        if not info.ispkg:
+            continue
+        package = importlib.import_module(info.name)
+        exports = getattr(package, "_EXPORTS", {})
+        submodules = {m.name for m in pkgutil.iter_modules(package.__path__)}
+        assert not set(exports) & submodules, f"{info.name}: exports named like a submodule"
+    import sphereard.ar.sample_set  # noqa: F401
+    from sphereard.ar import generate
+    from sphereard.ar.sampler import generate as sampler_generate
+    assert generate is sampler_generate

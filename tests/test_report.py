@@ -494,7 +494,7 @@ def test_class_counts_from_the_shards_without_manifest_counts(tmp_path):
 
 
 def test_grids_label_every_row_with_its_class_name(tmp_path, monkeypatch):
-    from sphereard.ar.generate import write_grids
+    from sphereard.ar.sample_set import write_grids
     from sphereard.eval import figures
     from sphereard.sweep import trial
 

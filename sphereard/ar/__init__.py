@@ -10,8 +10,7 @@ _EXPORTS = {  # public name -> submodule defining it (imported on first use)
     "GENERATOR_PRESETS": "arch", "GeneratorArch": "arch", "resolve_generator_arch": "arch", "SphereARModel": "presets",
     "count_params": "presets", "create_generator": "presets",
     "PROJECTIONS": "projection", "default_projection": "projection", "project_tokens": "projection",
-    # `generate` (the sampler) is imported from sphereard.ar.sampler: `sphereard.ar.generate` is the
-    # sample-set module (generate.py), and a submodule import would shadow a lazy export of that name
+    "generate": "sampler",
     "ARTransformer": "transformer", "DecodeState": "transformer",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -28,7 +28,7 @@ import torch
 from ray import tune
 
 from sphereard.ar.export import load_pair
-from sphereard.ar.generate import class_balanced_labels, generate_all
+from sphereard.ar.sample_set import class_balanced_labels, generate_all
 from sphereard.ar.sampler import sampling_kwargs
 from sphereard.ar.task import GeneratorTask
 from sphereard.ar.train import export_generator
