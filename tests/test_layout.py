@@ -176,7 +176,7 @@ def test_sweep_depends_only_on_the_sampling_keys_its_trials_inherit():
     assert inherited == set(INHERITED_SAMPLING_KEYS)
 
 
-def test_clean_outputs_lists_every_regenerated_folder_and_refuses_kept_ones(tmp_path, monkeypatch):
+def test_clean_outputs_lists_every_regenerated_folder_and_refuses_kept_ones(tmp_path, monkeypatch, capsys):
     """`make clean-outputs` deletes what `python -m sphereard.layout outputs` prints: every stage block's
     `out` and the Ray storage from the params, never the prepared data, metrics/ or the checkout itself."""
     params = Params()
@@ -194,7 +194,8 @@ def test_clean_outputs_lists_every_regenerated_folder_and_refuses_kept_ones(tmp_
         bad.write_text(yaml.safe_dump(data))
         with pytest.raises(SystemExit) as exit_info:
             layout.main(["outputs", "--params", str(bad)])
-        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and why in err and f"{value}:" in err
     proc = subprocess.run([sys.executable, "-m", "sphereard.layout", "outputs", "--params", str(bad)], cwd=tmp_path,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2 and why in proc.stderr and proc.stdout == "" and len(proc.stderr.splitlines()) == 1
