@@ -5,6 +5,17 @@ The driver opens a run with `start_run(...)` (experiment created first, with its
 URI + run id: picklable) to Ray workers, which log into the same run. With tracking disabled
 `start_run` yields a `NullRun` whose methods do nothing, so callers never branch.
 
+What goes where, through MLflow 3.17's own APIs (docs/mlflow.md has the list per run):
+- images: `MlflowClient.log_image(run_id, image, key=<name>, step=<step>)`, the time-stepped form whose
+  files the UI's image step slider reads (`images/<key>+step+<step>+timestamp+...png` and a `.webp`);
+- system metrics (`start_run(system_metrics=True)`, the training runs): MLflow's `SystemMetricsMonitor`
+  for that run id, sampling every `SYSTEM_METRICS_INTERVAL_S` (`system/cpu_utilization_percentage`,
+  memory, disk, network; GPU with pynvml), stopped and flushed before the run is terminated;
+- the data manifest (`start_run(data_manifest=..., data_context=...)`): a dataset input of the run
+  (`MlflowClient.log_inputs`), context `training` or `evaluation`, digest from the manifest's sha256;
+- params and metrics go through `MlflowClient.log_batch`, which splits into MLflow's per-request limits
+  itself; the store truncates over-long param values (MLFLOW_TRUNCATE_LONG_VALUES, on by default).
+
 The experiment is also set up for the MLflow UI (`setup_experiment_ui`, applied whenever a run
 starts, so an experiment created before this existed is upgraded by the next stage): it is tagged as
 a model-training experiment and carries a saved runs-table view with the headline metrics and the
@@ -18,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -35,10 +47,15 @@ from sphereard.config import TrackingConfig
 log = logging.getLogger(__name__)
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limits
-MAX_METRICS_PER_BATCH = 1000
-MAX_PARAM_VALUE_CHARS = 6000
 GIT_TIMEOUT_S = 10
+# System metrics of training runs: one sample every 10 s (MLflow's default) gives a few dozen points for
+# a minutes-long CPU run; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL (mlflow.set_system_metrics_sampling_interval)
+# overrides it.
+SYSTEM_METRICS_INTERVAL_S = 10.0
+# A dataset digest is at most 36 characters in MLflow's store (MAX_DATASET_DIGEST_SIZE): the manifest's
+# sha256 cut to 16 hex digits; the whole sha256 is the dataset input's tag `sha256`.
+DATASET_DIGEST_CHARS = 16
+DATA_CONTEXTS = ("training", "evaluation")
 
 # MLflow UI set-up, checked against the UI bundled with mlflow 3.17 (mlflow/server/js/build/static/js;
 # docs/mlflow.md has the details). The experiment kind its experiment-type selector writes: MLflow 3.x UIs
@@ -174,20 +191,15 @@ def git_commit(repo_root: str | Path) -> str | None:
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """{"a": {"b": 1}} -> {"a.b": "1"}, values cut to MLflow's length limit."""
+    """{"a": {"b": 1}} -> {"a.b": "1"} (MLflow's store cuts over-long values to its limit)."""
     flat = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
             flat.update(flatten_params(value, f"{name}."))
         else:
-            flat[name] = str(value)[:MAX_PARAM_VALUE_CHARS]
+            flat[name] = str(value)
     return flat
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 @dataclass(frozen=True)
@@ -209,19 +221,17 @@ class TrackedRun:
         self.__dict__.update(state)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """One `log_batch` call: the client splits it into MLflow's per-request limits."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        rows = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        for chunk in _chunks(rows, MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=chunk)
+        self.client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, step)
+                                                    for key, value in metrics.items()])
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        rows = [Param(k, v) for k, v in flatten_params(params).items()]
-        for chunk in _chunks(rows, MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=chunk)
+        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in flatten_params(params).items()])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
@@ -232,14 +242,27 @@ class TrackedRun:
 
     def log_image_grid(self, images: torch.Tensor, name: str, step: int, nrow: int | None = None,
                        value_range: tuple[float, float] = (0.0, 1.0)) -> None:
-        """(B, C, H, W) images in `value_range` -> one PNG grid at `samples/<name>/step-XXXXXXXX.png`."""
-        self.client.log_image(self.run_id, image_grid(images, nrow, value_range),
-                              artifact_file=f"samples/{name}/step-{step:08d}.png")
+        """(B, C, H, W) images in `value_range` -> one grid, logged as the image `name` at `step`."""
+        self.log_image(image_grid(images, nrow, value_range), name, step)
 
     def log_image(self, image, name: str, step: int) -> None:
-        """A ready-made PIL image (e.g. a class-labelled grid) -> `samples/<name>/step-XXXXXXXX.png`,
-        where `log_image_grid` puts its grids."""
-        self.client.log_image(self.run_id, image, artifact_file=f"samples/{name}/step-{step:08d}.png")
+        """A PIL image (e.g. a class-labelled grid) -> MLflow's time-stepped image `name` at `step`
+        (`images/<name>+step+<step>+...png` in the run's artifacts: the UI's image step slider)."""
+        self.client.log_image(self.run_id, image, key=name, step=step)
+
+
+# The full-size file `MlflowClient.log_image(key=, step=)` writes (mlflow/tracking/client.py, 3.17): "/" in the
+# key is written "~"; beside it a "+compressed.webp" copy for the UI's thumbnails.
+IMAGE_FILE_RE = re.compile(r"(?P<key>.+)\+step\+(?P<step>\d+)\+timestamp\+\d+\+[0-9a-f-]+\.png")
+
+
+def logged_images(client, run_id: str) -> dict[str, list[int]]:
+    """{image key: sorted steps} of the time-stepped images of a run (its `images/` artifacts)."""
+    found: dict[str, list[int]] = {}
+    for item in client.list_artifacts(run_id, "images"):
+        if match := IMAGE_FILE_RE.fullmatch(Path(item.path).name):
+            found.setdefault(match["key"].replace("~", "/"), []).append(int(match["step"]))
+    return {key: sorted(steps) for key, steps in found.items()}
 
 
 class NullRun:
@@ -272,6 +295,50 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, value_range: tuple
     return to_pil_image(grid.clamp(0, 1))
 
 
+def manifest_dataset_input(path: str | Path, context: str):
+    """The data manifest `path` (`data.out/manifest.json`) as an MLflow DatasetInput with `context`
+    (its `mlflow.data.context` tag): a MetaDataset named after the manifest's `source` whose source is the
+    manifest file, digest its sha256 (cut to DATASET_DIGEST_CHARS; the whole one is the input tag `sha256`),
+    profile the manifest's counts."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from sphereard.utils.io import sha256_file
+
+    assert context in DATA_CONTEXTS, context
+    path = Path(path).resolve()
+    sha256 = sha256_file(path)
+    try:
+        manifest = json.loads(path.read_text())
+        profile = {key: manifest[key] for key in ("image_size", "channels", "num_classes") if key in manifest}
+        profile["rows"] = {split: info.get("rows") for split, info in (manifest.get("splits") or {}).items()}
+        name = str(manifest.get("source") or path.parent.name)
+    except (ValueError, AttributeError, TypeError):  # not the JSON object `prepare` writes: name and hash only
+        profile, name = None, path.parent.name
+    meta = MetaDataset(LocalArtifactDatasetSource(str(path)), name=name, digest=sha256[:DATASET_DIGEST_CHARS])
+    dataset = Dataset(**meta.to_dict(), profile=json.dumps(profile) if profile else None)
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context), InputTag("sha256", sha256)])
+
+
+def start_system_metrics(run_id: str, uri: str):
+    """MLflow's SystemMetricsMonitor for `run_id` in `uri`, started (a daemon thread that samples every
+    SYSTEM_METRICS_INTERVAL_S, or MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL); None, with a warning, when
+    it cannot start (psutil missing). Stop it with `.finish()` (joins the thread, flushes) before the
+    run is terminated. It is what `mlflow.start_run(log_system_metrics=True)` starts, given the run id
+    and store instead of the fluent API's active run."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, tracking_uri=uri)
+        monitor.start()
+    except Exception as err:  # noqa: BLE001 - system metrics are an extra; the run goes on without them
+        log.warning("MLflow system metrics not logged for run %s: %s", run_id, err)
+        return None
+    return monitor
+
+
 def parent_in(client, run_id: str, experiment_id: str, uri: str) -> bool:
     """Whether `run_id` exists in this store and experiment (a run can only nest under such a parent);
     otherwise one warning naming the missing run id."""
@@ -290,12 +357,16 @@ def parent_in(client, run_id: str, experiment_id: str, uri: str) -> bool:
 @contextlib.contextmanager
 def start_run(cfg: TrackingConfig, repo_root: str | Path, run_name: str, params: Mapping[str, Any] | None = None,
               tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
-              enabled: bool = True) -> Iterator[Run]:
+              enabled: bool = True, system_metrics: bool = False, data_manifest: str | Path | None = None,
+              data_context: str = "training") -> Iterator[Run]:
     """Open an MLflow run on the driver; it ends FINISHED, or FAILED if the block raises.
 
     Pass the yielded run to workers (it pickles as uri + run_id). `parent_run_id` nests it (sweeps,
     evaluation under training) when that run exists in the same store and experiment; otherwise the
-    run is logged un-nested with one warning naming the missing id."""
+    run is logged un-nested with one warning naming the missing id. `system_metrics` samples CPU,
+    memory, disk, network (and GPU) metrics of this machine into the run while it is open (the training
+    runs). `data_manifest` (the prepared data's manifest.json) is logged as the run's dataset input
+    with `data_context` ("training" or "evaluation"); a missing file is skipped with a warning."""
     from mlflow.entities import RunStatus
     from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
@@ -314,15 +385,23 @@ def start_run(cfg: TrackingConfig, repo_root: str | Path, run_name: str, params:
     run = TrackedRun(uri, info.run_id)
     log.info("MLflow run %s (%s) in %s", run_name, info.run_id, uri)
     status = RunStatus.to_string(RunStatus.FAILED)
+    monitor = start_system_metrics(info.run_id, uri) if system_metrics else None
     try:
         if params:
             run.log_params(params)
+        if data_manifest is not None:
+            if Path(data_manifest).is_file():
+                client.log_inputs(info.run_id, datasets=[manifest_dataset_input(data_manifest, data_context)])
+            else:
+                log.warning("%s: data manifest missing; run %s has no dataset input", data_manifest, run_name)
         yield run
         status = RunStatus.to_string(RunStatus.FINISHED)
     except KeyboardInterrupt:
         status = RunStatus.to_string(RunStatus.KILLED)
         raise
     finally:
+        if monitor is not None:  # its thread is joined and its last samples flushed while the run is open
+            monitor.finish()
         client.set_terminated(info.run_id, status)
 
 

@@ -284,7 +284,10 @@ def test_sample_sweep_cfg_by_posterior(dag_models, monkeypatch):
     for run in [parent, *children]:
         assert run.info.status == "FINISHED"
         assert len(run.data.tags["mlflow.source.git.commit"]) == 40
-        assert run.data.tags["sphereard.data_manifest_sha256"] == manifest_sha
+        (data_input,) = run.inputs.dataset_inputs  # the data manifest, as MLflow dataset input
+        assert manifest_sha.startswith(data_input.dataset.digest)
+        assert {t.key: t.value for t in data_input.tags} == {"mlflow.data.context": "evaluation",
+                                                              "sha256": manifest_sha}
     for child in children:
         row = results[results.trial == child.info.run_name].iloc[0]
         assert child.data.params["cfg_scale"] == str(row.cfg_scale)
@@ -315,7 +318,14 @@ def test_training_trial_radius_ablation_under_asha(eval_inputs, monkeypatch):
     # Tune saw one intermediate report per segment before the last, then the final one
     (progress,) = (root / "ray" / "tune").glob(f"sweep-*/{row['trial']}/progress.csv")
     assert pd.read_csv(progress)["training_iteration"].tolist() == [1, 2]
-    _, runs = mlflow_runs(db)
+    client, runs = mlflow_runs(db)
     (child,) = [r for r in runs if r.info.run_name == row["trial"]]
-    nested = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == child.info.run_id}
-    assert nested == {"train_vae-spherical-R2-seed0", "train_ar-spherical-R2-seed0"}
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == child.info.run_id]
+    assert {r.info.run_name for r in nested} == {"train_vae-spherical-R2-seed0", "train_ar-spherical-R2-seed0"}
+    # every AR loss ASHA saw, on the trial run at its AR step; the training runs read the data manifest
+    curve = client.get_metric_history(child.info.run_id, "asha/ar_loss")
+    assert [(m.step, m.value) for m in curve] == [(int(k), pytest.approx(v)) for k, v in sorted(
+        reports.items(), key=lambda kv: int(kv[0]))]
+    for run in nested:
+        (data_input,) = run.inputs.dataset_inputs
+        assert {t.key: t.value for t in data_input.tags}["mlflow.data.context"] == "training"

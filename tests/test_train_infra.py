@@ -23,7 +23,7 @@ from torch.utils.data import TensorDataset
 
 from sphereard.config import OptimConfig, RayConfig, TrackingConfig, TrainLoopConfig
 from sphereard.errors import UserError
-from sphereard.tracking import NullRun, git_commit, start_run
+from sphereard.tracking import NullRun, git_commit, logged_images, start_run
 from sphereard.train import (
     LoopSpec,
     TrainTask,
@@ -197,7 +197,7 @@ def test_tracking_logs_metrics_and_image_grid(tmp_path, mlflow_uri):
     assert data.data.params == {"optim.lr": "0.1"} and data.data.tags["stage"] == "test"
     assert data.data.tags.get("mlflow.source.git.commit") == git_commit(tmp_path)
     assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "train/loss")] == [(1, 2.0), (2, 1.0)]
-    assert [f.path for f in client.list_artifacts(run.run_id, "samples/recon")] == ["samples/recon/step-00000002.png"]
+    assert logged_images(client, run.run_id) == {"recon": [2]}  # MLflow's time-stepped image `recon` at step 2
     assert Path(data.info.artifact_uri.removeprefix("file://")).is_relative_to(tmp_path / "mlartifacts")
     with start_run(cfg, tmp_path, "off", enabled=False) as off:
         assert isinstance(off, NullRun)
@@ -370,8 +370,7 @@ def test_stop_after_then_resume_matches_uninterrupted_run(tmp_path, mlflow_uri):
     metrics = client.get_run(split_run.run_id).data.metrics
     assert {"train/loss", "train/lr", "train/grad_norm", "perf/items_per_s"} <= set(metrics)
     assert metrics["perf/items_per_s"] > 0 and history[-1].value < history[0].value
-    samples = client.list_artifacts(split_run.run_id, "samples/pred")
-    assert [f.path for f in samples] == ["samples/pred/step-00000020.png"]
+    assert logged_images(client, split_run.run_id) == {"pred": [20]}
 
 
 def test_a_finished_run_is_reused_only_with_the_same_settings_and_code(tmp_path, caplog):

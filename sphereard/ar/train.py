@@ -27,6 +27,7 @@ import torch
 from sphereard.ar.presets import count_params, create_generator
 from sphereard.ar.task import GeneratorTask, generator_arch_for_cache, generator_meta
 from sphereard.config import Params, absolute_paths, as_dict
+from sphereard.data import manifest_path
 from sphereard.errors import UserError, error_detail
 from sphereard.export import META_FILE
 from sphereard.latents import LATENTS_FILE, decode_column, moment_columns, read_latent_meta
@@ -110,7 +111,8 @@ def train_and_export(params: Params, posterior: str, stop_after: int | None = No
     tags = {"stage": "train_ar", "posterior": posterior, "profile": params.profile}
     logged = {"posterior": posterior, "generator": as_dict(params.generator),
               "latents": {k: cache_meta[k] for k in ("rows", "num_tokens", "latent_dim", "radius", "sha256")}}
-    with start_run(params.tracking, ".", name, params=logged, tags=tags) as run:
+    with start_run(params.tracking, ".", name, params=logged, tags=tags, system_metrics=True,
+                   data_manifest=manifest_path(params.data.out)) as run:
         spec = LoopSpec(task_factory=functools.partial(GeneratorTask, absolute_paths(params), posterior),
                         loop=params.generator.train, ckpt_dir=str(ckpt_dir), seed=params.seed, run=run,
                         stop_after=stop_after, config_snapshot=logged)

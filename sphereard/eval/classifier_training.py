@@ -28,7 +28,7 @@ def train_and_save(params: Params) -> float:
     check_classes(manifest["num_classes"], manifest_path(params.data.out))
     tags = {"stage": "train_classifier", "profile": params.profile}
     with start_run(params.tracking, ".", "classifier", params={"classifier": as_dict(params.classifier)},
-                   tags=tags) as mlrun:
+                   tags=tags, system_metrics=True, data_manifest=manifest_path(params.data.out)) as mlrun:
         model, accuracy = train_classifier(params.data.out, params.classifier, default_device(), seed=params.seed)
         save_classifier(model, classifier_model_dir(params), accuracy, manifest["classes"])
         mlrun.log_metrics({"classifier/test_accuracy": accuracy}, step=params.classifier.steps)

@@ -29,7 +29,7 @@ from sphereard.ar.export import load_pair
 from sphereard.ar.sampler import sampling_kwargs
 from sphereard.ar.teacher_forcing import teacher_forced_predictions
 from sphereard.config import Params
-from sphereard.data import images_as_uint8, load_manifest
+from sphereard.data import images_as_uint8, load_manifest, manifest_path
 from sphereard.errors import UserError
 from sphereard.eval.adm import load_samples_npz
 from sphereard.eval.diagnostics import (
@@ -154,7 +154,8 @@ def evaluate_posterior(params: Params, posterior: str) -> dict[str, float]:
     logged = {"posterior": posterior, **sampling_kwargs(params.sampling, posterior, vae.radius),
               "num_samples": int(len(fake))}
     with start_run(params.tracking, ".", f"eval-{posterior}", params=logged, tags=tags,
-                   parent_run_id=gen_meta.get("mlflow_run_id")) as mlrun:
+                   parent_run_id=gen_meta.get("mlflow_run_id"), data_manifest=manifest_path(params.data.out),
+                   data_context="evaluation") as mlrun:
         mlrun.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)}, step=gen_meta.get("step", 0))
         for path in (evaluation_file(params, posterior, "norm_trajectory.png"),
                      evaluation_file(params, posterior, "error_split.png"), metrics_path):

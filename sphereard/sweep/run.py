@@ -8,8 +8,9 @@ or trains its own (radius ablations, `sweep.train`) under `sweep.out/trials/<tri
 CPU (+ `sweep.gpus_per_trial`), `sweep.max_concurrent` at once.
 
 MLflow: one parent run per sweep, one child run per trial (its `mlflow.parentRunId` tag), each tagged
-with the git commit and the data manifest's sha256. Outputs under `sweep.out/`: results.csv,
-summary.csv and plots/<metric>_vs_cfg.png (`sphereard/sweep/results.py`), also the parent's artifacts.
+with the git commit, the data manifest as its dataset input (context `evaluation`). Outputs under
+`sweep.out/`: results.csv, summary.csv and plots/<metric>_vs_cfg.png (`sphereard/sweep/results.py`),
+also the parent's artifacts.
 `list_only` logs the expanded trials and returns (no Ray).
 """
 
@@ -36,7 +37,7 @@ from sphereard.layout import classifier_model_dir, generator_model_dir, referenc
 from sphereard.sweep.grid import SETTING_COLUMNS, TrialSettings, expand_grid, search_space, settings_of, tune_trial_name
 from sphereard.sweep.outputs import write_outputs
 from sphereard.sweep.results import ID_COLUMNS, aggregate_over_seeds, results_frame
-from sphereard.sweep.trial import ASHA_METRIC, DONE_KEY, MANIFEST_TAG, SweepContext, run_trial
+from sphereard.sweep.trial import ASHA_METRIC, DONE_KEY, SweepContext, run_trial
 from sphereard.tokenizer.presets import tokenizer_arch
 from sphereard.tracking import git_commit, mlflow_client, start_run, tracking_uri
 from sphereard.train.launch import TrainingError, init_ray, unique_run_name
@@ -187,15 +188,17 @@ def run_sweep(params: Params, list_only: bool = False) -> None:
     if list_only:
         return
     manifest_sha = preflight(params)
-    tags = {"stage": "sweep", "profile": params.profile, MANIFEST_TAG: manifest_sha}
+    tags = {"stage": "sweep", "profile": params.profile}
     name = f"sweep-{params.profile}-{len(trials)}trials"
     logged = {"sweep": as_dict(sweep), "num_trials": len(trials)}
-    with start_run(params.tracking, repo_root, name, params=logged, tags=tags) as parent:
+    with start_run(params.tracking, repo_root, name, params=logged, tags=tags,
+                   data_manifest=manifest_path(params.data.out), data_context="evaluation") as parent:
         uri = tracking_uri(params.tracking, repo_root) if parent.enabled else None
         commit = git_commit(repo_root)  # start_run tags the parent; children may run where there is no checkout
         child_tags = {**tags, "sphereard.sweep": name, **({MLFLOW_GIT_COMMIT: commit} if commit else {})}
         context = SweepContext(params=params, repo_root=repo_root, tracking_uri=uri, parent_run_id=parent.run_id,
-                               tags=child_tags, report_segments=sweep.scheduler == "asha")
+                               tags=child_tags, report_segments=sweep.scheduler == "asha",
+                               manifest_sha256=manifest_sha)
         start_ray(cpus_needed(params, trials))
         grid = make_tuner(params, trials, context).fit()
         rows = collect(grid)

@@ -8,7 +8,10 @@ trial's CFG scale / projection / steps / seed, decoded and scored against the ca
 statistics, plus the token-norm deviation from R (SphereAR Sec. 3.3, the drift argument):
   norm_rel_dev_mean   mean over samples and positions of | ||z_k|| - R | / R   (norms after CFG,
   norm_rel_dev_max    max over positions of | mean_n ||z_k|| - R | / R          before projection)
-Each trial is an MLflow child run of the sweep's parent run (the `mlflow.parentRunId` tag).
+Each trial is an MLflow child run of the sweep's parent run (the `mlflow.parentRunId` tag), with the
+data manifest as its dataset input (context `evaluation`); a training trial's tokenizer and generator
+runs are its children (system metrics, the manifest as a `training` input). Under ASHA each AR loss
+reported to Tune is also the trial run's metric `asha/ar_loss` at the AR step it was measured at.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from sphereard.ar.sampler import sampling_kwargs
 from sphereard.ar.task import GeneratorTask
 from sphereard.ar.train import export_generator
 from sphereard.config import Params, as_dict
+from sphereard.data import manifest_path
 from sphereard.errors import UserError
 from sphereard.eval import detect_norm_drift, generation_metrics
 from sphereard.eval.figures import read_class_names, save_class_grid
@@ -42,7 +46,7 @@ from sphereard.sweep.grid import TrialSettings, scaled_steps, segment_ends, sett
 from sphereard.tokenizer.encode import encode_split
 from sphereard.tokenizer.task import TokenizerTask
 from sphereard.tokenizer.train import export_tokenizer
-from sphereard.tracking import TRACKING_URI_ENV, start_run
+from sphereard.tracking import TRACKING_URI_ENV, Run, start_run
 from sphereard.train import LoopSpec, fit
 from sphereard.train.checkpoint import STEP_DIR_RE, latest_step_dir
 from sphereard.utils.device import default_device
@@ -56,7 +60,7 @@ GRID_PER_CLASS = 8
 METRICS_FILE, GRID_FILE = "metrics.json", "samples.png"
 REPORTS_FILE, TRAIN_CONFIG_FILE = "ar_reports.json", "train_config.json"
 ASHA_METRIC = "ar_loss"  # AR training loss over the last logging window (lower is better)
-MANIFEST_TAG = "sphereard.data_manifest_sha256"
+ASHA_CURVE_METRIC = "asha/ar_loss"  # the trial run's metric: each report's ASHA_METRIC at its AR step
 # The `sampling` keys a trial inherits from params (it sets cfg_scale, projection, steps, seed and
 # num_per_class itself, see trial_sampling): the sweep stage's only `sampling` params in dvc.yaml.
 INHERITED_SAMPLING_KEYS = ("cfg_schedule", "sampler", "final_step", "use_ema", "batch_size")
@@ -71,7 +75,8 @@ class SweepContext:
     repo_root: str
     tracking_uri: str | None  # resolved on the driver: the same store from every node
     parent_run_id: str | None
-    tags: dict = field(default_factory=dict)  # git commit, data manifest hash, profile
+    tags: dict = field(default_factory=dict)  # git commit, profile, sweep name
+    manifest_sha256: str | None = None  # of the data manifest (a trial's training config includes it)
     report_segments: bool = False  # asha: report the AR loss after each training segment
 
 
@@ -180,7 +185,17 @@ def _latest_step(ckpt_dir: Path) -> int:
     return 0 if step_dir is None else int(STEP_DIR_RE.match(step_dir.name).group(1))
 
 
-def train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext, trial_run_id: str | None,
+def report_segment(trial_run: Run, end: int, loss: float | None, final: bool) -> None:
+    """ASHA: the AR loss after the training segment ending at step `end`, as the trial run's metric
+    ASHA_CURVE_METRIC at that step (the curve ASHA decided on; a missing or non-finite loss is left out)
+    and, unless it is the `final` segment's (reported with the trial's metrics), reported to Tune."""
+    if loss is not None and np.isfinite(loss):
+        trial_run.log_metrics({ASHA_CURVE_METRIC: loss}, step=end)
+    if not final:
+        tune.report({ASHA_METRIC: _nan_if_none(loss), "ar_step": end, "mlflow_run_id": trial_run.run_id})
+
+
+def train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext, trial_run: Run,
                  device: torch.device) -> tuple[Params, float | None]:
     """Tokenizer -> encode -> generator inside the trial; returns the trial's params and final AR loss.
 
@@ -190,12 +205,14 @@ def train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext,
     p = t.posterior
     _fresh_or_resumable(out, {"settings": t.as_dict(), "tokenizer": as_dict(tp.tokenizer),
                               "generator": as_dict(tp.generator), "encode": as_dict(tp.encode),
-                              "data_manifest": ctx.tags.get(MANIFEST_TAG)})
+                              "data_manifest": ctx.manifest_sha256})
     tags = {**ctx.tags, "stage": "sweep_train", "posterior": p}
     tok_ckpt, gen_ckpt = tokenizer_ckpt_dir(tp, p), generator_ckpt_dir(tp, p)
     vae_name, ar_name = training_run_name(t, "train_vae"), training_run_name(t, "train_ar")
+    training = {"tags": tags, "parent_run_id": trial_run.run_id, "system_metrics": True,
+                "data_manifest": manifest_path(tp.data.out)}
     with start_run(tp.tracking, ctx.repo_root, vae_name, params={"tokenizer": as_dict(tp.tokenizer)},
-                   tags=tags, parent_run_id=trial_run_id) as run:
+                   **training) as run:
         if _latest_step(tok_ckpt) < tp.tokenizer.train.steps:  # else resumed after it finished
             fit(LoopSpec(task_factory=functools.partial(TokenizerTask, tp, p), loop=tp.tokenizer.train,
                          ckpt_dir=str(tok_ckpt), seed=t.seed, run=run), f"sweep-{vae_name}")
@@ -208,16 +225,15 @@ def train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext,
     spec = LoopSpec(task_factory=functools.partial(GeneratorTask, tp, p), loop=tp.generator.train,
                     ckpt_dir=str(gen_ckpt), seed=t.seed)
     with start_run(tp.tracking, ctx.repo_root, ar_name, params={"generator": as_dict(tp.generator)},
-                   tags=tags, parent_run_id=trial_run_id) as run:
+                   **training) as run:
         for end in ends:
             done = _latest_step(gen_ckpt)
             if done < end:
                 result = fit(dataclasses.replace(spec, run=run, stop_after=end - done), f"sweep-{ar_name}")
                 reports[str(end)] = (result.metrics or {}).get("train/loss")
                 atomic_write_text(reports_path, json.dumps(reports, indent=2))
-            if ctx.report_segments and end < total:
-                tune.report({ASHA_METRIC: _nan_if_none(reports.get(str(end))), "ar_step": end,
-                             "mlflow_run_id": trial_run_id})
+            if ctx.report_segments:
+                report_segment(trial_run, end, reports.get(str(end)), final=end == total)
         export_generator(tp, p, vae.radius, run.run_id)
     return tp, reports.get(str(total))
 
@@ -241,10 +257,11 @@ def run_trial(config: dict, context: SweepContext) -> None:
               "extractors": params.evaluation.extractors}
     tags = {**context.tags, "stage": "sweep_trial", "posterior": t.posterior, "trial_kind": kind}
     with start_run(params.tracking, context.repo_root, t.name, params=logged, tags=tags,
-                   parent_run_id=context.parent_run_id) as run:
+                   parent_run_id=context.parent_run_id, data_manifest=manifest_path(params.data.out),
+                   data_context="evaluation") as run:
         ar_loss = None
         if t.train:
-            params, ar_loss = train_models(params, t, out, context, run.run_id, device)
+            params, ar_loss = train_models(params, t, out, context, run, device)
         metrics = sample_and_evaluate(params, t, out, device)
         if t.train:
             metrics[ASHA_METRIC] = _nan_if_none(ar_loss)

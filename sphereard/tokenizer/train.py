@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sphereard.config import Params, absolute_paths, as_dict
-from sphereard.data import images_as_uint8
+from sphereard.data import images_as_uint8, manifest_path
 from sphereard.eval.reconstruction import reconstruction_metrics
 from sphereard.export import read_meta
 from sphereard.layout import reconstructions_file, tokenizer_ckpt_dir, tokenizer_model_dir, write_results
@@ -71,7 +71,8 @@ def train_and_export(params: Params, posterior: str, stop_after: int | None = No
     name = f"vae-{posterior}"
     tags = {"stage": "train_vae", "posterior": posterior, "profile": params.profile}
     logged = {"posterior": posterior, "data": as_dict(params.data), "tokenizer": as_dict(params.tokenizer)}
-    with start_run(params.tracking, ".", name, params=logged, tags=tags) as run:
+    with start_run(params.tracking, ".", name, params=logged, tags=tags, system_metrics=True,
+                   data_manifest=manifest_path(params.data.out)) as run:
         spec = LoopSpec(task_factory=functools.partial(TokenizerTask, absolute_paths(params), posterior),
                         loop=params.tokenizer.train, ckpt_dir=str(ckpt_dir), seed=params.seed, run=run,
                         stop_after=stop_after, config_snapshot=logged)
