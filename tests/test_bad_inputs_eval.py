@@ -68,19 +68,25 @@ def _ref_stats_case(**arrays):
 
 
 def _case_sweep_marker_truncated(ws, tmp):
-    from sphereard.sweep.trial import TRAIN_CONFIG_FILE, _fresh_or_resumable
+    import dataclasses
 
-    (tmp / "trial").mkdir()
-    (tmp / "trial" / TRAIN_CONFIG_FILE).write_text('{"sha256": "ab')
-    return _fresh_or_resumable(tmp / "trial", {"settings": {}})
+    from sphereard.config import Params
+    from sphereard.layout import trial_file
+    from sphereard.sweep.trial import _fresh_or_resumable
+
+    params = dataclasses.replace(Params(), sweep=dataclasses.replace(Params().sweep, out=str(tmp)))
+    trial_file(params, "trial", "train_config").parent.mkdir(parents=True)
+    trial_file(params, "trial", "train_config").write_text('{"sha256": "ab')
+    return _fresh_or_resumable(params, "trial", {"settings": {}})
 
 
 def _sweep_reports(text):
     def run(ws, tmp):
-        from sphereard.sweep.trial import REPORTS_FILE, read_reports
+        from sphereard.layout import TRIAL_FILES
+        from sphereard.sweep.trial import read_reports
 
-        (tmp / REPORTS_FILE).write_text(text)
-        return read_reports(tmp / REPORTS_FILE)
+        (tmp / TRIAL_FILES["reports"]).write_text(text)
+        return read_reports(tmp / TRIAL_FILES["reports"])
     return run
 
 

@@ -41,7 +41,14 @@ from sphereard.errors import UserError
 from sphereard.eval import detect_norm_drift, generation_metrics
 from sphereard.eval.figures import read_class_names, save_class_grid
 from sphereard.eval.setup import build_extractors, load_references
-from sphereard.layout import TRIAL_METRICS_DIR, TRIAL_OUTPUTS, generator_ckpt_dir, tokenizer_ckpt_dir, trial_dir
+from sphereard.layout import (
+    TRIAL_METRICS_DIR,
+    TRIAL_OUTPUTS,
+    generator_ckpt_dir,
+    tokenizer_ckpt_dir,
+    trial_dir,
+    trial_file,
+)
 from sphereard.sweep.grid import TrialSettings, scaled_steps, segment_ends, settings_of, training_run_name
 from sphereard.tokenizer.encode import encode_split
 from sphereard.tokenizer.task import TokenizerTask
@@ -57,8 +64,6 @@ log = logging.getLogger(__name__)
 
 GRID_MAX_CLASSES = 10  # samples.png: at most this many classes (evenly spaced), one row each
 GRID_PER_CLASS = 8
-METRICS_FILE, GRID_FILE = "metrics.json", "samples.png"
-REPORTS_FILE, TRAIN_CONFIG_FILE = "ar_reports.json", "train_config.json"
 ASHA_METRIC = "ar_loss"  # AR training loss over the last logging window (lower is better)
 ASHA_CURVE_METRIC = "asha/ar_loss"  # the trial run's metric: each report's ASHA_METRIC at its AR step
 # The `sampling` keys a trial inherits from params (it sets cfg_scale, projection, steps, seed and
@@ -101,7 +106,7 @@ def overview_grid(images: np.ndarray, labels: np.ndarray, path: Path,
     return save_class_grid(images, labels, path, GRID_MAX_CLASSES, GRID_PER_CLASS, class_names)
 
 
-def sample_and_evaluate(params: Params, t: TrialSettings, out: Path, device: torch.device) -> dict:
+def sample_and_evaluate(params: Params, t: TrialSettings, device: torch.device) -> dict:
     """Sample with the trial's settings from the models `params` point at; generation metrics + norms."""
     cfg = trial_sampling(params, t)
     vae, _, model, meta = load_pair(params, t.posterior, device, use_ema=cfg.use_ema)
@@ -116,7 +121,8 @@ def sample_and_evaluate(params: Params, t: TrialSettings, out: Path, device: tor
     total_s = res["generate_s"] + res["decode_s"]
     metrics.update({DONE_KEY: len(labels), "images_per_s": len(labels) / total_s, "sample_s": total_s,
                     "generator_step": meta.get("step", 0)})
-    overview_grid(res["images"], labels, out / GRID_FILE, read_class_names(params.data.out, model.arch.num_classes))
+    class_names = read_class_names(params.data.out, model.arch.num_classes)
+    overview_grid(res["images"], labels, trial_file(params, t.name, "grid"), class_names)
     return metrics
 
 
@@ -143,18 +149,18 @@ def training_params(params: Params, t: TrialSettings, out: Path) -> Params:
                                       train=_scaled_loop(gen.train, f, storage)))
 
 
-def _fresh_or_resumable(out: Path, config: dict) -> None:
+def _fresh_or_resumable(params: Params, trial: str, config: dict) -> None:
     """Keep an interrupted trial's checkpoints only if it trained with exactly this config.
 
     Raises UserError naming train_config.json when it is not a JSON object (truncated, corrupt):
     whether the checkpoints beside it may be resumed is then unknown."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
-    marker = out / TRAIN_CONFIG_FILE
+    out, marker = trial_dir(params, trial), trial_file(params, trial, "train_config")
     if marker.is_file() and _read_marker(marker).get("sha256") != digest:
         log.info("%s: trained with another config; starting over", out)
         for sub in TRIAL_OUTPUTS.values():
             shutil.rmtree(out / sub, ignore_errors=True)
-        (out / REPORTS_FILE).unlink(missing_ok=True)
+        trial_file(params, trial, "reports").unlink(missing_ok=True)
     atomic_write_text(marker, json.dumps({"sha256": digest, "config": config}, indent=2, default=str))
 
 
@@ -203,7 +209,7 @@ def train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext,
     each reported to Tune (ASHA may stop the trial between them)."""
     tp = training_params(params, t, out)
     p = t.posterior
-    _fresh_or_resumable(out, {"settings": t.as_dict(), "tokenizer": as_dict(tp.tokenizer),
+    _fresh_or_resumable(params, t.name, {"settings": t.as_dict(), "tokenizer": as_dict(tp.tokenizer),
                               "generator": as_dict(tp.generator), "encode": as_dict(tp.encode),
                               "data_manifest": ctx.manifest_sha256})
     tags = {**ctx.tags, "stage": "sweep_train", "posterior": p}
@@ -218,7 +224,7 @@ def train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext,
                          ckpt_dir=str(tok_ckpt), seed=t.seed, run=run), f"sweep-{vae_name}")
         vae = export_tokenizer(tp, p, run.run_id)
     encode_split(tp, p, device)
-    reports_path = out / REPORTS_FILE
+    reports_path = trial_file(params, t.name, "reports")
     reports = read_reports(reports_path)
     total = tp.generator.train.steps
     ends = segment_ends(total, tp.sweep.train_reports) if ctx.report_segments else [total]
@@ -262,11 +268,12 @@ def run_trial(config: dict, context: SweepContext) -> None:
         ar_loss = None
         if t.train:
             params, ar_loss = train_models(params, t, out, context, run, device)
-        metrics = sample_and_evaluate(params, t, out, device)
+        metrics = sample_and_evaluate(params, t, device)
         if t.train:
             metrics[ASHA_METRIC] = _nan_if_none(ar_loss)
         run.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)}, step=0)
-        run.log_artifact(out / GRID_FILE)
-        atomic_write_text(out / METRICS_FILE, json.dumps({"trial": t.name, **t.as_dict(), **metrics}, indent=2))
+        run.log_artifact(trial_file(params, t.name, "grid"))
+        record = {"trial": t.name, **t.as_dict(), **metrics}
+        atomic_write_text(trial_file(params, t.name, "metrics"), json.dumps(record, indent=2))
         log.info("%s: %s", t.name, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         tune.report({**metrics, "mlflow_run_id": run.run_id})
