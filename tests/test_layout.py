@@ -19,13 +19,17 @@ from sphereard.sweep.grid import TrialSettings
 from sphereard.sweep.trial import INHERITED_SAMPLING_KEYS, trial_sampling
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+import stage_deps  # noqa: E402
+
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 STAGE_BLOCK = {"train_vae": "tokenizer", "train_ar": "generator", "sample": "sampling", "evaluate": "evaluation",
                "train_classifier": "classifier"}
 
 
 def stage_body(name: str) -> dict:
-    return DVC[name].get("do", DVC[name])
+    """The mapping holding a stage's cmd, deps and outs (`foreach` stages too): scripts/stage_deps.py's rule."""
+    return dict(stage_deps.stage_bodies({"stages": DVC}))[name]
 
 
 def declared_metrics(body: dict) -> list[str]:
