@@ -1,6 +1,6 @@
 """Named profiles, materialised into params.yaml so DVC tracks every value they set.
 
-The default profile is the dataclass defaults in `sphereard.config`; every other profile is a
+The default profile is the model defaults in `sphereard.config`; every other profile is a
 YAML overlay in `profiles/NAME.yaml` (nested mappings merge, lists and scalars replace).
 Selecting a profile rewrites params.yaml: DVC then sees exactly which values changed.
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from sphereard.config import Params, as_dict, parse_params, read_yaml
+from sphereard.config import Params, parse_params, read_yaml
 from sphereard.errors import UserError
 from sphereard.utils.io import atomic_write_text
 
@@ -44,7 +44,7 @@ def deep_merge(base: dict, overlay: dict) -> dict:
 
 def materialise(name: str, profiles_dir: Path = PROFILES_DIR) -> dict:
     """The full, validated params mapping of profile `name`."""
-    data = as_dict(Params())
+    data = Params().model_dump()
     if name != DEFAULT_PROFILE:
         path = profiles_dir / f"{name}.yaml"
         if not path.is_file():
@@ -57,7 +57,12 @@ def materialise(name: str, profiles_dir: Path = PROFILES_DIR) -> dict:
 
 
 def render(name: str, profiles_dir: Path = PROFILES_DIR) -> str:
-    return HEADER.format(name=name) + yaml.safe_dump(materialise(name, profiles_dir), sort_keys=False)
+    """The params file of profile `name`; a top-level key with a description gets it as a comment."""
+    text = yaml.safe_dump(materialise(name, profiles_dir), sort_keys=False)
+    for key, field in Params.model_fields.items():
+        if field.description:
+            text = text.replace(f"\n{key}:", f"\n# {field.description}\n{key}:", 1)
+    return HEADER.format(name=name) + text
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -413,13 +413,13 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     from sphereard.config import DEFAULT_PARAMS_FILE, read_yaml
-    from sphereard.config_schema import from_dict
+    from sphereard.config_errors import validated
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--params", default=DEFAULT_PARAMS_FILE)
     parser.add_argument("--base", default="http://127.0.0.1:5000", help="where the UI is served")
     args = parser.parse_args(argv)
-    cfg = from_dict(TrackingConfig, read_yaml(args.params).get("tracking") or {}, "tracking")
+    cfg = validated(TrackingConfig, read_yaml(args.params).get("tracking") or {}, "tracking")
     repo_root = Path(args.params).resolve().parent
     uri = tracking_uri(cfg, repo_root)
     experiment_id = ensure_experiment(cfg.experiment, uri, artifact_location(cfg, repo_root))

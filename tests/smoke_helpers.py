@@ -1,6 +1,5 @@
 """Smoke-profile params for two-worker TokenizerTask runs (multi-node and fault-tolerance tests)."""
 
-import dataclasses
 
 from sphereard.config import Params, absolute_paths, parse_params
 from sphereard.data import prepare_dataset
@@ -19,8 +18,9 @@ def two_worker_tokenizer_params(root, steps: int, ckpt_every: int, **ray_changes
     params = absolute_paths(parse_params(data))
     prepare_dataset(params.data, params.data.out)
     tok = params.tokenizer
-    ray = dataclasses.replace(tok.train.ray, num_workers=2, cpus_per_worker=1, storage=str(root / "ray"),
-                              **ray_changes)
-    train = dataclasses.replace(tok.train, steps=steps, batch_size=LOCAL_BATCH, ckpt_every=ckpt_every,
-                                log_every=ckpt_every, sample_every=steps, lpips_weight=0.0, disc_weight=0.0, ray=ray)
-    return dataclasses.replace(params, tokenizer=dataclasses.replace(tok, train=train))
+    ray = tok.train.ray.model_copy(update=dict(num_workers=2, cpus_per_worker=1, storage=str(root / "ray"),
+                                               **ray_changes))
+    train = tok.train.model_copy(update=dict(steps=steps, batch_size=LOCAL_BATCH, ckpt_every=ckpt_every,
+                                             log_every=ckpt_every, sample_every=steps, lpips_weight=0.0,
+                                             disc_weight=0.0, ray=ray))
+    return params.model_copy(update={"tokenizer": tok.model_copy(update={"train": train})})

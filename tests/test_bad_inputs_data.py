@@ -9,7 +9,6 @@ statistics, samples.npz, sweep files); stage-level tests in tests/test_bad_input
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
 import shutil
@@ -152,7 +151,7 @@ def _case_latent_parquet_corrupt_unverified(ws, tmp):
 def _case_generator_cache_without_classes(ws, tmp):
     """A latent cache whose meta.json lacks what the generator is checked against (num_classes)."""
     params = train_params(tmp)
-    params = dataclasses.replace(params, encode=dataclasses.replace(params.encode, out=str(tmp)))
+    params = params.model_copy(update={"encode": params.encode.model_copy(update={"out": str(tmp)})})
     edit_json(latent_cache(tmp).rename(tmp / "spherical") / "cache.json", drop("num_classes"))
     return generator_arch_for_cache(params, "spherical")
 

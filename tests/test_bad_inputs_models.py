@@ -308,7 +308,7 @@ CASES = [
     Case("inception-other-weights", "a state dict of some other network", "build_extractor('inception')",
          r"inc\.pth: not torch-fidelity Inception-v3 weights \(no tensor 'Conv2d_1a_3x3\.conv\.weight'",
          _case_inception_other_weights),
-    # local VGG16 weights for LPIPS (evaluation.lpips_weights_path, tokenizer training)
+    # local VGG16 weights for LPIPS (lpips_weights_path: tokenizer training, evaluation)
     Case("lpips-text", "a text file as VGG16 weights", "load_lpips",
          r"vgg16\.pth: cannot read VGG16 weights .*not a tensors-only torch\.save file", _case_lpips_text),
     Case("lpips-code", "a pickle carrying an arbitrary object", "load_lpips",

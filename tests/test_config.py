@@ -1,13 +1,16 @@
 """Whole-file params validation: unknown keys, wrong types, out-of-range values, profiles."""
 
+import json
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from sphereard.config import Params, as_dict, load_params, parse_params
+from sphereard.config import Params, load_params, parse_params
 from sphereard.errors import UserError
 from sphereard.profiles import available_profiles, deep_merge, materialise, render
 
@@ -15,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def with_change(path: str, value):
-    data = as_dict(Params())
+    data = Params().model_dump()
     *parents, leaf = path.split(".")
     node = data
     for key in parents:
@@ -46,12 +49,12 @@ def test_paper_profiles_use_paper_presets():
     "path, value, expected",
     [
         ("tokenizer.radius", -1.0, "tokenizer.radius=-1.0: must be positive"),
-        ("tokenizer.radius", 0, "tokenizer.radius=0.0: must be positive"),
+        ("tokenizer.radius", 0, "tokenizer.radius=0: must be positive"),
         ("sampling.cfg_scale", -0.5, "sampling.cfg_scale=-0.5: must be >= 0"),
         ("sampling.cfg_schedule", "cubic", "sampling.cfg_schedule='cubic': must be one of"),
         ("data.image_size", "big", "data.image_size='big': expected an integer"),
         ("data.channels", 2, "data.channels=2: must be one of"),
-        ("generator.train.optim.lr", 0, "generator.train.optim.lr=0.0: must be positive"),
+        ("generator.train.optim.lr", 0, "generator.train.optim.lr=0: must be positive"),
         ("encode.max_images", 0, "encode.max_images=0: must be positive"),
         ("tokenizer.posteriors", ["spherical", "vmf"], "tokenizer.posteriors[1]='vmf': must be one of"),
         ("generator.train.batch_size", 7, None),
@@ -68,14 +71,14 @@ def test_bad_values_name_key_and_value(path, value, expected):
 
 
 def test_unknown_key_is_named():
-    data = as_dict(Params())
+    data = Params().model_dump()
     data["sampling"]["cfg_scal"] = 2.0
     with pytest.raises(UserError, match=r"^sampling\.cfg_scal: unknown key"):
         parse_params(data)
 
 
 def test_image_size_not_divisible_by_patch_size():
-    data = as_dict(Params())
+    data = Params().model_dump()
     data["data"]["image_size"] = 30
     data["tokenizer"]["overrides"] = {"image_size": 30}
     with pytest.raises(UserError, match="image_size"):
@@ -111,24 +114,25 @@ def test_stage_cli_rejects_bad_file_with_one_line(tmp_path):
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: tokenizer.radius=-2.0: must be positive (or null = sqrt(latent_dim))"]
+        "error: tokenizer.radius=-2.0: must be positive"]
     missing = subprocess.run([sys.executable, "-m", "pipelines.prepare", "--params", str(tmp_path / "none.yaml")],
                              cwd=REPO, capture_output=True, text=True)
     assert missing.returncode == 2 and "none.yaml: params file not found" in missing.stderr
 
 
+def admits_float(hint) -> bool:
+    """float, float | None, list[float], list[Annotated[float, ...] | None], ..."""
+    return hint is float or any(admits_float(arg) for arg in typing.get_args(hint))
+
+
 def float_keys(cls=Params, prefix=""):
     """Every params key whose type admits a float (float, float | None, list[float]), as dotted paths."""
-    import dataclasses
-    import typing
-
     keys = []
-    for f in dataclasses.fields(cls):
-        hint = typing.get_type_hints(cls)[f.name]
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(hint):
-            keys += float_keys(hint, key + ".")
-        elif float in (hint, *typing.get_args(hint)) or any(float in typing.get_args(a) for a in typing.get_args(hint)):
+    for name, field in cls.model_fields.items():
+        key = f"{prefix}{name}"
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            keys += float_keys(field.annotation, key + ".")
+        elif admits_float(field.annotation):
             keys.append(key)
     return keys
 
@@ -144,7 +148,7 @@ def test_float_keys_cover_the_known_float_params():
 def test_every_float_param_rejects_non_finite_values_by_name(text):
     value = yaml.safe_load(text)
     for key in float_keys():
-        node = as_dict(Params())
+        node = Params().model_dump()
         for part in key.split("."):
             node = node[part]
         data = with_change(key, [value] if isinstance(node, list) else value)
@@ -157,9 +161,11 @@ def test_non_finite_values_inside_overrides_and_out_of_range_seeds_are_rejected(
     with pytest.raises(UserError, match=r"^generator.overrides.label_dropout=nan: must be a finite number$"):
         parse_params(with_change("generator.overrides", {"label_dropout": float("nan")}))
     for key in ("seed", "sampling.seed"):
-        with pytest.raises(UserError, match=rf"^{key}=-1: must be in \[0, "):
+        with pytest.raises(UserError, match=rf"^{key}=-1: must be >= 0$"):
             parse_params(with_change(key, -1))
-    with pytest.raises(UserError, match=r"^sweep.seeds=\[0, -3\]: must all be in \[0, "):
+        with pytest.raises(UserError, match=rf"^{key}={2**63}: must be <= {2**63 - 1}$"):
+            parse_params(with_change(key, 2**63))
+    with pytest.raises(UserError, match=r"^sweep.seeds\[1\]=-3: must be >= 0$"):
         parse_params(with_change("sweep.seeds", [0, -3]))
     with pytest.raises(UserError, match=r"^sweep.gpus_per_trial=1.5: must be a fraction <= 1 or a whole number"):
         parse_params(with_change("sweep.gpus_per_trial", 1.5))
@@ -180,3 +186,88 @@ def test_unreadable_params_files_are_one_user_error(tmp_path, content, message):
     with pytest.raises(UserError, match=message) as err:
         load_params(path)
     assert "\n" not in str(err.value)
+
+
+# --- pydantic strictness, one-line errors, the schema command -------------------------------------------------
+
+@pytest.mark.parametrize("path, value, expected", [
+    ("data.image_size", True, "data.image_size=True: expected an integer"),  # a bool is no int
+    ("data.channels", True, "data.channels=True: expected an integer"),  # not even where 1 is allowed
+    ("sampling.cfg_scale", False, "sampling.cfg_scale=False: expected a number"),
+    ("tokenizer.train.optim.lr", "1e-3", "tokenizer.train.optim.lr='1e-3': expected a number"),  # no str -> float
+    ("sampling.steps", 2.0, "sampling.steps=2.0: expected an integer"),  # no float -> int
+    ("generator.overrides", {"head_mlp_ratio": float("inf")},
+     "generator.overrides.head_mlp_ratio=inf: must be a finite number"),
+    ("tokenizer.overrides", {"cnn_channels": [8, float("nan"), 32]},
+     "tokenizer.overrides.cnn_channels[1]=nan: must be a finite number"),  # nested in an override
+    ("generator.overrides", {"dim": True}, "generator.overrides.dim=True: expected an integer"),
+    ("tokenizer.overrides", {"heads": 3}, "tokenizer.overrides.heads=3: must divide width=64"),
+    ("sweep.radii", [None, -1.0], "sweep.radii[1]=-1.0: must be positive"),
+    ("tokenizer.posteriors", ["spherical", "spherical"],
+     "tokenizer.posteriors=['spherical', 'spherical']: must not repeat a posterior"),
+    ("tokenizer.train.optim.min_lr", 1.0, "tokenizer.train.optim.min_lr=1.0: must be in [0, lr]"),
+    ("sweep.scheduler", "asha", "sweep.scheduler='asha': asha stops trials on their AR training loss"),
+    ("generator.overrides", {"grid_size": 4},
+     "generator.preset='fmnist-s': grid_size 4 must equal the tokenizer grid 8"),
+    ("sampling", 3, "sampling=3: expected a mapping"),
+])
+def test_strict_types_and_rules_give_one_line_with_the_dotted_key(path, value, expected):
+    with pytest.raises(UserError) as err:
+        parse_params(with_change(path, value))
+    assert str(err.value).startswith(expected), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_an_int_is_a_float_and_an_empty_block_takes_the_defaults():
+    params = parse_params(with_change("sampling.cfg_scale", 2))  # YAML `2` for a float key
+    assert params.sampling.cfg_scale == 2.0 and isinstance(params.sampling.cfg_scale, float)
+    assert parse_params(with_change("tracking", None)).tracking == Params().tracking  # `tracking:` with no keys
+
+
+def test_unknown_nested_keys_are_named_with_the_allowed_ones():
+    data = with_change("tokenizer.train.optim.lr", 1e-4)
+    data["tokenizer"]["train"]["optim"]["lr_max"] = 1.0
+    with pytest.raises(UserError, match=r"^tokenizer\.train\.optim\.lr_max: unknown key \(allowed: betas, ema_decay, "):
+        parse_params(data)
+    with pytest.raises(UserError, match=r"^generator\.overrides\.dimm: unknown key \(allowed: .*\bdim\b"):
+        parse_params(with_change("generator.overrides", {"dimm": 64}))
+
+
+def test_one_lpips_weights_key_for_the_loss_and_the_metric():
+    assert parse_params(with_change("lpips_weights_path", "/w/vgg16.pth")).lpips_weights_path == "/w/vgg16.pth"
+    for old in ("tokenizer.train.lpips_weights_path", "evaluation.lpips_weights_path"):
+        with pytest.raises(UserError, match=rf"^{old}: unknown key \(allowed: "):
+            parse_params(with_change(old, "/w/vgg16.pth"))
+    paper = parse_params(materialise("imagenet256-sphereAR-B"))
+    assert paper.lpips_weights_path == "/data/weights/vgg16-397923af.pth"
+
+
+def test_absolute_paths_resolves_every_out_and_keeps_the_rest(tmp_path, monkeypatch):
+    from sphereard.config import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    params = Params()
+    resolved = absolute_paths(params)
+    assert resolved.metrics_dir == str(tmp_path / "metrics")
+    assert resolved.tokenizer.out == str(tmp_path / params.tokenizer.out)
+    assert resolved.tokenizer.train == params.tokenizer.train and params.tokenizer.out == "outputs/tokenizer"
+
+
+def test_schema_command_prints_the_json_schema_of_params_yaml():
+    proc = subprocess.run([sys.executable, "-m", "sphereard.config", "schema"], cwd=REPO, capture_output=True,
+                          text=True, check=True)
+    schema = json.loads(proc.stdout)
+    assert set(Params.model_fields) <= set(schema["properties"])
+    assert {"data", "tokenizer", "sampling", "sweep", "tracking", "lpips_weights_path"} <= set(schema["properties"])
+    assert schema["additionalProperties"] is False
+
+
+def test_check_command_validates_a_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(with_change("sweep.seeds", [0, True])))
+    proc = subprocess.run([sys.executable, "-m", "sphereard.config", "check", "--params", str(bad)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: sweep.seeds[1]=True: expected an integer"]
+    ok = subprocess.run([sys.executable, "-m", "sphereard.config", "check"], cwd=REPO, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr

@@ -44,9 +44,9 @@ def params(tmp_path_factory):
 
 def with_loop(params, block: str, **changes):
     cfg = getattr(params, block)
-    train = dataclasses.replace(cfg.train, steps=STEPS, batch_size=BATCH, log_every=2, ckpt_every=3,
-                                sample_every=STEPS, **changes)
-    return dataclasses.replace(params, **{block: dataclasses.replace(cfg, train=train)})
+    train = cfg.train.model_copy(update=dict(steps=STEPS, batch_size=BATCH, log_every=2, ckpt_every=3,
+                                             sample_every=STEPS, **changes))
+    return params.model_copy(update={block: cfg.model_copy(update={"train": train})})
 
 
 def run_split_and_straight(tmp_path, task_factory, loop):

@@ -1,7 +1,6 @@
 """The output layout (sphereard/layout.py) and dvc.yaml agree; metrics files hold numbers only; each
 stage lists only the params it reads (the sweep: only the sampling keys its trials inherit)."""
 
-import dataclasses
 import json
 import os
 import shutil
@@ -51,7 +50,7 @@ def placeholder_params() -> Params:
     """Params whose metrics_dir and every block's `out` are placeholders (M, O_<block>)."""
     params = Params(metrics_dir="M")
     for name in OUT_BLOCKS:
-        params = dataclasses.replace(params, **{name: dataclasses.replace(getattr(params, name), out=f"O_{name}")})
+        params = params.model_copy(update={name: getattr(params, name).model_copy(update={"out": f"O_{name}"})})
     return params
 
 
@@ -148,7 +147,7 @@ def test_only_checkpoints_metrics_and_the_report_stay_out_of_the_dvc_cache():
 
 def test_write_results_refuses_settings_in_metrics(tmp_path):
     params = Params(metrics_dir=str(tmp_path / "m"))
-    params = dataclasses.replace(params, tokenizer=dataclasses.replace(params.tokenizer, out=str(tmp_path / "t")))
+    params = params.model_copy(update={"tokenizer": params.tokenizer.model_copy(update={"out": str(tmp_path / "t")})})
     write_results(params, "tokenizer", "spherical", {"psnr": 20.5}, {"precision": "fp32", "eval_images": 10})
     assert json.loads((tmp_path / "m/tokenizer/spherical.json").read_text()) == {"psnr": 20.5}
     assert json.loads((tmp_path / "t/spherical/info.json").read_text())["precision"] == "fp32"
@@ -174,9 +173,8 @@ def test_sweep_depends_only_on_the_sampling_keys_its_trials_inherit():
     trial = TrialSettings(posterior="spherical", radius=4.0, cfg_scale=7.25, projection="none", sampler_steps=3,
                           seed=11)
     cfg = trial_sampling(base, trial)
-    overridden = {f.name for f in dataclasses.fields(SamplingConfig)
-                  if getattr(cfg, f.name) != getattr(base.sampling, f.name)}
-    inherited = {f.name for f in dataclasses.fields(SamplingConfig)} - overridden - {"out"}
+    overridden = {name for name in SamplingConfig.model_fields if getattr(cfg, name) != getattr(base.sampling, name)}
+    inherited = set(SamplingConfig.model_fields) - overridden - {"out"}
     assert inherited == set(INHERITED_SAMPLING_KEYS)
 
 

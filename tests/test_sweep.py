@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from sphereard.config import SweepConfig, parse_params
+from sphereard.config_errors import validated
 from sphereard.errors import UserError
 from sphereard.profiles import materialise
 from sphereard.sweep import (
@@ -72,12 +73,12 @@ def test_grid_training_and_missing_models():
 
 
 def test_sweep_config_validation():
-    with pytest.raises(UserError, match=r"scheduler='asha'.*sweep.train"):
-        SweepConfig(scheduler="asha")
-    with pytest.raises(UserError, match="train_steps_fraction"):
-        SweepConfig(train_steps_fraction=0.0)
-    with pytest.raises(UserError, match="seeds"):
-        SweepConfig(seeds=[])
+    with pytest.raises(UserError, match=r"^sweep\.scheduler='asha': .*sweep.train"):
+        validated(SweepConfig, {"scheduler": "asha"}, "sweep")
+    with pytest.raises(UserError, match=r"^sweep\.train_steps_fraction=0\.0: must be positive"):
+        validated(SweepConfig, {"train_steps_fraction": 0.0}, "sweep")
+    with pytest.raises(UserError, match=r"^sweep\.seeds=\[\]: list at least one value"):
+        validated(SweepConfig, {"seeds": []}, "sweep")
     assert SweepConfig(scheduler="asha", train=True).train_reports == 4
 
 

@@ -35,8 +35,8 @@ def smoke_params(tmp_path_factory):
 
 def with_train(params, **changes):
     tok = params.tokenizer
-    train = dataclasses.replace(tok.train, **changes)
-    return dataclasses.replace(params, tokenizer=dataclasses.replace(tok, train=train))
+    train = tok.train.model_copy(update=changes)
+    return params.model_copy(update={"tokenizer": tok.model_copy(update={"train": train})})
 
 
 def fixed_batch_loss(params, state=None):
@@ -52,7 +52,7 @@ def fixed_batch_loss(params, state=None):
 @pytest.mark.slow
 def test_two_ray_workers_lower_the_loss_and_resume_at_the_saved_step(smoke_params, tmp_path):
     steps = 16
-    ray_cfg = dataclasses.replace(smoke_params.tokenizer.train.ray, num_workers=2)
+    ray_cfg = smoke_params.tokenizer.train.ray.model_copy(update={"num_workers": 2})
     params = with_train(smoke_params, steps=steps, ckpt_every=4, log_every=4, sample_every=steps,
                         disc_start=8, ray=ray_cfg)
     ckpt_dir = tmp_path / "ckpt"
@@ -74,8 +74,8 @@ def test_encode_round_trip_reproduces_encoder_output(smoke_params):
     from sphereard.tokenizer.encode import encode_split, subset_indices
 
     for posterior, hflip, max_images in (("spherical", True, None), ("gaussian", False, 50)):
-        smoke_params = dataclasses.replace(smoke_params, encode=dataclasses.replace(
-            smoke_params.encode, hflip=hflip, max_images=max_images))
+        smoke_params = smoke_params.model_copy(update={"encode": smoke_params.encode.model_copy(
+            update=dict(hflip=hflip, max_images=max_images))})
         torch.manual_seed(1)
         vae = create_tokenizer(smoke_params.tokenizer.preset, posterior=posterior).eval()
         model_dir = f"{smoke_params.tokenizer.out}/{posterior}/model"

@@ -7,49 +7,42 @@ presets and their parameter counts is in `sphereard/ar/presets.py`.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from pydantic import Field, model_validator
 
-from sphereard.config_schema import from_dict, require
+from sphereard.config import StrictModel
+from sphereard.config_errors import check, validated
 from sphereard.errors import UserError
 
 HEAD_MLP_RATIO = 1.5  # diffusion-head SwiGLU hidden = 1.5 x width (official code)
 ROPE_HEAD_MULTIPLE = 4  # 2D RoPE rotates pairs on two axes
 
 
-@dataclass
-class GeneratorArch:
+class GeneratorArch(StrictModel):
     """Architecture of the AR transformer + diffusion head (defaults: SphereAR-B on ImageNet-256)."""
 
-    dim: int = 768
-    depth: int = 24
-    heads: int = 12
-    head_blocks: int = 6
-    head_width: int = 768
-    adaln_groups: int = 2
-    num_class_tokens: int = 16
-    diff_batch_mul: int = 4
-    token_dim: int = 16
-    grid_size: int = 16
-    num_classes: int = 1000
-    label_dropout: float = 0.1
-    mlp_hidden: int | None = None  # None: 8 dim / 3 rounded up to a multiple of 256
-    head_mlp_ratio: float = HEAD_MLP_RATIO
+    dim: int = Field(768, ge=1)
+    depth: int = Field(24, ge=1)
+    heads: int = Field(12, ge=1)
+    head_blocks: int = Field(6, ge=1)
+    head_width: int = Field(768, ge=1)
+    adaln_groups: int = Field(2, ge=1, description="divides head_blocks (one adaLN projection per consecutive run)")
+    num_class_tokens: int = Field(16, ge=1)
+    diff_batch_mul: int = Field(4, ge=1)
+    token_dim: int = Field(16, ge=2, description="tokens live on S^{d-1}")
+    grid_size: int = Field(16, ge=1)
+    num_classes: int = Field(1000, ge=1)
+    label_dropout: float = Field(0.1, ge=0, lt=1)
+    mlp_hidden: int | None = Field(None, ge=1, description="null: 8 dim / 3 rounded up to a multiple of 256")
+    head_mlp_ratio: float = Field(HEAD_MLP_RATIO, gt=0)
 
-    def __post_init__(self):
-        for name in ("dim", "depth", "heads", "head_blocks", "head_width", "adaln_groups",
-                     "num_class_tokens", "diff_batch_mul", "grid_size", "num_classes"):
-            require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
-        require(self.token_dim >= 2, "token_dim", self.token_dim, "must be >= 2 (tokens live on S^{d-1})")
-        require(self.dim % self.heads == 0, "heads", self.heads, f"must divide dim={self.dim}")
-        require((self.dim // self.heads) % ROPE_HEAD_MULTIPLE == 0, "heads", self.heads,
-                f"head dim dim / heads must be a multiple of {ROPE_HEAD_MULTIPLE} for 2D RoPE")
-        require(self.head_blocks % self.adaln_groups == 0, "adaln_groups", self.adaln_groups,
-                f"must divide head_blocks={self.head_blocks} (each adaLN projection serves consecutive blocks)")
-        require(0.0 <= self.label_dropout < 1.0, "label_dropout", self.label_dropout, "must be in [0, 1)")
-        require(self.mlp_hidden is None or self.mlp_hidden >= 1, "mlp_hidden", self.mlp_hidden,
-                "must be positive or null")
-        require(self.head_mlp_ratio > 0, "head_mlp_ratio", self.head_mlp_ratio, "must be positive")
+    @model_validator(mode="after")
+    def _rules(self) -> GeneratorArch:
+        check(self.dim % self.heads == 0, "heads", self.heads, f"must divide dim={self.dim}")
+        check((self.dim // self.heads) % ROPE_HEAD_MULTIPLE == 0, "heads", self.heads,
+              f"head dim dim / heads must be a multiple of {ROPE_HEAD_MULTIPLE} for 2D RoPE")
+        check(self.head_blocks % self.adaln_groups == 0, "adaln_groups", self.adaln_groups,
+              f"must divide head_blocks={self.head_blocks} (each adaLN projection serves consecutive blocks)")
+        return self
 
     @property
     def num_tokens(self) -> int:
@@ -78,5 +71,5 @@ def resolve_generator_arch(name: str, overrides: dict | None = None, key: str = 
     """Preset `name` with fields replaced by `overrides`, validated; errors name `<key>.preset/overrides.<field>`."""
     if name not in GENERATOR_PRESETS:
         raise UserError(f"{key}.preset={name!r}: unknown generator preset (known: {', '.join(GENERATOR_PRESETS)})")
-    merged = {**dataclasses.asdict(GENERATOR_PRESETS[name]), **(overrides or {})}
-    return from_dict(GeneratorArch, merged, f"{key}.overrides")  # rejects unknown keys and wrong types
+    merged = {**GENERATOR_PRESETS[name].model_dump(), **(overrides or {})}
+    return validated(GeneratorArch, merged, f"{key}.overrides")  # rejects unknown keys and wrong types

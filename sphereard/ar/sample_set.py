@@ -30,7 +30,7 @@ import torch
 
 from sphereard.ar.export import load_pair
 from sphereard.ar.sampler import sampling_kwargs
-from sphereard.config import Params, as_dict
+from sphereard.config import Params
 from sphereard.eval import figures
 from sphereard.eval.adm import save_samples_npz
 from sphereard.layout import OVERVIEW_FILE, grids_dir, samples_file, write_results
@@ -129,7 +129,7 @@ def sample_set(params: Params, posterior: str) -> None:
                 "use_ema": cfg.use_ema}
     tags = {"stage": "sample", "posterior": posterior, "profile": params.profile}
     # resolved settings at the top level, under the sweep trials' names (cfg_scale, projection, radius, ...)
-    logged = {"posterior": posterior, **settings, "sampling": as_dict(cfg), "generator": meta}
+    logged = {"posterior": posterior, **settings, "sampling": cfg.model_dump(), "generator": meta}
     with start_run(params.tracking, ".", f"sample-{posterior}", params=logged, tags=tags) as run:
         log.info("sampling %d images (%d classes x %d) on %s: %s", len(labels), num_classes, cfg.num_per_class,
                  device, settings)

@@ -26,7 +26,7 @@ import torch
 
 from sphereard.ar.presets import count_params, create_generator
 from sphereard.ar.task import GeneratorTask, generator_arch_for_cache, generator_meta
-from sphereard.config import Params, absolute_paths, as_dict
+from sphereard.config import Params, absolute_paths
 from sphereard.data import manifest_path
 from sphereard.errors import UserError, error_detail
 from sphereard.export import META_FILE
@@ -109,7 +109,7 @@ def train_and_export(params: Params, posterior: str, stop_after: int | None = No
     ckpt_dir, model_dir = generator_ckpt_dir(params, posterior), generator_model_dir(params, posterior)
     name = f"ar-{posterior}"
     tags = {"stage": "train_ar", "posterior": posterior, "profile": params.profile}
-    logged = {"posterior": posterior, "generator": as_dict(params.generator),
+    logged = {"posterior": posterior, "generator": params.generator.model_dump(),
               "latents": {k: cache_meta[k] for k in ("rows", "num_tokens", "latent_dim", "radius", "sha256")}}
     with start_run(params.tracking, ".", name, params=logged, tags=tags, system_metrics=True,
                    data_manifest=manifest_path(params.data.out)) as run:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from sphereard.config import Params, as_dict
+from sphereard.config import Params
 from sphereard.data import load_manifest, manifest_path
 from sphereard.eval.classifier import check_classes, save_classifier, train_classifier
 from sphereard.layout import classifier_model_dir, write_results
@@ -27,7 +27,7 @@ def train_and_save(params: Params) -> float:
     manifest = load_manifest(params.data.out, verify=False)
     check_classes(manifest["num_classes"], manifest_path(params.data.out))
     tags = {"stage": "train_classifier", "profile": params.profile}
-    with start_run(params.tracking, ".", "classifier", params={"classifier": as_dict(params.classifier)},
+    with start_run(params.tracking, ".", "classifier", params={"classifier": params.classifier.model_dump()},
                    tags=tags, system_metrics=True, data_manifest=manifest_path(params.data.out)) as mlrun:
         model, accuracy = train_classifier(params.data.out, params.classifier, default_device(), seed=params.seed)
         save_classifier(model, classifier_model_dir(params), accuracy, manifest["classes"])

@@ -123,7 +123,7 @@ def evaluate_posterior(params: Params, posterior: str) -> dict[str, float]:
     references = load_references(params, extractors)
     real, _ = images_as_uint8(params.data.out, "test", limit=params.tokenizer.eval_images, verify=False)
     held_out = images_as_uint8(params.data.out, "test", limit=params.evaluation.teacher_forced_images, verify=False)
-    lpips = load_lpips(params.evaluation.lpips_weights_path, device) if params.evaluation.lpips_weights_path else None
+    lpips = load_lpips(params.lpips_weights_path, device) if params.lpips_weights_path else None
 
     metrics = generation_metrics(fake, fake_labels, references, extractors,
                                  kid_subset_size=params.evaluation.kid_subset_size,

@@ -138,7 +138,7 @@ def section_recon(inp: Inputs) -> list[str]:
     notes = ["", "PSNR / SSIM from `train_vae` on held-out images; `rfd_*` from `evaluate` in that extractor's "
                  "feature space; `eval images` from the tokenizer info."]
     if not lpips:
-        notes.append(f"`{LPIPS_KEY}` absent: LPIPS weights were not configured (`evaluation.lpips_weights_path`).")
+        notes.append(f"`{LPIPS_KEY}` absent: LPIPS weights were not configured (`lpips_weights_path`).")
     return ["## Reconstruction (tokenizers)", "", md_table(header, rows), *notes]
 
 

@@ -16,7 +16,6 @@ also the parent's artifacts.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -29,7 +28,7 @@ from ray import tune
 from ray.tune.result import AUTO_RESULT_KEYS, TIME_TOTAL_S
 from ray.tune.schedulers import ASHAScheduler
 
-from sphereard.config import Params, absolute_paths, as_dict
+from sphereard.config import Params, absolute_paths
 from sphereard.data import manifest_path
 from sphereard.errors import UserError, first_lines
 from sphereard.export import META_FILE, read_export
@@ -161,7 +160,7 @@ def dag_posteriors_only(params: Params) -> Params:
                         f"{params.tokenizer.posteriors} (or set sweep.train: true)")
     log.info("sweep.posteriors: leaving out %s (not in tokenizer.posteriors; sweep.train is false)",
              ", ".join(p for p in sweep.posteriors if p not in kept))
-    return dataclasses.replace(params, sweep=dataclasses.replace(sweep, posteriors=kept))
+    return params.model_copy(update={"sweep": sweep.model_copy(update={"posteriors": kept})})
 
 
 def write_disabled(params: Params) -> None:
@@ -190,7 +189,7 @@ def run_sweep(params: Params, list_only: bool = False) -> None:
     manifest_sha = preflight(params)
     tags = {"stage": "sweep", "profile": params.profile}
     name = f"sweep-{params.profile}-{len(trials)}trials"
-    logged = {"sweep": as_dict(sweep), "num_trials": len(trials)}
+    logged = {"sweep": sweep.model_dump(), "num_trials": len(trials)}
     with start_run(params.tracking, repo_root, name, params=logged, tags=tags,
                    data_manifest=manifest_path(params.data.out), data_context="evaluation") as parent:
         uri = tracking_uri(params.tracking, repo_root) if parent.enabled else None

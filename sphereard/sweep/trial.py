@@ -35,7 +35,7 @@ from sphereard.ar.sample_set import class_balanced_labels, generate_all
 from sphereard.ar.sampler import sampling_kwargs
 from sphereard.ar.task import GeneratorTask
 from sphereard.ar.train import export_generator
-from sphereard.config import Params, as_dict
+from sphereard.config import Params
 from sphereard.data import manifest_path
 from sphereard.errors import UserError
 from sphereard.eval import detect_norm_drift, generation_metrics
@@ -95,8 +95,8 @@ def norm_deviation(norms: np.ndarray, radius: float) -> dict[str, float]:
 
 def trial_sampling(params: Params, t: TrialSettings):
     """The `sampling` block of this trial: its CFG scale, projection, steps and seed."""
-    return dataclasses.replace(params.sampling, cfg_scale=t.cfg_scale, projection=t.projection, steps=t.sampler_steps,
-                               seed=t.seed, num_per_class=params.sweep.num_per_class)
+    return params.sampling.model_copy(update=dict(cfg_scale=t.cfg_scale, projection=t.projection, steps=t.sampler_steps,
+                                                  seed=t.seed, num_per_class=params.sweep.num_per_class))
 
 
 def overview_grid(images: np.ndarray, labels: np.ndarray, path: Path,
@@ -129,9 +129,9 @@ def sample_and_evaluate(params: Params, t: TrialSettings, device: torch.device) 
 def _scaled_loop(loop, fraction: float, ray_storage: str, **extra):
     """Training steps (and warmup, GAN start) scaled by `fraction`; at least one Ray Train worker:
     Ray Train's in-process mode (num_workers 0) cannot run inside a Tune trial."""
-    optim = dataclasses.replace(loop.optim, warmup_steps=round(loop.optim.warmup_steps * fraction))
-    ray_cfg = dataclasses.replace(loop.ray, num_workers=max(1, loop.ray.num_workers), storage=ray_storage)
-    return dataclasses.replace(loop, steps=scaled_steps(loop.steps, fraction), optim=optim, ray=ray_cfg, **extra)
+    optim = loop.optim.model_copy(update={"warmup_steps": round(loop.optim.warmup_steps * fraction)})
+    ray_cfg = loop.ray.model_copy(update={"num_workers": max(1, loop.ray.num_workers), "storage": ray_storage})
+    return loop.model_copy(update=dict(steps=scaled_steps(loop.steps, fraction), optim=optim, ray=ray_cfg, **extra))
 
 
 def training_params(params: Params, t: TrialSettings, out: Path) -> Params:
@@ -139,14 +139,13 @@ def training_params(params: Params, t: TrialSettings, out: Path) -> Params:
     f, tok, gen = params.sweep.train_steps_fraction, params.tokenizer, params.generator
     storage = str(Path(gen.train.ray.storage).resolve())
     tok_train = _scaled_loop(tok.train, f, storage, disc_start=round(tok.train.disc_start * f))
-    return dataclasses.replace(
-        params, seed=t.seed, metrics_dir=str(out / TRIAL_METRICS_DIR),
-        tokenizer=dataclasses.replace(tok, radius=t.radius, posteriors=[t.posterior],
-                                      out=str(out / TRIAL_OUTPUTS["tokenizer"]),
-                                      train=tok_train),
-        encode=dataclasses.replace(params.encode, out=str(out / TRIAL_OUTPUTS["encode"])),
-        generator=dataclasses.replace(gen, out=str(out / TRIAL_OUTPUTS["generator"]),
-                                      train=_scaled_loop(gen.train, f, storage)))
+    return params.model_copy(update=dict(
+        seed=t.seed, metrics_dir=str(out / TRIAL_METRICS_DIR),
+        tokenizer=tok.model_copy(update=dict(radius=t.radius, posteriors=[t.posterior],
+                                             out=str(out / TRIAL_OUTPUTS["tokenizer"]), train=tok_train)),
+        encode=params.encode.model_copy(update={"out": str(out / TRIAL_OUTPUTS["encode"])}),
+        generator=gen.model_copy(update=dict(out=str(out / TRIAL_OUTPUTS["generator"]),
+                                             train=_scaled_loop(gen.train, f, storage)))))
 
 
 def _fresh_or_resumable(params: Params, trial: str, config: dict) -> None:
@@ -209,15 +208,15 @@ def train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext,
     each reported to Tune (ASHA may stop the trial between them)."""
     tp = training_params(params, t, out)
     p = t.posterior
-    _fresh_or_resumable(params, t.name, {"settings": t.as_dict(), "tokenizer": as_dict(tp.tokenizer),
-                              "generator": as_dict(tp.generator), "encode": as_dict(tp.encode),
+    _fresh_or_resumable(params, t.name, {"settings": t.as_dict(), "tokenizer": tp.tokenizer.model_dump(),
+                              "generator": tp.generator.model_dump(), "encode": tp.encode.model_dump(),
                               "data_manifest": ctx.manifest_sha256})
     tags = {**ctx.tags, "stage": "sweep_train", "posterior": p}
     tok_ckpt, gen_ckpt = tokenizer_ckpt_dir(tp, p), generator_ckpt_dir(tp, p)
     vae_name, ar_name = training_run_name(t, "train_vae"), training_run_name(t, "train_ar")
     training = {"tags": tags, "parent_run_id": trial_run.run_id, "system_metrics": True,
                 "data_manifest": manifest_path(tp.data.out)}
-    with start_run(tp.tracking, ctx.repo_root, vae_name, params={"tokenizer": as_dict(tp.tokenizer)},
+    with start_run(tp.tracking, ctx.repo_root, vae_name, params={"tokenizer": tp.tokenizer.model_dump()},
                    **training) as run:
         if _latest_step(tok_ckpt) < tp.tokenizer.train.steps:  # else resumed after it finished
             fit(LoopSpec(task_factory=functools.partial(TokenizerTask, tp, p), loop=tp.tokenizer.train,
@@ -230,7 +229,7 @@ def train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext,
     ends = segment_ends(total, tp.sweep.train_reports) if ctx.report_segments else [total]
     spec = LoopSpec(task_factory=functools.partial(GeneratorTask, tp, p), loop=tp.generator.train,
                     ckpt_dir=str(gen_ckpt), seed=t.seed)
-    with start_run(tp.tracking, ctx.repo_root, ar_name, params={"generator": as_dict(tp.generator)},
+    with start_run(tp.tracking, ctx.repo_root, ar_name, params={"generator": tp.generator.model_dump()},
                    **training) as run:
         for end in ends:
             done = _latest_step(gen_ckpt)
@@ -259,7 +258,7 @@ def run_trial(config: dict, context: SweepContext) -> None:
     device = default_device()
     kind = "train" if t.train else "sample"
     logged = {**t.as_dict(), "kind": kind, "num_per_class": params.sweep.num_per_class,
-              "sampling": {k: v for k, v in as_dict(params.sampling).items() if k in INHERITED_SAMPLING_KEYS},
+              "sampling": {k: v for k, v in params.sampling.model_dump().items() if k in INHERITED_SAMPLING_KEYS},
               "extractors": params.evaluation.extractors}
     tags = {**context.tags, "stage": "sweep_trial", "posterior": t.posterior, "trial_kind": kind}
     with start_run(params.tracking, context.repo_root, t.name, params=logged, tags=tags,

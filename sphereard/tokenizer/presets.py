@@ -17,64 +17,53 @@ decoder ViT.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from typing import Literal
 
-from sphereard.config_schema import from_dict, require
+from pydantic import Field, model_validator
+
+from sphereard.config import Channels, PositiveInt, StrictModel
+from sphereard.config_errors import check, validated
 from sphereard.errors import UserError
 from sphereard.tokenizer.groupnorm import gn_groups
 
 ROPE_HEAD_MULTIPLE = 4  # 2D RoPE rotates pairs on two axes
 
 
-@dataclass
-class TokenizerArch:
+class TokenizerArch(StrictModel):
     """Architecture of the hybrid CNN + ViT VAE (SphereAR Sec. 4.1)."""
 
     image_size: int = 256
-    in_channels: Literal[1, 3] = 3
-    patch_size: int = 16
-    cnn_channels: list[int] = field(default_factory=lambda: [64, 64, 128, 256, 512])
-    enc_layers: int = 6
-    dec_layers: int = 12
+    in_channels: Channels = 3
+    patch_size: int = Field(16, description="2 ** (len(cnn_channels) - 1): one stride-2 CNN stage per channel step")
+    cnn_channels: list[PositiveInt] = Field(
+        default_factory=lambda: [64, 64, 128, 256, 512], min_length=2,
+        description="conv_in width, then one per stride-2 stage; the last equals width")
+    enc_layers: int = Field(6, ge=1)
+    dec_layers: int = Field(12, ge=1)
     width: int = 512
-    heads: int = 8
-    num_registers: int = 4
-    latent_dim: int = 16
-    mlp_hidden: int | None = None  # None: 8w/3 rounded up to a multiple of 256
-    enc_extra_units: int = 0  # plain residual units after each down-block
-    dec_extra_units: int = 1  # plain residual units after each up-block
+    heads: int = Field(8, gt=0)
+    num_registers: int = Field(4, ge=0)
+    latent_dim: int = Field(16, ge=2, description="sphere S^{d-1}")
+    mlp_hidden: int | None = Field(None, gt=0, description="null: 8w/3 rounded up to a multiple of 256")
+    enc_extra_units: int = Field(0, ge=0, description="plain residual units after each down-block")
+    dec_extra_units: int = Field(1, ge=0, description="plain residual units after each up-block")
     upsample: Literal["transpose", "nearest"] = "transpose"
 
-    def __post_init__(self):
+    @model_validator(mode="after")
+    def _rules(self) -> TokenizerArch:
         stages = len(self.cnn_channels) - 1
-        require(self.in_channels in (1, 3), "in_channels", self.in_channels, "must be 1 or 3")
-        require(len(self.cnn_channels) >= 2, "cnn_channels", self.cnn_channels,
-                "needs at least 2 entries (conv_in width, then one per stride-2 stage)")
-        require(self.patch_size == 2 ** stages, "patch_size", self.patch_size,
-                f"must equal 2 ** (len(cnn_channels) - 1) = {2 ** stages}: one stride-2 CNN stage per channel step")
-        require(self.image_size % self.patch_size == 0, "image_size", self.image_size,
-                f"must be divisible by patch_size={self.patch_size}")
-        for c in self.cnn_channels:
-            require(c > 0 and c % gn_groups(c) == 0, "cnn_channels", self.cnn_channels,
-                    "each must be positive and divisible by its GroupNorm groups min(32, c // 4)")
-        require(self.cnn_channels[-1] == self.width, "width", self.width,
-                f"must equal cnn_channels[-1]={self.cnn_channels[-1]} (the CNN output is the ViT input)")
-        require(self.heads > 0 and self.width % self.heads == 0, "heads", self.heads,
-                f"must divide width={self.width}")
-        require((self.width // max(self.heads, 1)) % ROPE_HEAD_MULTIPLE == 0, "heads", self.heads,
-                f"head dim width / heads must be a multiple of {ROPE_HEAD_MULTIPLE} for 2D RoPE")
-        require(self.enc_layers >= 1, "enc_layers", self.enc_layers, "must be >= 1")
-        require(self.dec_layers >= 1, "dec_layers", self.dec_layers, "must be >= 1")
-        require(self.num_registers >= 0, "num_registers", self.num_registers, "must be >= 0")
-        require(self.latent_dim >= 2, "latent_dim", self.latent_dim, "must be >= 2 (sphere S^{d-1})")
-        require(self.mlp_hidden is None or self.mlp_hidden > 0, "mlp_hidden", self.mlp_hidden,
-                "must be positive or null")
-        require(self.enc_extra_units >= 0, "enc_extra_units", self.enc_extra_units, "must be >= 0")
-        require(self.dec_extra_units >= 0, "dec_extra_units", self.dec_extra_units, "must be >= 0")
-        require(self.upsample in ("transpose", "nearest"), "upsample", self.upsample,
-                "must be 'transpose' or 'nearest'")
+        check(self.patch_size == 2 ** stages, "patch_size", self.patch_size,
+              f"must equal 2 ** (len(cnn_channels) - 1) = {2 ** stages}: one stride-2 CNN stage per channel step")
+        check(self.image_size % self.patch_size == 0, "image_size", self.image_size,
+              f"must be divisible by patch_size={self.patch_size}")
+        check(all(c % gn_groups(c) == 0 for c in self.cnn_channels), "cnn_channels", self.cnn_channels,
+              "each must be divisible by its GroupNorm groups min(32, c // 4)")
+        check(self.cnn_channels[-1] == self.width, "width", self.width,
+              f"must equal cnn_channels[-1]={self.cnn_channels[-1]} (the CNN output is the ViT input)")
+        check(self.width % self.heads == 0, "heads", self.heads, f"must divide width={self.width}")
+        check((self.width // self.heads) % ROPE_HEAD_MULTIPLE == 0, "heads", self.heads,
+              f"head dim width / heads must be a multiple of {ROPE_HEAD_MULTIPLE} for 2D RoPE")
+        return self
 
     @property
     def grid_size(self) -> int:
@@ -104,5 +93,5 @@ def tokenizer_arch(name: str, **overrides) -> TokenizerArch:
     """Preset `name` with fields replaced by `overrides` (validated again)."""
     if name not in TOKENIZER_PRESETS:
         raise UserError(f"tokenizer.preset={name!r}: unknown preset (known: {', '.join(TOKENIZER_PRESETS)})")
-    # from_dict rejects unknown keys and wrong types, naming `tokenizer.overrides.<key>`
-    return from_dict(TokenizerArch, {**dataclasses.asdict(TOKENIZER_PRESETS[name]), **overrides}, "tokenizer.overrides")
+    # unknown keys, wrong types and broken rules name `tokenizer.overrides.<key>`
+    return validated(TokenizerArch, {**TOKENIZER_PRESETS[name].model_dump(), **overrides}, "tokenizer.overrides")

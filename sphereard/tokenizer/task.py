@@ -56,7 +56,7 @@ class TokenizerTask(TrainTask):
         self.opt = build_optimizer(self.vae.named_parameters(), ctx.optim, NO_DECAY_PATTERNS)
         self.sched = build_scheduler(self.opt, ctx.optim, ctx.total_steps)
         self.ema = build_ema(self.vae, ctx.optim)
-        self.lpips = load_lpips(self.cfg.lpips_weights_path, ctx.device) if self.cfg.lpips_weight > 0 else None
+        self.lpips = load_lpips(self.params.lpips_weights_path, ctx.device) if self.cfg.lpips_weight > 0 else None
         self.disc = None
         if self.cfg.disc_weight > 0 and self.cfg.disc_start < ctx.total_steps:
             with torch.device(ctx.device):

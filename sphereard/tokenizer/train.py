@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from sphereard.config import Params, absolute_paths, as_dict
+from sphereard.config import Params, absolute_paths
 from sphereard.data import images_as_uint8, manifest_path
 from sphereard.eval.reconstruction import reconstruction_metrics
 from sphereard.export import read_meta
@@ -52,7 +52,7 @@ def evaluate_reconstruction(params: Params, vae, posterior: str, run) -> tuple[d
     start = time.perf_counter()
     recon = reconstruct(vae, real, EVAL_BATCH, "cpu")
     elapsed = time.perf_counter() - start
-    lpips = load_lpips(params.evaluation.lpips_weights_path) if params.evaluation.lpips_weights_path else None
+    lpips = load_lpips(params.lpips_weights_path) if params.lpips_weights_path else None
     metrics = reconstruction_metrics(real, recon, lpips=lpips)
     metrics.update(recon_images_per_s=len(real) / elapsed)
     pair = torch.from_numpy(np.concatenate([real[:GRID_IMAGES], recon[:GRID_IMAGES]]))
@@ -70,7 +70,7 @@ def train_and_export(params: Params, posterior: str, stop_after: int | None = No
     ckpt_dir = tokenizer_ckpt_dir(params, posterior)
     name = f"vae-{posterior}"
     tags = {"stage": "train_vae", "posterior": posterior, "profile": params.profile}
-    logged = {"posterior": posterior, "data": as_dict(params.data), "tokenizer": as_dict(params.tokenizer)}
+    logged = {"posterior": posterior, "data": params.data.model_dump(), "tokenizer": params.tokenizer.model_dump()}
     with start_run(params.tracking, ".", name, params=logged, tags=tags, system_metrics=True,
                    data_manifest=manifest_path(params.data.out)) as run:
         spec = LoopSpec(task_factory=functools.partial(TokenizerTask, absolute_paths(params), posterior),
