@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from sphereard.config_errors import check, finite, validated
 from sphereard.errors import UserError, first_lines
+from sphereard.utils.io import read_text_file
 
 DEFAULT_PARAMS_FILE = "params.yaml"
 
@@ -309,12 +310,9 @@ class Params(StrictModel):
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: params file not found")
+    text = read_text_file(path, "params file", missing="not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: params file unreadable ({type(err).__name__}: {err})") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({first_lines(err)})") from None
     if not isinstance(data, dict):

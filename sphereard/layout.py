@@ -30,6 +30,7 @@ from sphereard.config import Params
 from sphereard.utils.io import atomic_write_text
 
 METRICS_BLOCKS = ("tokenizer", "generator", "sampling", "evaluation", "classifier")
+TRAINED_BLOCKS = ("tokenizer", "generator")  # blocks whose stages train a model: ckpt/ and model/
 INFO_FILE = "info.json"
 CKPT_DIR, MODEL_DIR = "ckpt", "model"
 SAMPLES_FILE, GRIDS_DIR, OVERVIEW_FILE = "samples.npz", "grids", "overview.png"
@@ -66,44 +67,31 @@ def info_file(params: Params, block: str, posterior: str | None = None) -> Path:
     return out / INFO_FILE if posterior is None else out / posterior / INFO_FILE
 
 
-def tokenizer_dir(params: Params, posterior: str) -> Path:
-    """`train_vae@posterior`'s folder: ckpt/, model/, info.json, reconstructions.png."""
-    return Path(params.tokenizer.out) / posterior
+def trained_dir(params: Params, block: str, posterior: str) -> Path:
+    """`train_vae@posterior`'s (block `tokenizer`) or `train_ar@posterior`'s (block `generator`) folder:
+    ckpt/, model/, info.json (and the tokenizer's reconstructions.png)."""
+    assert block in TRAINED_BLOCKS, f"block must be one of {TRAINED_BLOCKS}, got {block!r}"
+    return Path(getattr(params, block).out) / posterior
 
 
-def tokenizer_ckpt_dir(params: Params, posterior: str) -> Path:
-    """The tokenizer's resumable checkpoints (DVC `persist: true`)."""
-    return tokenizer_dir(params, posterior) / CKPT_DIR
+def checkpoint_dir(params: Params, block: str, posterior: str) -> Path:
+    """A trained model's resumable checkpoints (DVC `persist: true`)."""
+    return trained_dir(params, block, posterior) / CKPT_DIR
 
 
-def tokenizer_model_dir(params: Params, posterior: str) -> Path:
-    """The exported tokenizer of one posterior (`train_vae`'s `model/`: safetensors + model.json)."""
-    return tokenizer_dir(params, posterior) / MODEL_DIR
+def export_dir(params: Params, block: str, posterior: str) -> Path:
+    """A trained model's export (`model/`: EMA or raw safetensors + model.json; sphereard/export.py)."""
+    return trained_dir(params, block, posterior) / MODEL_DIR
 
 
 def reconstructions_file(params: Params, posterior: str) -> Path:
     """`train_vae`'s input/reconstruction grid PNG."""
-    return tokenizer_dir(params, posterior) / RECONSTRUCTIONS_FILE
+    return trained_dir(params, "tokenizer", posterior) / RECONSTRUCTIONS_FILE
 
 
 def latent_cache_dir(params: Params, posterior: str) -> Path:
     """`encode@posterior`'s latent cache (latents.parquet + its meta; sphereard/latents.py)."""
     return Path(params.encode.out) / posterior
-
-
-def generator_dir(params: Params, posterior: str) -> Path:
-    """`train_ar@posterior`'s folder: ckpt/, model/, info.json."""
-    return Path(params.generator.out) / posterior
-
-
-def generator_ckpt_dir(params: Params, posterior: str) -> Path:
-    """The generator's resumable checkpoints (DVC `persist: true`)."""
-    return generator_dir(params, posterior) / CKPT_DIR
-
-
-def generator_model_dir(params: Params, posterior: str) -> Path:
-    """The exported generator of one posterior (`train_ar`'s `model/`)."""
-    return generator_dir(params, posterior) / MODEL_DIR
 
 
 def samples_dir(params: Params, posterior: str) -> Path:

@@ -17,6 +17,13 @@ TEST_TORCH_THREADS = 1  # tiny CPU models: more intra-op threads only add conten
 torch.set_num_threads(TEST_TORCH_THREADS)
 
 
+@pytest.fixture(autouse=True)
+def torch_threads():
+    """Every test starts with TEST_TORCH_THREADS, whatever an in-process stage set before it."""
+    torch.set_num_threads(TEST_TORCH_THREADS)
+    yield
+
+
 def cuda_available() -> bool:
     return torch.cuda.is_available()
 

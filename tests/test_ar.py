@@ -32,14 +32,6 @@ TINY = dict(dim=32, depth=2, heads=2, mlp_hidden=64, num_class_tokens=2, grid_si
             num_classes=4, head_blocks=2, head_width=32, adaln_groups=1, label_dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These models are tiny: one intra-op thread is faster and avoids oversubscribing shared CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_model(seed=0, **overrides):
     """Tiny generator with every weight random (no zero-initialised outputs), in eval mode."""

@@ -80,12 +80,12 @@ def layout_outputs(params: Params, p: str = "P") -> dict[str, set[str]]:
     """Each stage's outs and plots (other than metrics), as the layout (and the sweep's tables) name them."""
     paths = {
         "prepare": [Path(params.data.out)],
-        "train_vae": [layout.tokenizer_ckpt_dir(params, p), layout.tokenizer_model_dir(params, p),
+        "train_vae": [layout.checkpoint_dir(params, "tokenizer", p), layout.export_dir(params, "tokenizer", p),
                       info_file(params, "tokenizer", p), layout.reconstructions_file(params, p)],
         "encode": [layout.latent_cache_dir(params, p)],
         "train_classifier": [layout.classifier_model_dir(params), info_file(params, "classifier")],
         "reference": [layout.reference_dir(params)],
-        "train_ar": [layout.generator_ckpt_dir(params, p), layout.generator_model_dir(params, p),
+        "train_ar": [layout.checkpoint_dir(params, "generator", p), layout.export_dir(params, "generator", p),
                      info_file(params, "generator", p)],
         "sample": [layout.samples_file(params, p), layout.grids_dir(params, p), info_file(params, "sampling", p)],
         "evaluate": [info_file(params, "evaluation", p),
@@ -117,10 +117,14 @@ def test_dvc_yaml_deps_on_stage_outputs_come_from_the_layout():
 
 def test_per_posterior_paths_live_in_the_posterior_folder():
     params = placeholder_params()
-    for fn in (layout.tokenizer_ckpt_dir, layout.tokenizer_model_dir, layout.reconstructions_file,
-               layout.latent_cache_dir, layout.generator_ckpt_dir, layout.generator_model_dir, layout.samples_file,
-               layout.grids_dir):
+    for fn in (layout.reconstructions_file, layout.latent_cache_dir, layout.samples_file, layout.grids_dir,
+               layout.overview_file):
         assert "P" in fn(params, "P").parts, fn.__name__
+    for block in layout.TRAINED_BLOCKS:
+        for fn in (layout.checkpoint_dir, layout.export_dir):
+            assert fn(params, block, "P").parent == Path(getattr(params, block).out) / "P", fn.__name__
+    with pytest.raises(AssertionError, match="block must be one of"):
+        layout.export_dir(params, "sampling", "P")
     assert layout.trial_dir(params, "t1") == layout.trials_dir(params) / "t1"
     assert layout.reference_file(params, "inception") == layout.reference_dir(params) / "inception.npz"
     with pytest.raises(AssertionError, match="must be one of"):

@@ -25,14 +25,6 @@ PAPER_PARAMS = 75e6
 PAPER_TOLERANCE = 0.02
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These models are tiny: one thread avoids OpenMP spin-waits when the 2 cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -12,7 +12,7 @@ from sphereard.config import Params
 from sphereard.data.shards import manifest_path
 from sphereard.errors import UserError
 from sphereard.export import META_FILE, WEIGHTS_FILE, build_from_meta, check_posterior, read_export
-from sphereard.layout import generator_ckpt_dir, generator_model_dir, tokenizer_model_dir
+from sphereard.layout import checkpoint_dir, export_dir
 from sphereard.tokenizer.export import load_tokenizer
 from sphereard.train.checkpoint import load_weights
 from sphereard.utils.weights import load_state_strict
@@ -56,10 +56,10 @@ def load_pair(params: Params, posterior: str, device: str | torch.device = "cpu"
 
     Raises UserError naming the file for missing, corrupt or mismatched exports / checkpoint weights,
     and, given the data's `manifest`, when the pair was trained on other data (`check_fits_data`)."""
-    tok_dir, gen_dir = tokenizer_model_dir(params, posterior), generator_model_dir(params, posterior)
+    tok_dir, gen_dir = export_dir(params, "tokenizer", posterior), export_dir(params, "generator", posterior)
     model, gen_meta = load_generator(gen_dir, device, posterior=posterior)
     if not use_ema:
-        ckpt_dir = generator_ckpt_dir(params, posterior)
+        ckpt_dir = checkpoint_dir(params, "generator", posterior)
         load_state_strict(model, load_weights(ckpt_dir, "model", device), ckpt_dir)
     vae, tok_meta = load_tokenizer(tok_dir, device, posterior=posterior)
     check_pair(vae, tok_dir, model, gen_dir)

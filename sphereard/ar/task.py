@@ -24,13 +24,12 @@ from sphereard.config import OptimConfig, Params, SamplingConfig
 from sphereard.errors import UserError
 from sphereard.eval.figures import class_grid, class_label, read_class_names
 from sphereard.latents import LatentDataset, meta_path, pick_views, read_latent_meta
-from sphereard.layout import latent_cache_dir, tokenizer_model_dir
+from sphereard.layout import export_dir, latent_cache_dir
 from sphereard.tokenizer.inference import model_to_uint8
 from sphereard.tokenizer.posterior import sample_from_moments
 from sphereard.train import StepContext, TrainTask, build_ema, build_optimizer, build_scheduler, optimizer_step
-from sphereard.train.checkpoint import load_optimizer_state, require_state
+from sphereard.train.checkpoint import load_training_states, training_states
 from sphereard.utils.io import require_fields
-from sphereard.utils.weights import load_state_strict
 
 log = logging.getLogger(__name__)
 
@@ -139,16 +138,11 @@ class GeneratorTask(TrainTask):
         return int(views.shape[0] * views.shape[2])
 
     def state_dicts(self) -> dict:
-        return {"model": self.gen.state_dict(), "ema": self.ema.module.state_dict(), "optimizer": self.opt.state_dict()}
+        return training_states(self.gen, self.ema.module, self.opt)
 
     def load_state_dicts(self, states: dict) -> None:
-        """Resume model, EMA and optimizer.
-
-        Raises UserError "state '<name>': ..." (the loop prefixes the checkpoint path) when a state
-        is missing or belongs to another model (preset, overrides) or optimizer."""
-        load_state_strict(self.gen, require_state(states, "model"), "state 'model'")
-        load_state_strict(self.ema.module, require_state(states, "ema"), "state 'ema'")
-        load_optimizer_state(self.opt, require_state(states, "optimizer"), "state 'optimizer'")
+        """Resume model, EMA and optimizer (UserError as `load_training_states`)."""
+        load_training_states(states, self.gen, self.ema.module, self.opt)
 
     @torch.no_grad()
     def log_media(self, step: int, run) -> None:
@@ -159,7 +153,7 @@ class GeneratorTask(TrainTask):
         if self.tokenizer is None:  # rank 0 only, loaded once
             from sphereard.tokenizer.export import load_tokenizer
 
-            self.tokenizer, _ = load_tokenizer(tokenizer_model_dir(self.params, self.posterior), self.ctx.device)
+            self.tokenizer, _ = load_tokenizer(export_dir(self.params, "tokenizer", self.posterior), self.ctx.device)
             self.class_names = read_class_names(self.params.data.out, self.arch.num_classes)
         cfg = SamplingConfig()  # fixed defaults: training does not depend on the `sampling` block
         ema: nn.Module = self.ema.module.eval()

@@ -31,13 +31,7 @@ from sphereard.data import manifest_path
 from sphereard.errors import UserError, error_detail
 from sphereard.export import META_FILE
 from sphereard.latents import LATENTS_FILE, decode_column, moment_columns, read_latent_meta
-from sphereard.layout import (
-    generator_ckpt_dir,
-    generator_model_dir,
-    latent_cache_dir,
-    tokenizer_model_dir,
-    write_results,
-)
+from sphereard.layout import checkpoint_dir, export_dir, latent_cache_dir, write_results
 from sphereard.tokenizer.posterior import sample_from_moments
 from sphereard.tracking import start_run
 from sphereard.train import LoopSpec, fit, load_latest
@@ -58,10 +52,10 @@ def export_generator(params: Params, posterior: str, radius: float, run_id: str 
     gen = params.generator
 
     def meta(model, step: int) -> dict:
-        return {**generator_meta(params, posterior, radius, tokenizer_model_dir(params, posterior)), "step": step,
+        return {**generator_meta(params, posterior, radius, export_dir(params, "tokenizer", posterior)), "step": step,
                 "params": count_params(model), "mlflow_run_id": run_id}
 
-    return export_ema(generator_ckpt_dir(params, posterior), generator_model_dir(params, posterior),
+    return export_ema(checkpoint_dir(params, "generator", posterior), export_dir(params, "generator", posterior),
                       lambda: create_generator(gen.preset, **gen.overrides), meta)
 
 
@@ -102,11 +96,11 @@ def train_and_export(params: Params, posterior: str, stop_after: int | None = No
     Raises UserError before Ray starts when the latent cache does not fit the generator or the
     tokenizer export is missing. With `stop_after` the loop ends after that many steps, no export."""
     arch, cache_meta = generator_arch_for_cache(params, posterior)  # fail fast, before Ray starts
-    tok_dir = tokenizer_model_dir(params, posterior)
+    tok_dir = export_dir(params, "tokenizer", posterior)
     if not (tok_dir / META_FILE).is_file():
         raise UserError(f"{tok_dir / META_FILE}: exported tokenizer missing (run train_vae@{posterior})")
     radius = float(cache_meta["radius"])
-    ckpt_dir, model_dir = generator_ckpt_dir(params, posterior), generator_model_dir(params, posterior)
+    ckpt_dir, model_dir = checkpoint_dir(params, "generator", posterior), export_dir(params, "generator", posterior)
     name = f"ar-{posterior}"
     tags = {"stage": "train_ar", "posterior": posterior, "profile": params.profile}
     logged = {"posterior": posterior, "generator": params.generator.model_dump(),

@@ -26,12 +26,12 @@ from sphereard.export import META_FILE as EXPORT_META
 from sphereard.latents import meta_path as latent_meta_path
 from sphereard.layout import (
     evaluation_file,
+    export_dir,
     info_file,
     latent_cache_dir,
     metrics_file,
     overview_file,
     reconstructions_file,
-    tokenizer_model_dir,
 )
 from sphereard.report.sweep import load_sweep
 from sphereard.utils.io import read_json_object
@@ -162,7 +162,7 @@ def load_inputs(params: Params, root: Path = Path("."), required: bool = True) -
     info = {block: {p: read_optional(root / info_file(params, block, p), absent) for p in posteriors}
             for block in INFO_BLOCKS}
     latents = {p: read_optional(latent_meta_path(root / latent_cache_dir(params, p)), absent) for p in posteriors}
-    exports = {p: read_optional(root / tokenizer_model_dir(params, p) / EXPORT_META, absent) for p in posteriors}
+    exports = {p: read_optional(root / export_dir(params, "tokenizer", p) / EXPORT_META, absent) for p in posteriors}
     for p in posteriors:
         found = optional_paths(params, p, root)
         absent += [str(path) for path in found.values() if not path.is_file()]

@@ -32,7 +32,7 @@ from sphereard.config import Params, absolute_paths
 from sphereard.data import manifest_path
 from sphereard.errors import UserError, first_lines
 from sphereard.export import META_FILE, read_export
-from sphereard.layout import classifier_model_dir, generator_model_dir, reference_file, tokenizer_model_dir, trials_dir
+from sphereard.layout import classifier_model_dir, export_dir, reference_file, trials_dir
 from sphereard.sweep.grid import SETTING_COLUMNS, TrialSettings, expand_grid, search_space, settings_of, tune_trial_name
 from sphereard.sweep.outputs import write_outputs
 from sphereard.sweep.results import ID_COLUMNS, aggregate_over_seeds, results_frame
@@ -52,7 +52,7 @@ def trained_radii(params: Params) -> dict[str, float | None]:
     """R of the DAG's exported tokenizer per swept posterior; None unless tokenizer and generator exist."""
     out = {}
     for p in params.sweep.posteriors:
-        tok, gen = tokenizer_model_dir(params, p), generator_model_dir(params, p)
+        tok, gen = export_dir(params, "tokenizer", p), export_dir(params, "generator", p)
         have = (tok / META_FILE).is_file() and (gen / META_FILE).is_file()
         out[p] = float(read_export(tok)[1]["radius"]) if have else None
     return out

@@ -41,14 +41,7 @@ from sphereard.errors import UserError
 from sphereard.eval import detect_norm_drift, generation_metrics
 from sphereard.eval.figures import read_class_names, save_class_grid
 from sphereard.eval.setup import build_extractors, load_references
-from sphereard.layout import (
-    TRIAL_METRICS_DIR,
-    TRIAL_OUTPUTS,
-    generator_ckpt_dir,
-    tokenizer_ckpt_dir,
-    trial_dir,
-    trial_file,
-)
+from sphereard.layout import TRIAL_METRICS_DIR, TRIAL_OUTPUTS, checkpoint_dir, trial_dir, trial_file
 from sphereard.sweep.grid import TrialSettings, scaled_steps, segment_ends, settings_of, training_run_name
 from sphereard.tokenizer.encode import encode_split
 from sphereard.tokenizer.task import TokenizerTask
@@ -212,7 +205,7 @@ def train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext,
                               "generator": tp.generator.model_dump(), "encode": tp.encode.model_dump(),
                               "data_manifest": ctx.manifest_sha256})
     tags = {**ctx.tags, "stage": "sweep_train", "posterior": p}
-    tok_ckpt, gen_ckpt = tokenizer_ckpt_dir(tp, p), generator_ckpt_dir(tp, p)
+    tok_ckpt, gen_ckpt = checkpoint_dir(tp, "tokenizer", p), checkpoint_dir(tp, "generator", p)
     vae_name, ar_name = training_run_name(t, "train_vae"), training_run_name(t, "train_ar")
     training = {"tags": tags, "parent_run_id": trial_run.run_id, "system_metrics": True,
                 "data_manifest": manifest_path(tp.data.out)}

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from sphereard.config import Params
 from sphereard.data import ShardDataset
 from sphereard.latents import LatentCacheWriter
-from sphereard.layout import latent_cache_dir, tokenizer_model_dir
+from sphereard.layout import export_dir, latent_cache_dir
 from sphereard.tokenizer.export import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def encode_split(params: Params, posterior: str, device: torch.device) -> dict:
 
     Raises UserError naming the file when the tokenizer export is missing, corrupt or of another
     posterior (`load_tokenizer`), or the prepared data are unreadable; nothing is written then."""
-    vae, meta = load_tokenizer(tokenizer_model_dir(params, posterior), device, posterior=posterior)
+    vae, meta = load_tokenizer(export_dir(params, "tokenizer", posterior), device, posterior=posterior)
     dataset = ShardDataset(params.data.out, "train")
     indices = subset_indices(len(dataset), params.encode.max_images, params.seed)
     loader = DataLoader(Subset(dataset, indices), batch_size=params.encode.batch_size, shuffle=False)

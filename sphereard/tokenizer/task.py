@@ -23,7 +23,7 @@ from sphereard.tokenizer.losses import (
 )
 from sphereard.tokenizer.vae import create_tokenizer
 from sphereard.train import StepContext, TrainTask, build_ema, build_optimizer, build_scheduler, optimizer_step
-from sphereard.train.checkpoint import load_optimizer_state, require_state
+from sphereard.train.checkpoint import load_optimizer_state, load_training_states, require_state, training_states
 from sphereard.utils.weights import load_state_strict
 
 log = logging.getLogger(__name__)
@@ -101,20 +101,15 @@ class TokenizerTask(TrainTask):
         return metrics
 
     def state_dicts(self) -> dict:
-        states = {"model": self.vae.state_dict(), "ema": self.ema.module.state_dict(),
-                  "optimizer": self.opt.state_dict()}
+        states = training_states(self.vae, self.ema.module, self.opt)
         if self.disc is not None:
             states.update(disc=self.disc.state_dict(), disc_optimizer=self.disc_opt.state_dict())
         return states
 
     def load_state_dicts(self, states: dict) -> None:
-        """Resume model, EMA and optimizer (and the discriminator's, when both sides have one).
-
-        Raises UserError "state '<name>': ..." (the loop prefixes the checkpoint path) when a state
-        is missing or belongs to another model (preset, overrides) or optimizer."""
-        load_state_strict(self.vae, require_state(states, "model"), "state 'model'")
-        load_state_strict(self.ema.module, require_state(states, "ema"), "state 'ema'")
-        load_optimizer_state(self.opt, require_state(states, "optimizer"), "state 'optimizer'")
+        """Resume model, EMA and optimizer (UserError as `load_training_states`), and the discriminator's
+        states when both sides have one."""
+        load_training_states(states, self.vae, self.ema.module, self.opt)
         if self.disc is not None and "disc" in states:
             load_state_strict(self.disc, require_state(states, "disc"), "state 'disc'")
             load_optimizer_state(self.disc_opt, require_state(states, "disc_optimizer"), "state 'disc_optimizer'")

@@ -18,7 +18,7 @@ from sphereard.config import Params, absolute_paths
 from sphereard.data import images_as_uint8, manifest_path
 from sphereard.eval.reconstruction import reconstruction_metrics
 from sphereard.export import read_meta
-from sphereard.layout import reconstructions_file, tokenizer_ckpt_dir, tokenizer_model_dir, write_results
+from sphereard.layout import checkpoint_dir, export_dir, reconstructions_file, write_results
 from sphereard.tokenizer.inference import reconstruct
 from sphereard.tokenizer.losses import load_lpips
 from sphereard.tokenizer.task import TokenizerTask, tokenizer_meta
@@ -40,7 +40,7 @@ def export_tokenizer(params: Params, posterior: str, run_id: str | None):
     Raises UserError naming the checkpoint folder when there is no usable checkpoint."""
     tok = params.tokenizer
     vae, _ = export_ema(
-        tokenizer_ckpt_dir(params, posterior), tokenizer_model_dir(params, posterior),
+        checkpoint_dir(params, "tokenizer", posterior), export_dir(params, "tokenizer", posterior),
         lambda: create_tokenizer(tok.preset, posterior=posterior, radius=tok.radius, **tok.overrides),
         lambda vae, step: {**tokenizer_meta(params, posterior, vae.radius), "step": step, "mlflow_run_id": run_id})
     return vae
@@ -67,7 +67,7 @@ def train_and_export(params: Params, posterior: str, stop_after: int | None = No
     """Train (resuming this run's checkpoints), export, measure and write the stage's results.
 
     With `stop_after` the loop ends after that many steps (checkpointed) and nothing is exported."""
-    ckpt_dir = tokenizer_ckpt_dir(params, posterior)
+    ckpt_dir = checkpoint_dir(params, "tokenizer", posterior)
     name = f"vae-{posterior}"
     tags = {"stage": "train_vae", "posterior": posterior, "profile": params.profile}
     logged = {"posterior": posterior, "data": params.data.model_dump(), "tokenizer": params.tokenizer.model_dump()}
@@ -83,7 +83,7 @@ def train_and_export(params: Params, posterior: str, stop_after: int | None = No
         vae = export_tokenizer(params, posterior, run.run_id)
         metrics, eval_images = evaluate_reconstruction(params, vae, posterior, run)
         run.log_metrics({f"recon/{k}": v for k, v in metrics.items()}, step=params.tokenizer.train.steps)
-        step = read_meta(tokenizer_model_dir(params, posterior))["step"]
+        step = read_meta(export_dir(params, "tokenizer", posterior))["step"]
         write_results(params, "tokenizer", posterior, metrics,
                       {"posterior": posterior, "eval_images": eval_images, "step": step})
         log.info("%s: %s", name, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

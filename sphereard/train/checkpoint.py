@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 
 from sphereard.errors import UserError
 from sphereard.utils.io import atomic_path, atomic_write_text, read_json_object, require_fields
-from sphereard.utils.weights import read_safetensors
+from sphereard.utils.weights import load_state_strict, read_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -342,3 +342,19 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, A
         except (ValueError, KeyError, TypeError, RuntimeError) as err:
             problem = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
     raise UserError(f"{source}: optimizer state of a different model: {problem}")
+
+
+def training_states(model: torch.nn.Module, ema: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The states every TrainTask checkpoints: `model`, `ema` (the averaged copy) and `optimizer`."""
+    return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict()}
+
+
+def load_training_states(states: Mapping[str, Any], model: torch.nn.Module, ema: torch.nn.Module,
+                         optimizer: torch.optim.Optimizer) -> None:
+    """Resume what `training_states` saved.
+
+    Raises UserError "state '<name>': ..." (the loop prefixes the checkpoint path) when a state
+    is missing or belongs to another model (preset, overrides) or optimizer."""
+    load_state_strict(model, require_state(states, "model"), "state 'model'")
+    load_state_strict(ema, require_state(states, "ema"), "state 'ema'")
+    load_optimizer_state(optimizer, require_state(states, "optimizer"), "state 'optimizer'")

@@ -69,18 +69,27 @@ NPZ_CORRUPT_ERRORS = (EOFError, zipfile.BadZipFile, zlib.error)
 NPZ_READ_ERRORS = (OSError, ValueError, KeyError, *NPZ_CORRUPT_ERRORS)
 
 
+def read_text_file(path: str | os.PathLike, what: str, missing: str = "missing") -> str:
+    """The UTF-8 text of `path`; UserError naming the file (`<path>: <what> <missing>`) when it is not a
+    file, or when it is unreadable or not UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} {missing}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: {what} unreadable ({type(err).__name__}: {err})") from None
+
+
 def read_json_object(path: str | os.PathLike, what: str = "JSON file") -> dict:
     """A JSON object from `path`.
 
     Raises UserError naming the file when it is missing, unreadable, not UTF-8, not valid JSON
     (e.g. truncated) or not a JSON object."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: {what} missing")
+    text = read_text_file(path, what)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: {what} unreadable ({err})") from None
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid JSON ({what}, truncated or corrupt: {err})") from None
     if not isinstance(data, dict):
