@@ -68,13 +68,11 @@ def _ref_stats_case(**arrays):
 
 
 def _case_sweep_marker_truncated(ws, tmp):
-    import dataclasses
-
     from sphereard.config import Params
     from sphereard.layout import trial_file
     from sphereard.sweep.trial import _fresh_or_resumable
 
-    params = dataclasses.replace(Params(), sweep=dataclasses.replace(Params().sweep, out=str(tmp)))
+    params = Params().model_copy(update={"sweep": Params().sweep.model_copy(update={"out": str(tmp)})})
     trial_file(params, "trial", "train_config").parent.mkdir(parents=True)
     trial_file(params, "trial", "train_config").write_text('{"sha256": "ab')
     return _fresh_or_resumable(params, "trial", {"settings": {}})
