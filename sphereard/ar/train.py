@@ -90,6 +90,17 @@ def ema_loss(model, params: Params, posterior: str, radius: float, device: torch
     return sum(losses) / len(losses)
 
 
+def fit_generator(params: Params, posterior: str, run, run_name: str, stop_after: int | None = None,
+                  config_snapshot: dict | None = None):
+    """Train (or resume) the `posterior` generator on its latent cache into its checkpoint dir, logging
+    into `run`, with `params.seed`; the stage and the sweep's training trials both train through this.
+    Returns Ray's Result. Raises as `sphereard.train.fit`."""
+    spec = LoopSpec(task_factory=functools.partial(GeneratorTask, absolute_paths(params), posterior),
+                    loop=params.generator.train, ckpt_dir=str(checkpoint_dir(params, "generator", posterior)),
+                    seed=params.seed, run=run, stop_after=stop_after, config_snapshot=config_snapshot or {})
+    return fit(spec, run_name)
+
+
 def train_and_export(params: Params, posterior: str, stop_after: int | None = None) -> None:
     """Train (resuming this run's checkpoints), export, measure and write the stage's results.
 
@@ -107,10 +118,7 @@ def train_and_export(params: Params, posterior: str, stop_after: int | None = No
               "latents": {k: cache_meta[k] for k in ("rows", "num_tokens", "latent_dim", "radius", "sha256")}}
     with start_run(params.tracking, ".", name, params=logged, tags=tags, system_metrics=True,
                    data_manifest=manifest_path(params.data.out)) as run:
-        spec = LoopSpec(task_factory=functools.partial(GeneratorTask, absolute_paths(params), posterior),
-                        loop=params.generator.train, ckpt_dir=str(ckpt_dir), seed=params.seed, run=run,
-                        stop_after=stop_after, config_snapshot=logged)
-        result = fit(spec, name)
+        result = fit_generator(params, posterior, run, name, stop_after, config_snapshot=logged)
         if stop_after is not None and load_latest(ckpt_dir).step < params.generator.train.steps:
             log.info("stopped early as asked (--stop-after %d); rerun to resume", stop_after)
             return

@@ -1,8 +1,9 @@
 """One sweep trial, run by Ray Tune (`run_trial`): (train ->) sample -> generation metrics -> report.
 
 Sample trials reuse the DAG's exported models of their posterior; training trials run the DAG's own
-code path inside the trial: tokenizer (`fit(LoopSpec)`, a Ray Train TorchTrainer: Train V2 runs a
-trainer inside a Tune trial function), encode, generator, each exported, all under
+code path inside the trial: tokenizer and generator through the stages' own `fit_tokenizer` /
+`fit_generator` (a Ray Train TorchTrainer: Train V2 runs a trainer inside a Tune trial function),
+encode between them, each exported, all under
 `sweep.out/trials/<trial name>/`. Then `sweep.num_per_class` class-balanced samples per class with the
 trial's CFG scale / projection / steps / seed, decoded and scored against the cached reference
 statistics, plus the token-norm deviation from R (SphereAR Sec. 3.3, the drift argument):
@@ -16,8 +17,6 @@ reported to Tune is also the trial run's metric `asha/ar_loss` at the AR step it
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -33,8 +32,7 @@ from ray import tune
 from sphereard.ar.export import load_pair
 from sphereard.ar.sample_set import class_balanced_labels, generate_all
 from sphereard.ar.sampler import sampling_kwargs
-from sphereard.ar.task import GeneratorTask
-from sphereard.ar.train import export_generator
+from sphereard.ar.train import export_generator, fit_generator
 from sphereard.config import Params
 from sphereard.data import manifest_path
 from sphereard.errors import UserError
@@ -44,10 +42,8 @@ from sphereard.eval.setup import build_extractors, load_references
 from sphereard.layout import TRIAL_METRICS_DIR, TRIAL_OUTPUTS, checkpoint_dir, trial_dir, trial_file
 from sphereard.sweep.grid import TrialSettings, scaled_steps, segment_ends, settings_of, training_run_name
 from sphereard.tokenizer.encode import encode_split
-from sphereard.tokenizer.task import TokenizerTask
-from sphereard.tokenizer.train import export_tokenizer
+from sphereard.tokenizer.train import export_tokenizer, fit_tokenizer
 from sphereard.tracking import TRACKING_URI_ENV, Run, start_run
-from sphereard.train import LoopSpec, fit
 from sphereard.train.checkpoint import STEP_DIR_RE, latest_step_dir
 from sphereard.utils.device import default_device
 from sphereard.utils.io import atomic_write_text, read_json_object, require_fields
@@ -202,8 +198,8 @@ def train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext,
     tp = training_params(params, t, out)
     p = t.posterior
     _fresh_or_resumable(params, t.name, {"settings": t.as_dict(), "tokenizer": tp.tokenizer.model_dump(),
-                              "generator": tp.generator.model_dump(), "encode": tp.encode.model_dump(),
-                              "data_manifest": ctx.manifest_sha256})
+                                         "generator": tp.generator.model_dump(), "encode": tp.encode.model_dump(),
+                                         "data_manifest": ctx.manifest_sha256})
     tags = {**ctx.tags, "stage": "sweep_train", "posterior": p}
     tok_ckpt, gen_ckpt = checkpoint_dir(tp, "tokenizer", p), checkpoint_dir(tp, "generator", p)
     vae_name, ar_name = training_run_name(t, "train_vae"), training_run_name(t, "train_ar")
@@ -212,22 +208,19 @@ def train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext,
     with start_run(tp.tracking, ctx.repo_root, vae_name, params={"tokenizer": tp.tokenizer.model_dump()},
                    **training) as run:
         if _latest_step(tok_ckpt) < tp.tokenizer.train.steps:  # else resumed after it finished
-            fit(LoopSpec(task_factory=functools.partial(TokenizerTask, tp, p), loop=tp.tokenizer.train,
-                         ckpt_dir=str(tok_ckpt), seed=t.seed, run=run), f"sweep-{vae_name}")
+            fit_tokenizer(tp, p, run, f"sweep-{vae_name}")  # tp.seed is the trial's seed
         vae = export_tokenizer(tp, p, run.run_id)
     encode_split(tp, p, device)
     reports_path = trial_file(params, t.name, "reports")
     reports = read_reports(reports_path)
     total = tp.generator.train.steps
     ends = segment_ends(total, tp.sweep.train_reports) if ctx.report_segments else [total]
-    spec = LoopSpec(task_factory=functools.partial(GeneratorTask, tp, p), loop=tp.generator.train,
-                    ckpt_dir=str(gen_ckpt), seed=t.seed)
     with start_run(tp.tracking, ctx.repo_root, ar_name, params={"generator": tp.generator.model_dump()},
                    **training) as run:
         for end in ends:
             done = _latest_step(gen_ckpt)
             if done < end:
-                result = fit(dataclasses.replace(spec, run=run, stop_after=end - done), f"sweep-{ar_name}")
+                result = fit_generator(tp, p, run, f"sweep-{ar_name}", stop_after=end - done)
                 reports[str(end)] = (result.metrics or {}).get("train/loss")
                 atomic_write_text(reports_path, json.dumps(reports, indent=2))
             if ctx.report_segments:

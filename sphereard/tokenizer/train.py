@@ -63,6 +63,17 @@ def evaluate_reconstruction(params: Params, vae, posterior: str, run) -> tuple[d
     return metrics, len(real)
 
 
+def fit_tokenizer(params: Params, posterior: str, run, run_name: str, stop_after: int | None = None,
+                  config_snapshot: dict | None = None):
+    """Train (or resume) the `posterior` tokenizer into its checkpoint dir, logging into `run`, with
+    `params.seed`; the stage and the sweep's training trials both train through this. Returns Ray's
+    Result. Raises as `sphereard.train.fit`."""
+    spec = LoopSpec(task_factory=functools.partial(TokenizerTask, absolute_paths(params), posterior),
+                    loop=params.tokenizer.train, ckpt_dir=str(checkpoint_dir(params, "tokenizer", posterior)),
+                    seed=params.seed, run=run, stop_after=stop_after, config_snapshot=config_snapshot or {})
+    return fit(spec, run_name)
+
+
 def train_and_export(params: Params, posterior: str, stop_after: int | None = None) -> None:
     """Train (resuming this run's checkpoints), export, measure and write the stage's results.
 
@@ -73,10 +84,7 @@ def train_and_export(params: Params, posterior: str, stop_after: int | None = No
     logged = {"posterior": posterior, "data": params.data.model_dump(), "tokenizer": params.tokenizer.model_dump()}
     with start_run(params.tracking, ".", name, params=logged, tags=tags, system_metrics=True,
                    data_manifest=manifest_path(params.data.out)) as run:
-        spec = LoopSpec(task_factory=functools.partial(TokenizerTask, absolute_paths(params), posterior),
-                        loop=params.tokenizer.train, ckpt_dir=str(ckpt_dir), seed=params.seed, run=run,
-                        stop_after=stop_after, config_snapshot=logged)
-        fit(spec, name)
+        fit_tokenizer(params, posterior, run, name, stop_after, config_snapshot=logged)
         if stop_after is not None and load_latest(ckpt_dir).step < params.tokenizer.train.steps:
             log.info("stopped early as asked (--stop-after %d); rerun to resume", stop_after)
             return
