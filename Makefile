@@ -51,7 +51,7 @@ ui: venv  ## MLflow UI on the repo's store (or $MLFLOW_TRACKING_URI), bound to 1
 # and run cache (.dvc/cache: `dvc checkout` or `dvc repro` restores cached outputs from it), and the
 # MLflow store (mlflow.db, mlartifacts/).
 clean-outputs: venv  ## delete the stage outputs params.yaml names (keeps the prepared data, metrics/, reports/, the DVC cache, MLflow runs)
-	set -o pipefail; python -m sphereard.layout outputs | xargs -d '\n' -r rm -rf --
+	set -o pipefail; python -m sphereard.layout outputs | xargs -0 -r rm -rf --
 
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from sphereard.config_errors import check, finite, validated
+from sphereard.config_errors import check, reject_non_finite, validated
 from sphereard.errors import UserError, first_lines
 from sphereard.utils.io import read_text_file
 
@@ -40,7 +40,7 @@ Projection = Literal["auto", "sphere", "none"]
 Channels = Annotated[Literal[1, 3], BeforeValidator(_not_bool)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="numpy and torch seeds")]
 PositiveInt = Annotated[int, Field(gt=0)]
-Overrides = dict[str, Annotated[Any, AfterValidator(finite)]]  # free-form, checked by the arch model
+Overrides = dict[str, Annotated[Any, AfterValidator(reject_non_finite)]]  # free-form, checked by the arch model
 
 
 class StrictModel(BaseModel):
@@ -290,7 +290,7 @@ class Params(StrictModel):
     metrics_dir: str = "metrics"
     lpips_weights_path: str | None = Field(None, description=(
         "local torchvision VGG16 weights for LPIPS, the tokenizer's loss and the evaluation metric "
-        "(null: $SPHEREARD_LPIPS_VGG16, else LPIPS is off)"))
+        "(null: the loss falls back to $SPHEREARD_LPIPS_VGG16, else is off; the metric is skipped)"))
     data: DataConfig = Field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     encode: EncodeConfig = Field(default_factory=EncodeConfig)

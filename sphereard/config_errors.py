@@ -16,7 +16,8 @@ from pydantic_core import PydanticCustomError
 from sphereard.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
-RULE = "rule"  # the error type of `check` and `finite`
+RULE = "rule"  # the error type of `check` and `reject_non_finite`
+DICT_KEY = "[key]"  # the last part of a pydantic error location about a mapping's key, not its value
 # pydantic's wording -> ours, for the errors a params file can make
 EXPECTED = {"int_type": "expected an integer", "float_type": "expected a number", "bool_type": "expected bool",
             "string_type": "expected str", "list_type": "expected a list", "dict_type": "expected a mapping",
@@ -29,16 +30,16 @@ def check(ok: bool, key: str, value: Any, rule: str) -> None:
         raise PydanticCustomError(RULE, "{rule}", {"key": key, "value": value, "rule": rule})
 
 
-def finite(value: Any, key: str = "") -> Any:
+def reject_non_finite(value: Any, key: str = "") -> Any:
     """No NaN or +-Inf anywhere in a free-form value (`overrides`), also nested: an AfterValidator."""
     if isinstance(value, float):
         check(math.isfinite(value), key, value, "must be a finite number")
     elif isinstance(value, dict):
         for k, v in value.items():
-            finite(v, f"{key}.{k}")
+            reject_non_finite(v, f"{key}.{k}")
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            finite(v, f"{key}[{i}]")
+            reject_non_finite(v, f"{key}[{i}]")
     return value
 
 
@@ -78,14 +79,18 @@ def _rule(err: dict) -> str:
 def user_error(error: ValidationError, model: type[BaseModel], prefix: str = "") -> UserError:
     """The first error of `model.model_validate(...)` as one line; keys start with `prefix`."""
     err = error.errors(include_url=False)[0]
+    loc = [part for part in err["loc"] if part != DICT_KEY]  # pydantic marks a mapping's bad key with it
+    key_error = DICT_KEY in err["loc"] or err["type"] == "invalid_key"
     key = prefix
-    for part in err["loc"]:
-        key = _join(key, part)
-    if err["type"] == "extra_forbidden":
+    for i, part in enumerate(loc):
+        key = _join(key, str(part) if key_error and i == len(loc) - 1 else part)  # a key, not a list index
+    if err["type"] in ("extra_forbidden", "invalid_key"):  # invalid_key: a non-string key in a block
         owner = model
-        for part in err["loc"][:-1]:  # the block the unknown key is in
+        for part in loc[:-1]:  # the block the unknown key is in
             owner = owner.model_fields[part].annotation
         return UserError(f"{key}: unknown key (allowed: {', '.join(sorted(owner.model_fields))})")
+    if DICT_KEY in err["loc"]:
+        return UserError(f"{key}: keys must be strings")
     value = err["input"]
     if err["type"] == RULE:
         key, value = _join(key, err["ctx"]["key"]), err["ctx"]["value"]

@@ -189,25 +189,47 @@ def regenerated_outputs(params: Params) -> list[Path]:
     return list(dict.fromkeys(outs))
 
 
+KEPT_BY_CLEAN = (".git", ".dvc", ".venv", "reports", "sphereard", "pipelines", "tests", "scripts", "notebooks",
+                 "profiles", "docs")  # besides data.out, metrics_dir and the MLflow store from the params
+
+
+def _tracked_by_git(path: Path, root: Path) -> bool:
+    """Whether git tracks a file at or under `path` (False outside a git checkout or without git)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "ls-files", "--", str(path)], cwd=root, capture_output=True, text=True,
+                             timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
 def check_deletable(paths: list[Path], params: Params, root: Path) -> None:
-    """UserError naming the key's folder unless each path lies strictly inside `root` and holds neither
-    the prepared data (`data.out`) nor the git-tracked `metrics_dir`: a clean must not delete those."""
+    """UserError naming the folder unless each path lies strictly inside `root`, is a plain folder name (no
+    control characters), neither holds nor lies inside what a clean keeps (data.out, metrics_dir, the MLflow
+    store, KEPT_BY_CLEAN) and holds no git-tracked file."""
     from sphereard.errors import UserError
 
     root = root.resolve()
-    kept = [Path(params.data.out).resolve(), Path(params.metrics_dir).resolve()]
+    kept = [(root / p).resolve() for p in (params.data.out, params.metrics_dir, params.tracking.store,
+                                            params.tracking.artifacts, *KEPT_BY_CLEAN)]
     for path in paths:
+        if any(ord(c) < 32 for c in str(path)):
+            raise UserError(f"{str(path)!r}: a control character in an output path; refusing to delete it")
         full = (root / path).resolve()
         if full == root or root not in full.parents:
             raise UserError(f"{path}: not a folder inside {root}; refusing to delete it (check the params' `out` keys)")
         for keep in kept:
-            if full == keep or full in keep.parents:
-                raise UserError(f"{path}: holds {keep}, which a clean keeps; refusing to delete it")
+            if full == keep or keep in full.parents or full in keep.parents:
+                raise UserError(f"{path}: overlaps {keep}, which a clean keeps; refusing to delete it")
+        if _tracked_by_git(full, root):
+            raise UserError(f"{path}: holds files git tracks; refusing to delete it")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m sphereard.layout outputs [--params FILE]`: print `regenerated_outputs`, one a line, after
-    `check_deletable` (exit 2 with one line otherwise)."""
+    """`python -m sphereard.layout outputs [--params FILE]`: print `regenerated_outputs`, each followed by a
+    NUL byte, after `check_deletable` (exit 2 with one line otherwise)."""
     import argparse
     import sys
 
@@ -225,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
-    print("\n".join(str(path) for path in outputs))
+    sys.stdout.write("".join(f"{path}\0" for path in outputs))  # NUL-separated: `xargs -0`
 
 
 if __name__ == "__main__":

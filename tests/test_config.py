@@ -77,6 +77,18 @@ def test_unknown_key_is_named():
         parse_params(data)
 
 
+def test_non_string_keys_are_named():
+    """YAML allows `1: 2`; a block or an `overrides` mapping with such a key is one line naming it."""
+    data = Params().model_dump()
+    data[1] = 2
+    with pytest.raises(UserError, match=r"^1: unknown key \(allowed: classifier, "):
+        parse_params(data)
+    data = Params().model_dump()
+    data["tokenizer"]["overrides"] = {1: 2}
+    with pytest.raises(UserError, match=r"^tokenizer\.overrides\.1: keys must be strings$"):
+        parse_params(data)
+
+
 def test_image_size_not_divisible_by_patch_size():
     data = Params().model_dump()
     data["data"]["image_size"] = 30

@@ -13,6 +13,7 @@ import yaml
 
 from sphereard import layout
 from sphereard.config import Params, SamplingConfig
+from sphereard.errors import UserError
 from sphereard.layout import METRICS_BLOCKS, info_file, metrics_file, write_results
 from sphereard.sweep.grid import TrialSettings
 from sphereard.sweep.trial import INHERITED_SAMPLING_KEYS, trial_sampling
@@ -191,9 +192,13 @@ def test_clean_outputs_lists_every_regenerated_folder_and_refuses_kept_ones(tmp_
                     "outputs/classifier", "outputs/sweep", "outputs/ray"}
     assert params.data.out not in outs and params.metrics_dir not in outs
     layout.check_deletable(layout.regenerated_outputs(params), params, tmp_path)  # the defaults are fine
+    with pytest.raises(UserError, match="holds files git tracks"):  # in this checkout
+        layout.check_deletable([Path("dvc.yaml")], params, REPO)
     monkeypatch.chdir(tmp_path)
     for key, value, why in (("sweep", ".", "not a folder inside"), ("sampling", "..", "not a folder inside"),
-                            ("sampling", "data", "which a clean keeps")):
+                            ("sampling", "data", "which a clean keeps"), ("sweep", ".git", "which a clean keeps"),
+                            ("sweep", "data/shards/x", "which a clean keeps"), ("sweep", "reports/x", "which a clean"),
+                            ("sweep", "outputs/sweep\n/tmp/victim", "a control character")):
         bad = tmp_path / f"{key}.yaml"
         data = yaml.safe_load((REPO / "params.yaml").read_text())
         data[key]["out"] = value
@@ -201,7 +206,7 @@ def test_clean_outputs_lists_every_regenerated_folder_and_refuses_kept_ones(tmp_
         with pytest.raises(SystemExit) as exit_info:
             layout.main(["outputs", "--params", str(bad)])
         err = capsys.readouterr().err
-        assert exit_info.value.code == 2 and why in err and f"{value}:" in err
+        assert exit_info.value.code == 2 and why in err and len(err.splitlines()) == 1, err
     proc = subprocess.run([sys.executable, "-m", "sphereard.layout", "outputs", "--params", str(bad)], cwd=tmp_path,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2 and why in proc.stderr and proc.stdout == "" and len(proc.stderr.splitlines()) == 1

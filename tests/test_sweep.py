@@ -330,3 +330,18 @@ def test_training_trial_radius_ablation_under_asha(eval_inputs, monkeypatch):
     for run in nested:
         (data_input,) = run.inputs.dataset_inputs
         assert {t.key: t.value for t in data_input.tags}["mlflow.data.context"] == "training"
+
+
+def test_summary_over_seeds_with_a_default_radius():
+    """A null radius (sqrt(d)) is labelled once and stays one setting: labelling is idempotent, and
+    `summarise_results` (the report's and notebook's summary) groups the seeds of each setting."""
+    from sphereard.sweep.grid import radius_label
+    from sphereard.sweep.results import summarise_results
+
+    assert radius_label(None) == radius_label(float("nan")) == radius_label(radius_label(None)) == "sqrt(d)"
+    assert radius_label(5.656854) == radius_label("5.657") == "5.657" and radius_label(4.0) == "4"
+    rows = [{"posterior": "spherical", "cfg_scale": 3.0, "radius": r, "seed": s, "status": "done",
+             "fd_classifier": fd} for r, s, fd in ((None, 0, 10.0), (float("nan"), 1, 12.0), (4.0, 0, 20.0))]
+    summary = summarise_results(pd.DataFrame(rows)).set_index("radius")
+    assert summary.loc["sqrt(d)", "n"] == 2 and summary.loc["sqrt(d)", "fd_classifier_mean"] == 11.0
+    assert summary.loc["4", "n"] == 1 and np.isnan(summary.loc["4", "fd_classifier_std"])

@@ -127,3 +127,23 @@ def test_latent_cache_detects_tampering(smoke_params):
 def test_export_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match=r"model\.json: exported model file missing"):
         load_tokenizer(tmp_path)
+
+
+def test_exports_from_before_the_moments_rename_still_load(tmp_path):
+    """Exports written before issue 13 name the posterior layer `to_params`; they load under `to_moments`."""
+    from safetensors.torch import load_file, save_file
+
+    from sphereard.export import WEIGHTS_FILE, export_model
+    from sphereard.tokenizer.vae import create_tokenizer
+
+    vae = create_tokenizer("fmnist-xs", posterior="spherical")
+    meta = {"kind": "tokenizer", "preset": "fmnist-xs", "overrides": {}, "posterior": "spherical",
+            "radius": vae.radius, "step": 1}
+    export_model(tmp_path / "model", vae, meta)
+    state = load_file(tmp_path / "model" / WEIGHTS_FILE)
+    old = {k.replace("to_moments.", "to_params.", 1): v for k, v in state.items()}
+    assert old.keys() != state.keys()
+    save_file(old, str(tmp_path / "model" / WEIGHTS_FILE))
+    loaded, _ = load_tokenizer(tmp_path / "model")
+    x = torch.rand(2, vae.arch.in_channels, vae.arch.image_size, vae.arch.image_size) * 2 - 1
+    torch.testing.assert_close(loaded.encode_moments(x), vae.eval().encode_moments(x))

@@ -54,7 +54,8 @@ def format_cfg(w: float) -> str:
 
 def radius_label(r) -> str:
     """4.0 -> '4', 5.656854 -> '5.657'; no radius (None, NaN, '', 'none', 'null': sqrt(latent_dim)) -> 'sqrt(d)'."""
-    if r is None or (isinstance(r, float) and math.isnan(r)) or str(r).strip().lower() in ("", "none", "null", "nan"):
+    missing = ("", "none", "null", "nan", DEFAULT_RADIUS_LABEL)  # the label itself: labelling is idempotent
+    if r is None or (isinstance(r, float) and math.isnan(r)) or str(r).strip().lower() in missing:
         return DEFAULT_RADIUS_LABEL
     return f"{float(r):.{RADIUS_DIGITS}g}"
 

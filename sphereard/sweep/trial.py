@@ -199,13 +199,15 @@ def train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext,
     p = t.posterior
     _fresh_or_resumable(params, t.name, {"settings": t.as_dict(), "tokenizer": tp.tokenizer.model_dump(),
                                          "generator": tp.generator.model_dump(), "encode": tp.encode.model_dump(),
+                                         "lpips_weights_path": tp.lpips_weights_path,
                                          "data_manifest": ctx.manifest_sha256})
     tags = {**ctx.tags, "stage": "sweep_train", "posterior": p}
     tok_ckpt, gen_ckpt = checkpoint_dir(tp, "tokenizer", p), checkpoint_dir(tp, "generator", p)
     vae_name, ar_name = training_run_name(t, "train_vae"), training_run_name(t, "train_ar")
     training = {"tags": tags, "parent_run_id": trial_run.run_id, "system_metrics": True,
                 "data_manifest": manifest_path(tp.data.out)}
-    with start_run(tp.tracking, ctx.repo_root, vae_name, params={"tokenizer": tp.tokenizer.model_dump()},
+    with start_run(tp.tracking, ctx.repo_root, vae_name, params={"tokenizer": tp.tokenizer.model_dump(),
+                                                           "lpips_weights_path": tp.lpips_weights_path},
                    **training) as run:
         if _latest_step(tok_ckpt) < tp.tokenizer.train.steps:  # else resumed after it finished
             fit_tokenizer(tp, p, run, f"sweep-{vae_name}")  # tp.seed is the trial's seed

@@ -81,7 +81,8 @@ def train_and_export(params: Params, posterior: str, stop_after: int | None = No
     ckpt_dir = checkpoint_dir(params, "tokenizer", posterior)
     name = f"vae-{posterior}"
     tags = {"stage": "train_vae", "posterior": posterior, "profile": params.profile}
-    logged = {"posterior": posterior, "data": params.data.model_dump(), "tokenizer": params.tokenizer.model_dump()}
+    logged = {"posterior": posterior, "data": params.data.model_dump(), "tokenizer": params.tokenizer.model_dump(),
+              "lpips_weights_path": params.lpips_weights_path}  # the LPIPS loss: part of the training config
     with start_run(params.tracking, ".", name, params=logged, tags=tags, system_metrics=True,
                    data_manifest=manifest_path(params.data.out)) as run:
         fit_tokenizer(params, posterior, run, name, stop_after, config_snapshot=logged)
