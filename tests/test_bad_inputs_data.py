@@ -149,7 +149,7 @@ def _case_latent_parquet_corrupt_unverified(ws, tmp):
 
 
 def _case_generator_cache_without_classes(ws, tmp):
-    """A latent cache whose meta.json lacks what the generator is checked against (num_classes)."""
+    """A latent cache whose cache.json lacks what the generator is checked against (num_classes)."""
     params = train_params(tmp)
     params = params.model_copy(update={"encode": params.encode.model_copy(update={"out": str(tmp)})})
     edit_json(latent_cache(tmp).rename(tmp / "spherical") / "cache.json", drop("num_classes"))

@@ -14,8 +14,8 @@ MAX_STAGE_LINES = 60
 NOT_STAGES = {"__init__.py", "_cli.py"}  # the package marker and the shared command-line helper
 
 
-def pipelines_imports(source: str, where: str) -> list[str]:
-    """`where:line: statement` for every `import pipelines...` / `from pipelines... import` in `source`."""
+def pipelines_imports(source: str, where: str, package: str = "pipelines") -> list[str]:
+    """`where:line: statement` for every `import <package>...` / `from <package>... import` in `source`."""
     found = []
     for node in ast.walk(ast.parse(source, where)):
         if isinstance(node, ast.Import):
@@ -24,7 +24,7 @@ def pipelines_imports(source: str, where: str) -> list[str]:
             names = [node.module or ""]
         else:
             continue
-        if any(name == "pipelines" or name.startswith("pipelines.") for name in names):
+        if any(name == package or name.startswith(f"{package}.") for name in names):
             found.append(f"{where}:{node.lineno}: {ast.unparse(node)}")
     return found
 
@@ -88,3 +88,13 @@ def test_no_lazy_export_is_shadowed_by_a_submodule():
         submodules = {p.stem for p in init.parent.glob("*.py")} | {p.name for p in init.parent.iterdir() if p.is_dir()}
         clashes += [f"{init.relative_to(REPO)}: {name}" for name in sorted(lazy_export_names(init) & submodules)]
     assert not clashes, clashes
+
+
+def test_the_report_is_read_by_its_stage_and_the_notebook_only():
+    """sphereard.report reads the other packages' outputs; none of them (the sweep included) imports it,
+    so the report package sits at the end of the one-direction path (docs/DESIGN.md)."""
+    found = []
+    for path in sorted((REPO / "sphereard").rglob("*.py")):
+        if "report" not in path.relative_to(REPO / "sphereard").parts[:1]:
+            found += pipelines_imports(path.read_text(), str(path.relative_to(REPO)), "sphereard.report")
+    assert not found, "\n".join(found)

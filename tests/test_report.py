@@ -2,7 +2,7 @@
 
 A tmp repo root gets `params.yaml` (default profile) and fake outputs in the exact layout the
 stages write (`sphereard.layout`: a metrics file and an info file per stage run; the data manifest,
-the latent caches' meta.json, the tokenizer export meta, grids/overview.png, norm_trajectory /
+the latent caches' cache.json, the tokenizer export meta, grids/overview.png, norm_trajectory /
 error_split CSV + PNG, sweep results.csv + summary.csv through `sphereard.sweep.results`) with
 numbers chosen so every derived statement is known; the notebook also gets a tmp MLflow sqlite store.
 """
@@ -534,6 +534,7 @@ def test_one_colour_per_tokenizer_in_every_figure_and_R_lines(tmp_path, monkeypa
     from sphereard.eval import diagnostics, figures
     from sphereard.report import figures as report_figures
     from sphereard.sweep.outputs import write_outputs
+    from sphereard.sweep.plots import plot_sweep
     from sphereard.sweep.results import aggregate_over_seeds, results_frame
 
     monkeypatch.setitem(figures.POSTERIOR_COLOURS, "spherical", "#123456")
@@ -556,7 +557,7 @@ def test_one_colour_per_tokenizer_in_every_figure_and_R_lines(tmp_path, monkeypa
     results = results_frame(list(sweep_rows(stopped=False)))
     write_outputs(tmp_path / "sweep", results, aggregate_over_seeds(results))  # plot_sweep per metric
     summary, _ = load_sweep(tmp_path / "sweep")
-    report_figures.plot_sweep(summary, "fd_classifier", tmp_path / "c.png")
+    plot_sweep(summary, "fd_classifier", tmp_path / "c.png")
     (tmp_path / "root").mkdir()
     fake_outputs(tmp_path / "root", sweep=False)
     frame = pd.read_csv(tmp_path / "root" / "outputs" / "metrics" / "spherical" / "norm_trajectory.csv")

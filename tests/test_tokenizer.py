@@ -127,32 +127,32 @@ def test_spherical_kl_vanishes_only_for_uniform():
     assert kl(1e-6).abs().max() < 1e-4 and kl(1.0).min() > 0 and kl(50.0).min() > kl(1.0).min()
 
 
-# --- sampling from cached params -----------------------------------------------------------
+# --- sampling from cached moments ----------------------------------------------------------
 @pytest.mark.parametrize("kind", POSTERIORS)
-def test_sample_from_params_reproduces_posterior(encoded, kind):
-    vae, params = encoded[kind]
-    cached = params.clone()
-    torch.testing.assert_close(sample_from_moments(kind, cached, vae.radius, mode=True), vae.mode(params))
+def test_sample_from_moments_reproduces_posterior(encoded, kind):
+    vae, moments = encoded[kind]
+    cached = moments.clone()
+    torch.testing.assert_close(sample_from_moments(kind, cached, vae.radius, mode=True), vae.mode(moments))
     torch.manual_seed(7)
-    a = vae.sample(params)
+    a = vae.sample(moments)
     torch.manual_seed(7)
     torch.testing.assert_close(sample_from_moments(kind, cached, vae.radius), a)
     d = vae.latent_dim
     if kind == "spherical":
-        mu, kappa = params[..., :d], params[..., d]
-        torch.testing.assert_close(vae.mode(params), vae.radius * mu)
+        mu, kappa = moments[..., :d], moments[..., d]
+        torch.testing.assert_close(vae.mode(moments), vae.radius * mu)
         many = torch.stack([sample_from_moments(kind, cached) for _ in range(400)])  # (S, B, L, d)
         mean_cos = (many / vae.radius * mu).sum(-1).mean(0)  # (B, L)
         torch.testing.assert_close(mean_cos, expected_dot(kappa, d), atol=0.06, rtol=0)
     else:
-        mean, logvar = params[..., :d], params[..., d:]
+        mean, logvar = moments[..., :d], moments[..., d:]
         if kind == "gaussian":
-            torch.testing.assert_close(vae.mode(params), mean)
+            torch.testing.assert_close(vae.mode(moments), mean)
             s = torch.stack([sample_from_moments(kind, cached) for _ in range(400)])
             torch.testing.assert_close(s.mean(0), mean, atol=0.25, rtol=0)
             torch.testing.assert_close(s.std(0).log() * 2, logvar, atol=0.35, rtol=0)
         else:
-            torch.testing.assert_close(vae.mode(params), vae.radius * torch.nn.functional.normalize(mean, dim=-1))
+            torch.testing.assert_close(vae.mode(moments), vae.radius * torch.nn.functional.normalize(mean, dim=-1))
 
 
 # --- training signal ---------------------------------------------------------------------------

@@ -7,6 +7,11 @@ alone, not on the extractors' code (`sphereard.eval.extractors`) or the metrics'
 from __future__ import annotations
 
 LPIPS_KEY = "lpips_vgg"  # LPIPS with the VGG16 backbone (`lpips_weights_path`)
+LOWER_BETTER = ("fd_", "fid_", "kid_")
+HIGHER_BETTER_GEN = ("class_consistency_", "precision_", "recall_", "is_")
+METRIC_PREFIXES = (*LOWER_BETTER, "precision_", "recall_", "is_", "class_consistency_", "norm_")
+HIDDEN_PREFIXES = ("kid_std_", "is_std_")  # spreads reported with kid_* / is_*, not metrics of their own
+SPREAD_PREFIXES = ("kid_", "is_")  # metrics the evaluate stage reports with a std (`<prefix>std_<extractor>`)
 
 
 def metric_name(metric: str, extractor: str) -> str:
@@ -15,3 +20,8 @@ def metric_name(metric: str, extractor: str) -> str:
     if extractor == "inception" and metric in ("fd", "rfd"):
         return {"fd": "fid", "rfd": "rfid"}[metric] + "_inception"
     return f"{metric}_{extractor}"
+
+
+def is_metric(column: str) -> bool:
+    """A metric column of the stage outputs / sweep results (not a setting, not a reported spread)."""
+    return column.startswith(METRIC_PREFIXES) and not column.startswith(HIDDEN_PREFIXES)

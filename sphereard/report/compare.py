@@ -9,15 +9,10 @@ decided by `compare`.
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-from scipy import stats
-
 from sphereard.eval.diagnostics import DRIFT_TOL
+from sphereard.utils.stats import CONFIDENCE, finite, half_width  # noqa: F401 (the report's interval)
 
 REL_TOL = 0.02  # two numbers closer than 2% of the larger magnitude are a tie
-CONFIDENCE = 0.95  # two-sided t-interval of a mean over seeds
 TIE = "no difference beyond the tolerance"
 COMPARISON_RULE = (
     f"**Comparison rule.** Two numbers a, b are called different (ranked, \"grows\", \"beyond a threshold\") "
@@ -29,19 +24,6 @@ COMPARISON_RULE = (
     "change with CFG must hold at every consecutive diagnostic scale (else \"not monotone\"), and for norm "
     "deviations exceed 0.5 percentage points. The main tables come from one seed per tokenizer, so only the "
     f"{REL_TOL:.0%} tolerance applies there: a difference beyond it is not yet evidence beyond run-to-run noise.")
-
-
-def finite(v) -> bool:
-    """A real, finite number (not a bool, not None / NaN / inf)."""
-    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def half_width(std, n) -> float:
-    """Half-width of the CONFIDENCE t-interval of a mean over n seeds with sample std `std`; 0 for n <= 1
-    or an unknown std (a single value has no interval)."""
-    if not (finite(n) and n > 1 and finite(std)):
-        return 0.0
-    return float(stats.t.ppf(0.5 + CONFIDENCE / 2, int(n) - 1) * std / math.sqrt(n))
 
 
 def compare(a: float, b: float, a_half: float = 0.0, b_half: float = 0.0, rel_tol: float = REL_TOL) -> int:

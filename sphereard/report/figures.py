@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sphereard.eval.diagnostics import DRIFT_TOL, FIG_DPI, FIG_SIZE
-from sphereard.eval.figures import norm_series_style, posterior_colour, reference_line, series_styles
-from sphereard.report.compare import finite, half_width
-from sphereard.sweep.results import sweep_lines
+from sphereard.eval.diagnostics import FIG_DPI, FIG_SIZE
+from sphereard.eval.figures import norm_series_style, posterior_colour, reference_line
+from sphereard.report.compare import finite
+from sphereard.sweep.plots import draw_sweep
 
 BAND_COLUMNS = ("norm_q05", "norm_q95")  # evaluate's per-position norm quantiles
 BAND_ALPHA = 0.1
@@ -27,29 +26,6 @@ PANEL_SIZE = (4.5, 3.5)  # one panel of a multi-panel figure, inches
 def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=FIG_DPI)
-
-
-def draw_sweep(ax, summary: pd.DataFrame, metric: str, title: str | None = None, threshold: bool = False) -> None:
-    """Mean of `metric` vs CFG scale in `ax`, one line per sweep setting in its tokenizer's colour; error
-    bars = the CONFIDENCE t-interval of the mean where n > 1 seeds; `threshold`: norm deviations get the
-    drift tolerance DRIFT_TOL as a reference line."""
-    lines = sweep_lines(summary)
-    styles = series_styles(list(lines))
-    for label, line in lines.items():
-        std = line.get(f"{metric}_std", pd.Series(np.nan, index=line.index))
-        yerr = [half_width(sd, n) for sd, n in zip(std, line["n"], strict=True)]
-        ax.errorbar(line["cfg_scale"], line[f"{metric}_mean"], yerr=yerr, capsize=3, label=label, **styles[label])
-    if threshold and metric.startswith("norm_rel_dev_"):
-        reference_line(ax, DRIFT_TOL, f"drift threshold {DRIFT_TOL:.0%}")
-    ax.set(xlabel="CFG scale w", ylabel=metric, title=title or f"{metric} vs CFG scale")
-    ax.legend(fontsize="small")
-
-
-def plot_sweep(summary: pd.DataFrame, metric: str, path: Path) -> None:
-    """One metric vs CFG scale (`draw_sweep`), the report's per-metric figure."""
-    fig = Figure(figsize=FIG_SIZE)
-    draw_sweep(fig.add_subplot(), summary, metric)
-    _save(fig, path)
 
 
 def plot_sweep_panels(summary: pd.DataFrame, metrics: list[str], path: Path, source: str) -> None:

@@ -32,6 +32,7 @@ from sphereard.layout import (
     metrics_file,
     overview_file,
     reconstructions_file,
+    sweep_dir,
 )
 from sphereard.report.sweep import load_sweep
 from sphereard.utils.io import read_json_object
@@ -175,7 +176,7 @@ def load_inputs(params: Params, root: Path = Path("."), required: bool = True) -
     classifier = read_optional(root / metrics_file(params, "classifier"), absent)
     classifier_info = read_optional(root / info_file(params, "classifier"), absent)
     manifest, classes = read_data(root / params.data.out, absent)
-    sweep, note = load_sweep(root / params.sweep.out) if params.sweep.enabled else (None, SWEEP_DISABLED)
+    sweep, note = load_sweep(root / sweep_dir(params)) if params.sweep.enabled else (None, SWEEP_DISABLED)
     return Inputs(posteriors, metrics, info, files, frames, classifier, classifier_info, manifest, classes, latents,
                   exports, sweep, note, absent)
 

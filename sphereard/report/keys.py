@@ -6,22 +6,20 @@ from __future__ import annotations
 
 import re
 
-from sphereard.eval.names import metric_name
+from sphereard.eval.names import (  # noqa: F401 (re-exported: the report's metric-key conventions)
+    HIDDEN_PREFIXES,
+    HIGHER_BETTER_GEN,
+    LOWER_BETTER,
+    METRIC_PREFIXES,
+    SPREAD_PREFIXES,
+    is_metric,
+    metric_name,
+)
 
-LOWER_BETTER = ("fd_", "fid_", "kid_")
-HIGHER_BETTER_GEN = ("class_consistency_", "precision_", "recall_", "is_")
-METRIC_PREFIXES = (*LOWER_BETTER, "precision_", "recall_", "is_", "class_consistency_", "norm_")
-HIDDEN_PREFIXES = ("kid_std_", "is_std_")  # spreads reported with kid_* / is_*, not metrics of their own
-SPREAD_PREFIXES = ("kid_", "is_")  # metrics the evaluate stage reports with a std (`<prefix>std_<extractor>`)
 GEN_METRICS = ("fd", "kid", "precision", "recall", "is", "class_consistency")
 RECON_PREFIX = "recon_"  # evaluate's reconstruction metrics: recon_psnr, recon_rfd_<tag>, ...
 NORM_KEY = re.compile(r"^norm_rel_dev_(?P<projection>[a-z]+)_cfg(?P<cfg>[0-9.eE+-]+)$")
 NORM_GENERIC = "norm_rel_dev_<projection>_cfg<w>"
-
-
-def is_metric(column: str) -> bool:
-    """A metric column of the stage outputs / sweep results (not a setting, not a reported spread)."""
-    return column.startswith(METRIC_PREFIXES) and not column.startswith(HIDDEN_PREFIXES)
 
 
 def generation_keys(ev: dict[str, dict]) -> list[str]:

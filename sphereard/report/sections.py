@@ -18,11 +18,12 @@ from sphereard.eval.diagnostics import DRIFT_TOL
 from sphereard.eval.names import LPIPS_KEY
 from sphereard.latents import META_FILE as LATENT_META
 from sphereard.report.compare import CONFIDENCE
-from sphereard.report.figures import plot_norm_overview, plot_split_overview, plot_sweep
+from sphereard.report.figures import plot_norm_overview, plot_split_overview
 from sphereard.report.inputs import Inputs
 from sphereard.report.keys import generation_keys, norm_devs, recon_fd_keys
 from sphereard.report.sweep import fixed_settings, sweep_metrics, sweep_table
 from sphereard.report.tables import CLASS_TABLE_MAX, class_table, collapse, fmt, md_table
+from sphereard.sweep.plots import plot_sweep
 from sphereard.tracking import git_commit
 from sphereard.utils.device import default_device
 

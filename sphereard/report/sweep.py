@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sphereard.eval.names import is_metric
 from sphereard.layout import SWEEP_PLOTS_DIR, SWEEP_RESULTS_FILE, SWEEP_SUMMARY_FILE
 from sphereard.report.compare import finite
-from sphereard.report.keys import is_metric
 from sphereard.report.tables import MISSING, fmt, md_table
 from sphereard.sweep.results import DONE, LINE_SETTINGS, parse_summary, posterior_rank, summarise_results, sweep_lines
 

@@ -1,6 +1,7 @@
 """The sweep stage's outputs under `sweep.out`: the tables of `sphereard.sweep.results` and one
-metric-vs-CFG plot per main metric (`plots/<metric>_vs_cfg.png`, the report's `plot_sweep`: one line
-per setting in its tokenizer's colour, t-interval error bars over seeds). Each file is written atomically.
+metric-vs-CFG plot per main metric (`plots/<metric>_vs_cfg.png`, `sphereard.sweep.plots.plot_sweep`:
+one line per setting in its tokenizer's colour, t-interval error bars over seeds). Each file is
+written atomically.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from sphereard.layout import SWEEP_FD_PLOT_FILE, SWEEP_PLOTS_DIR, SWEEP_RESULTS_FILE, SWEEP_SUMMARY_FILE
-from sphereard.report.figures import plot_sweep
+from sphereard.sweep.plots import plot_sweep
 from sphereard.sweep.results import fd_plot_frame, main_metrics, parse_summary, series_labels
 from sphereard.utils.io import atomic_path
 

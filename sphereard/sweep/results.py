@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from sphereard.config import POSTERIORS
-from sphereard.report.keys import is_metric
+from sphereard.eval.names import is_metric
 from sphereard.sweep.grid import SETTING_COLUMNS, radius_label
 
 log = logging.getLogger(__name__)

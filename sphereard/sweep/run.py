@@ -32,7 +32,7 @@ from sphereard.config import Params, absolute_paths
 from sphereard.data import manifest_path
 from sphereard.errors import UserError, first_lines
 from sphereard.export import META_FILE, read_export
-from sphereard.layout import classifier_model_dir, export_dir, reference_file, trials_dir
+from sphereard.layout import classifier_model_dir, export_dir, reference_file, sweep_dir, trials_dir
 from sphereard.sweep.grid import SETTING_COLUMNS, TrialSettings, expand_grid, search_space, settings_of, tune_trial_name
 from sphereard.sweep.outputs import write_outputs
 from sphereard.sweep.results import ID_COLUMNS, aggregate_over_seeds, results_frame
@@ -166,7 +166,7 @@ def dag_posteriors_only(params: Params) -> Params:
 def write_disabled(params: Params) -> None:
     """`sweep.enabled: false`: the stage's outputs exist (DVC needs them) and hold no trial."""
     trials_dir(params).mkdir(parents=True, exist_ok=True)
-    write_outputs(params.sweep.out, pd.DataFrame(columns=list(ID_COLUMNS)),
+    write_outputs(sweep_dir(params), pd.DataFrame(columns=list(ID_COLUMNS)),
                   pd.DataFrame(columns=[*SETTING_COLUMNS, "num_seeds", "seeds"]))
 
 
@@ -204,7 +204,7 @@ def run_sweep(params: Params, list_only: bool = False) -> None:
         close_stopped_runs(rows, uri)
         results = results_frame(rows)
         summary = aggregate_over_seeds(results)
-        paths = write_outputs(sweep.out, results, summary)
+        paths = write_outputs(sweep_dir(params), results, summary)
         parent.log_artifact(paths["results"])
         parent.log_artifact(paths["summary"])
         for plot in sorted(paths["plots"].glob("*.png")):
