@@ -8,6 +8,7 @@ local checkout of github guolinke/SphereAR: numeric parity of our imported model
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -207,3 +208,117 @@ def test_no_weights_entry_and_differing_vae(tmp_path, models, capsys):
 OFFICIAL_SRC = os.environ.get("SPHEREARD_OFFICIAL_SRC")
 needs_official = pytest.mark.skipif(
     not OFFICIAL_SRC, reason="SPHEREARD_OFFICIAL_SRC does not name a local checkout of github guolinke/SphereAR")
+# An SDPA stand-in for flash-attn (our own code): the official code imports `flash_attn_func` at module
+# level and calls it with (B, L, H, Dh) tensors for its uncached attention; real flash-attn is
+# fp16/bf16-on-CUDA only, so an fp32 CPU comparison needs a stand-in.
+FLASH_ATTN_STANDIN = '''
+import torch.nn.functional as F
+
+
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, **_):
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, Dh)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=softmax_scale)
+    return out.transpose(1, 2)  # (B, L, H, Dh)
+'''
+# The small configuration on both sides: S-VAE width 64 (one 64-dim head, official heads = width / 64),
+# CNN [64, 64, 64] (patch 4, 32x32 images, 8x8 grid); AR width 64, 2 heads of 32, 2 layers, 2 head blocks.
+OFFICIAL_VAE = dict(z_channels=64, cnn_chs=[64, 64, 64], encoder_vit_layers=1, decoder_vit_layers=2)
+OFFICIAL_AR = dict(dim=64, n_layer=2, n_head=2, diff_layers=2, diff_dim=64, diff_adanln_layers=1, latent_dim=16,
+                   patch_size=4, resolution=32, diff_batch_mul=1, cls_token_num=4, num_classes=10)
+OUR_TOKENIZER = dict(image_size=32, patch_size=4, cnn_channels=[64, 64, 64], width=64, heads=1, enc_layers=1,
+                     dec_layers=2, num_registers=4, latent_dim=16, mlp_hidden=None)
+OUR_GENERATOR = dict(dim=64, depth=2, heads=2, head_blocks=2, head_width=64, adaln_groups=1, num_class_tokens=4,
+                     token_dim=16, grid_size=8, num_classes=10, mlp_hidden=None)
+TOL, SAMPLE_TOL = 1e-5, 1e-4
+
+
+@pytest.fixture
+def official(tmp_path, monkeypatch):
+    """The official package `SphereAR` imported from $SPHEREARD_OFFICIAL_SRC with the stand-in, compile off."""
+    shim = tmp_path / "shim" / "flash_attn"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text(FLASH_ATTN_STANDIN)
+    monkeypatch.syspath_prepend(str(Path(OFFICIAL_SRC)))
+    monkeypatch.syspath_prepend(str(shim.parent))
+    monkeypatch.setenv("TORCH_COMPILE_DISABLE", "1")
+    monkeypatch.setattr(torch._dynamo.config, "disable", True)
+    import SphereAR.model as model
+
+    yield model
+    for name in [n for n in sys.modules if n == "flash_attn" or n.split(".")[0] == "SphereAR"]:
+        del sys.modules[name]
+
+
+@torch.no_grad()
+def random_official(model_module, monkeypatch):
+    """The official small model with every parameter random (norm gains and biases too, no zero layers)."""
+    from functools import partial
+
+    monkeypatch.setattr(model_module, "VAE", partial(model_module.VAE, **OFFICIAL_VAE))
+    torch.manual_seed(0)
+    off = model_module.SphereAR(**OFFICIAL_AR).eval()
+    for name, p in off.named_parameters():
+        if p.dim() == 1:
+            p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(p))
+        else:
+            p.normal_(0, 0.1 if p.shape[-1] <= 64 else 0.02)
+    return off
+
+
+def official_condition(off, z, labels):
+    """Teacher-forced per-position conditions (B, L, D) of the official AR (model.py:171-188 order)."""
+    B, n = z.shape[0], off.cls_token_num
+    x = torch.cat([off.cls_embedding(labels).view(B, n, -1), off.proj_in(z[:, :-1])], dim=1)
+    x = off.emb_norm(x)
+    for layer in off.layers:
+        x = layer(x, off.freqs_cis)
+    return off.norm(x)[:, n - 1:]
+
+
+@needs_official
+def test_parity_with_the_official_code(official, tmp_path, monkeypatch, capsys):
+    import torch.nn.functional as F
+
+    off = random_official(official, monkeypatch)
+    state = off.state_dict()
+    args = fmt.run_args()
+    args.model = "fmnist-s"
+    path = fmt.save_official(tmp_path / "AR.pt", state, {k: v.clone() for k, v in state.items()}, args)
+    out = tmp_path / "out"
+    main(["official", "--generator", str(path), "--preset", "fmnist-s", "--tokenizer-preset", "emoji-s",
+          "--tokenizer-overrides", json.dumps(OUR_TOKENIZER), "--generator-overrides", json.dumps(OUR_GENERATOR),
+          "--out", str(out)])
+    tok, _ = load_tokenizer(out / "tokenizer")
+    ours, _ = load_generator(out / "generator")
+    figures = {}
+    torch.manual_seed(1)
+    with torch.no_grad():
+        x = torch.rand(2, 3, 32, 32) * 2 - 1
+        raw = off.vae.quant_proj(off.vae.encoder(x))
+        mu, kappa = F.normalize(raw[..., :-1], dim=-1), F.softplus(raw[..., -1]) + 1.0  # vae.py:60-67
+        moments = tok.encode_moments(x)
+        figures["tokenizer mu"] = (moments[..., :-1] - mu).abs().max().item()
+        figures["tokenizer kappa"] = (moments[..., -1] - kappa).abs().max().item()
+        z = 4.0 * F.normalize(torch.randn(2, 64, 16), dim=-1)
+        figures["tokenizer decode"] = (tok.decode(z) - off.vae.decode(z)).abs().max().item()
+        labels = torch.tensor([3, 10])  # 10 = null class
+        cond = official_condition(off, z, labels)
+        figures["generator condition"] = (ours.transformer(z, labels) - cond).abs().max().item()
+        c, pos = cond.reshape(-1, 64), torch.arange(64).repeat(2)
+        xt, t = torch.randn(128, 16), torch.rand(128)
+        v_off = off.head.net(xt, t, c + off.pos_for_diff.weight[pos])  # model.py:188, diff_head.py:214
+        figures["head velocity"] = (ours.head.velocity(xt, t, ours.head.condition(c, pos)) - v_off).abs().max().item()
+        off.vae.decode = lambda tokens: tokens  # `sample` returns decoded images; keep its tokens
+        sample_labels = torch.tensor([7, 2])
+        torch.manual_seed(123)
+        z_off = off.sample(sample_labels, sample_steps=10, cfg_scale=1.0)
+        torch.manual_seed(123)  # same global-RNG draws: x0 (B, d) then one (B, d) per step, token by token
+        z_ours = ours.sample(sample_labels, cfg_scale=1.0, steps=10)
+        diff = (z_ours - z_off).abs().amax(dim=(0, 2))  # (L,) per token
+        figures["sampling cfg 1, first 8 tokens"] = diff[:8].max().item()
+        figures["sampling cfg 1, all 64 tokens"] = diff.max().item()
+    with capsys.disabled():
+        print("\nparity (max abs diff):", json.dumps(figures, indent=1))
+    for name, value in figures.items():
+        limit = SAMPLE_TOL if name.startswith("sampling") else TOL
+        assert value <= limit, f"{name}: {value:.3g} > {limit}"
