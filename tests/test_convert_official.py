@@ -317,6 +317,13 @@ def test_parity_with_the_official_code(official, tmp_path, monkeypatch, capsys):
         diff = (z_ours - z_off).abs().amax(dim=(0, 2))  # (L,) per token
         figures["sampling cfg 1, first 8 tokens"] = diff[:8].max().item()
         figures["sampling cfg 1, all 64 tokens"] = diff.max().item()
+        torch.manual_seed(321)  # linear CFG: token 0 has weight 1, run unguided on both streams (official)
+        z_off = off.sample(sample_labels, sample_steps=10, cfg_scale=3.0, cfg_schedule="linear")[:2]
+        torch.manual_seed(321)
+        z_ours = ours.sample(sample_labels, cfg_scale=3.0, cfg_schedule="linear", steps=10, cfg_unit_weight="separate")
+        diff = (z_ours - z_off).abs().amax(dim=(0, 2))
+        figures["sampling cfg 3 linear (separate), first 8 tokens"] = diff[:8].max().item()
+        figures["sampling cfg 3 linear (separate), all 64 tokens"] = diff.max().item()
     with capsys.disabled():
         print("\nparity (max abs diff):", json.dumps(figures, indent=1))
     for name, value in figures.items():
