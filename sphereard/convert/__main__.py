@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     off.add_argument("--preset", help="generator preset (default: the checkpoint's args.model)")
     off.add_argument("--out", required=True, help="writes OUT/tokenizer and OUT/generator")
     off.add_argument("--weights", choices=["auto", "ema", "model"], default="auto",
-                     help="state dict to import; auto: 'ema' if present, else 'model'")
+                     help="generator entry to import; auto: 'ema' if present, else 'model' (--vae: always auto)")
     off.add_argument("--tokenizer-preset", default="svae-paper")
     off.add_argument("--tokenizer-overrides", type=_json_object, default={}, help="JSON object (small test configs)")
     off.add_argument("--generator-overrides", type=_json_object, default={}, help="JSON object (small test configs)")

@@ -137,7 +137,8 @@ def convert_official(out: str | Path, generator: str | Path | None = None, vae: 
                      preset: str | None = None, weights: str = "auto", tokenizer_preset: str = TOKENIZER_PRESET,
                      tokenizer_overrides: dict | None = None, generator_overrides: dict | None = None) -> dict:
     """Write `out/tokenizer` (from `vae`, else the generator file's `vae.*`) and, with `generator`,
-    `out/generator`. Returns a summary dict. Raises UserError (one line naming the file) on bad input."""
+    `out/generator`. `weights` selects the generator file's entry (auto: 'ema' if present, else 'model');
+    `vae` is read with auto. Returns a summary dict. Raises UserError (one line naming the file) on bad input."""
     if generator is None and vae is None:
         raise UserError("convert official: give --generator and/or --vae")
     out = Path(out)
@@ -146,7 +147,7 @@ def convert_official(out: str | Path, generator: str | Path | None = None, vae: 
     epochs = 0
     if vae is not None:
         ckpt = load_checkpoint(vae)
-        entry, state = select_weights(ckpt, vae, weights)
+        entry, state = select_weights(ckpt, vae, "auto")  # the official S-VAE is trained without EMA
         log.info("%s: importing '%s'; not imported (no model weights): %s", vae, entry,
                  ", ".join(not_imported(ckpt, entry)) or "nothing")
         vae_state, rest = split_vae(state)
