@@ -99,6 +99,15 @@ def test_b_preset_key_set_and_shapes_on_the_meta_device():
         assert len({name for name, _ in ops}) == len(ops) - sum(op == "up" for _, op in ops)
 
 
+@pytest.mark.parametrize("preset,keys,params", [("SphereAR-L", 262, 476_380_176), ("SphereAR-H", 336, 943_854_096)])
+def test_l_and_h_key_counts_and_parameters_on_the_meta_device(preset, keys, params):
+    with torch.device("meta"):
+        gen = create_generator(preset, **fmt.OFFSET)
+    expected = expected_official(gen.state_dict(), GENERATOR_RULES)
+    assert len(expected) == keys  # 4 embedding keys + 6 per layer + 2 + the head's
+    assert sum(torch.Size(s).numel() for s in expected.values()) == params  # official count without vae.*
+
+
 def test_rope_patch_offset_default_keeps_positions():
     assert torch.equal(grid_positions(2, 2, 1)[1:], torch.tensor([[1., 1.], [1., 2.], [2., 1.], [2., 2.]]))
     assert grid_positions(2, 2, 1, patch_offset=0.5)[1].tolist() == [1.5, 1.5]
