@@ -190,6 +190,10 @@ class SamplingConfig(StrictModel):
     sampler: Literal["euler", "euler_maruyama"] = "euler_maruyama"
     steps: int = Field(50, gt=0)
     final_step: float = Field(0.04, ge=0, lt=1)
+    cfg_unit_weight: Literal["shared", "separate"] = Field("shared", description=(
+        "with guidance, a token whose weight is exactly 1 (the first under the linear schedule): "
+        "`shared` = one guided step whose token both streams read back; `separate` = both streams "
+        "sample it unguided with their own noise and each keeps its own token (the official code)"))
     projection: Projection = "auto"
     use_ema: bool = True
     seed: Seed = 0

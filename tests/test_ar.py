@@ -140,12 +140,28 @@ def test_cfg_scale_one_equals_plain_conditional_sampling(sampler):
     assert (g[:, 1:] - ref[:, 1:]).abs().max().item() > 1e-3  # guidance acts on later tokens
 
 
+def test_cfg_unit_weight_separate_samples_token_0_unguided_on_both_streams():
+    """`separate`: the weight-1 token is plain sampling of [labels; null] (2B draws); `shared` (default)
+    and `separate` agree when no token has weight 1 (constant schedule)."""
+    model = tiny_model()
+    labels = torch.tensor([1, 3])
+    both = model.sample(torch.tensor([1, 3, 4, 4]), cfg_scale=1.0, steps=3, num_tokens=1, seed=5)  # 4 = null
+    sep = model.sample(labels, cfg_scale=3.0, cfg_schedule="linear", steps=3, seed=5, cfg_unit_weight="separate")
+    shared = model.sample(labels, cfg_scale=3.0, cfg_schedule="linear", steps=3, seed=5)
+    assert torch.equal(sep[:, 0], both[:2, 0])
+    assert (sep[:, 0] - shared[:, 0]).abs().max().item() > 1e-3
+    const = [model.sample(labels, cfg_scale=3.0, cfg_schedule="constant", steps=3, seed=5, cfg_unit_weight=u)
+             for u in ("shared", "separate")]
+    assert torch.equal(const[0], const[1])
+
+
 def test_generate_rejects_bad_arguments():
     model = tiny_model()
     labels = torch.tensor([0])
     for kw, word in [(dict(sampler="heun"), "sampler"), (dict(cfg_schedule="cosine"), "cfg_schedule"),
                      (dict(num_tokens=5), "num_tokens"), (dict(projection="ball"), "projection"),
-                     (dict(cfg_scale=-1.0), "cfg_scale"), (dict(final_step=1.0), "final_step")]:
+                     (dict(cfg_scale=-1.0), "cfg_scale"), (dict(final_step=1.0), "final_step"),
+                     (dict(cfg_unit_weight="own"), "cfg_unit_weight")]:
         with pytest.raises(UserError, match=word):
             model.sample(labels, steps=1, **kw)
     with pytest.raises(UserError, match="labels"):

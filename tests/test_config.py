@@ -89,6 +89,14 @@ def test_non_string_keys_are_named():
         parse_params(data)
 
 
+def test_cfg_unit_weight_is_shared_or_separate():
+    data = Params().model_dump()
+    assert data["sampling"]["cfg_unit_weight"] == "shared"
+    data["sampling"]["cfg_unit_weight"] = "own"
+    with pytest.raises(UserError, match=r"^sampling\.cfg_unit_weight="):
+        parse_params(data)
+
+
 def test_image_size_not_divisible_by_patch_size():
     data = Params().model_dump()
     data["data"]["image_size"] = 30

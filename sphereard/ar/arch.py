@@ -34,6 +34,9 @@ class GeneratorArch(StrictModel):
     label_dropout: float = Field(0.1, ge=0, lt=1)
     mlp_hidden: int | None = Field(None, ge=1, description="null: 8 dim / 3 rounded up to a multiple of 256")
     head_mlp_ratio: float = Field(HEAD_MLP_RATIO, gt=0)
+    rope_patch_offset: float = Field(0.0, ge=0, lt=1, description=(
+        "extra RoPE offset of patch centres (patches at idx + 1 + offset, class tokens at 0); "
+        "0.5 for checkpoints imported from the official code"))
 
     @model_validator(mode="after")
     def _rules(self) -> GeneratorArch:

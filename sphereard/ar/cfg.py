@@ -11,6 +11,7 @@ import torch
 from sphereard.errors import UserError
 
 CFG_SCHEDULES: tuple[str, ...] = ("constant", "linear")
+CFG_UNIT_WEIGHTS: tuple[str, ...] = ("shared", "separate")  # a guided token of weight 1 (ar/sampler.py)
 
 
 def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, w: float) -> torch.Tensor:

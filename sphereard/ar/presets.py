@@ -38,7 +38,7 @@ class SphereARModel(nn.Module):
         self.arch = arch
         self.transformer = ARTransformer(
             arch.token_dim, arch.dim, arch.depth, arch.heads, arch.num_classes, arch.num_class_tokens,
-            arch.grid_size, arch.label_dropout, arch.mlp_hidden)
+            arch.grid_size, arch.label_dropout, arch.mlp_hidden, arch.rope_patch_offset)
         self.head = DiffusionHead(arch.token_dim, arch.dim, arch.head_width, arch.head_blocks,
                                   arch.adaln_groups, arch.num_tokens, arch.head_mlp_ratio)
 

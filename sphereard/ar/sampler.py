@@ -5,6 +5,12 @@ integrates the guided velocity v = v_u + w_k (v_c - v_u) from noise to a token, 
 projected (`sphere`: N_R) and fed back. With guidance the conditional and unconditional (null
 class) streams run as one batch of 2B; both heads see the same x_t. With w = 1 the null stream is
 skipped altogether, which is exactly plain conditional sampling.
+
+`cfg_unit_weight` decides a guided token whose weight is exactly 1 (token 0 of the linear schedule):
+`shared` (default) runs the guided step (= the conditional velocity) and feeds its token to both
+streams; `separate` integrates both streams unguided with independent noise (2B draws) and each stream
+keeps its own token as context, so the null stream holds an unconditional sample from then on, as the
+official code does (SphereAR `sampling.py:50-57`, `model.py:253-268`; docs/official-checkpoints.md).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import math
 
 import torch
 
-from sphereard.ar.cfg import CFG_SCHEDULES, cfg_combine, cfg_scale_at
+from sphereard.ar.cfg import CFG_SCHEDULES, CFG_UNIT_WEIGHTS, cfg_combine, cfg_scale_at
 from sphereard.ar.diffusion_head import DiffusionHead
 from sphereard.ar.flow import PAPER_FINAL_STEP, SAMPLERS, VelocityFn, integrate
 from sphereard.ar.projection import PROJECTIONS, default_projection, project_tokens
@@ -23,7 +29,7 @@ from sphereard.errors import UserError
 
 
 def _check_args(transformer: ARTransformer, labels, num_tokens, cfg_scale, cfg_schedule, sampler,
-                steps, final_step, projection) -> None:
+                steps, final_step, projection, cfg_unit_weight) -> None:
     if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
         raise UserError(f"labels: expected a 1-D integer tensor, got {tuple(labels.shape)} {labels.dtype}")
     if labels.numel() and not bool(((labels >= 0) & (labels <= transformer.null_class)).all()):
@@ -43,6 +49,8 @@ def _check_args(transformer: ARTransformer, labels, num_tokens, cfg_scale, cfg_s
         raise UserError(f"final_step={final_step}: must be in [0, 1)")
     if projection not in PROJECTIONS:
         raise UserError(f"projection={projection!r}: must be one of {', '.join(PROJECTIONS)}")
+    if cfg_unit_weight not in CFG_UNIT_WEIGHTS:
+        raise UserError(f"cfg_unit_weight={cfg_unit_weight!r}: must be one of {', '.join(CFG_UNIT_WEIGHTS)}")
 
 
 def guided_velocity(head: DiffusionHead, c_emb: torch.Tensor, w: float, guided: bool) -> VelocityFn:
@@ -77,6 +85,7 @@ def generate(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     return_norms: bool = False,
+    cfg_unit_weight: str = "shared",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sample token sequences z (B, L, d) for class labels (B,) on labels.device.
 
@@ -84,10 +93,12 @@ def generate(
     (default sqrt(d)). generator/seed: noise source (a generator wins; neither = global RNG).
     return_norms: also return ||z_k|| (B, L) of each token after CFG, before projection.
     The linear schedule ramps over the full grid length N: w_k = 1 + (w - 1) k / N.
+    cfg_unit_weight: `shared` | `separate`, a guided token of weight 1 (see the module docstring).
     """
     N = transformer.num_tokens
     L = N if num_tokens is None else num_tokens
-    _check_args(transformer, labels, L, cfg_scale, cfg_schedule, sampler, steps, final_step, projection)
+    _check_args(transformer, labels, L, cfg_scale, cfg_schedule, sampler, steps, final_step, projection,
+                cfg_unit_weight)
     labels = labels.long()
     device, B, d = labels.device, labels.shape[0], transformer.token_dim
     R = math.sqrt(d) if radius is None else radius
@@ -100,14 +111,16 @@ def generate(
     tokens, norms = [], []
     for k in range(L):
         c_emb = head.condition(cond, torch.full((cond.shape[0],), k, device=device))
-        v_fn = guided_velocity(head, c_emb, cfg_scale_at(k, N, cfg_scale, cfg_schedule), guided)
-        x0 = torch.randn(B, d, device=device, generator=generator)
-        z_k = integrate(sampler, v_fn, x0, steps, final_step, generator)  # (B, d) after CFG
-        norms.append(z_k.norm(dim=-1))
+        w_k = cfg_scale_at(k, N, cfg_scale, cfg_schedule)
+        separate = guided and cfg_unit_weight == "separate" and w_k == 1.0
+        v_fn = guided_velocity(head, c_emb, w_k, guided and not separate)
+        x0 = torch.randn(2 * B if separate else B, d, device=device, generator=generator)
+        z_k = integrate(sampler, v_fn, x0, steps, final_step, generator)  # (B, d) after CFG; (2B, d) if separate
+        norms.append(z_k[:B].norm(dim=-1))
         z_k = project_tokens(z_k, projection, R)
-        tokens.append(z_k)
+        tokens.append(z_k[:B])
         if k + 1 < L:
-            cond = transformer.step(torch.cat([z_k, z_k]) if guided else z_k, state)
+            cond = transformer.step(torch.cat([z_k, z_k]) if guided and not separate else z_k, state)
     z = torch.stack(tokens, dim=1)  # (B, L, d)
     return (z, torch.stack(norms, dim=1)) if return_norms else z
 
@@ -117,4 +130,6 @@ def sampling_kwargs(cfg: SamplingConfig, posterior: str, radius: float, steps: i
     projection = default_projection(posterior) if cfg.projection == "auto" else cfg.projection
     return {"cfg_scale": cfg.cfg_scale, "cfg_schedule": cfg.cfg_schedule, "sampler": cfg.sampler,
             "steps": cfg.steps if steps is None else steps, "final_step": cfg.final_step,
-            "projection": projection, "radius": radius}
+            "projection": projection, "radius": radius,
+            # recorded only when not the default, so the settings of existing sample sets stay as they were
+            **({"cfg_unit_weight": cfg.cfg_unit_weight} if cfg.cfg_unit_weight != "shared" else {})}

@@ -33,7 +33,7 @@ class DecodeState:
 class ARTransformer(nn.Module):
     def __init__(self, token_dim: int, dim: int, depth: int, heads: int, num_classes: int,
                  num_class_tokens: int, grid_size: int, label_dropout: float = 0.1,
-                 mlp_hidden: int | None = None):
+                 mlp_hidden: int | None = None, rope_patch_offset: float = 0.0):
         super().__init__()
         assert dim % heads == 0, "dim must be divisible by heads"
         assert 0.0 <= label_dropout < 1.0, "label_dropout must be in [0, 1)"
@@ -48,7 +48,7 @@ class ARTransformer(nn.Module):
         self.emb_norm = nn.RMSNorm(dim, eps=RMSNORM_EPS)
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads, mlp_hidden) for _ in range(depth))
         self.norm = nn.RMSNorm(dim, eps=RMSNORM_EPS)
-        positions = grid_positions(grid_size, grid_size, num_class_tokens)[: self.max_len]  # (T, 2)
+        positions = grid_positions(grid_size, grid_size, num_class_tokens, rope_patch_offset)[: self.max_len]  # (T, 2)
         self.rope = RoPE2D(dim // heads, positions)
         self.reset_parameters()
 

@@ -1,7 +1,9 @@
 """2D rotary position embedding on patch centres (SphereAR Sec. 3.2; RoPE, Su et al. 2021).
 
 Half of each head's channels rotate with the patch row, the other half with its column.
-Prefix tokens (class / register tokens) sit at position (0, 0); patches start at (1, 1).
+Prefix tokens (class / register tokens) sit at position (0, 0); patches start at (1, 1), or at
+(1 + offset, 1 + offset) with `patch_offset` (0.5 reproduces the official code's patch centres
+(idx + 0.5) + 1, SphereAR `layers.py:239-270`; see docs/official-checkpoints.md).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ PREFIX_POSITION = 0.0
 FIRST_PATCH_POSITION = 1.0
 
 
-def grid_positions(grid_h: int, grid_w: int, num_prefix: int = 0) -> torch.Tensor:
-    """Raster-order (row, col) positions of `num_prefix` prefix tokens then a grid: (L, 2)."""
+def grid_positions(grid_h: int, grid_w: int, num_prefix: int = 0, patch_offset: float = 0.0) -> torch.Tensor:
+    """Raster-order (row, col) positions of `num_prefix` prefix tokens then a grid: (L, 2).
+
+    Patch (r, c) sits at (r, c) + 1 + patch_offset; prefix tokens at 0."""
     rows, cols = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
-    patches = torch.stack([rows, cols], dim=-1).reshape(-1, 2).float() + FIRST_PATCH_POSITION
+    patches = torch.stack([rows, cols], dim=-1).reshape(-1, 2).float() + (FIRST_PATCH_POSITION + patch_offset)
     prefix = torch.full((num_prefix, 2), PREFIX_POSITION)
     return torch.cat([prefix, patches], dim=0)  # (num_prefix + H*W, 2)
 

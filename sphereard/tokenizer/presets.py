@@ -48,6 +48,9 @@ class TokenizerArch(StrictModel):
     enc_extra_units: int = Field(0, ge=0, description="plain residual units after each down-block")
     dec_extra_units: int = Field(1, ge=0, description="plain residual units after each up-block")
     upsample: Literal["transpose", "nearest"] = "transpose"
+    rope_patch_offset: float = Field(0.0, ge=0, lt=1, description=(
+        "extra RoPE offset of patch centres (patches at idx + 1 + offset, registers at 0); "
+        "0.5 for checkpoints imported from the official code"))
 
     @model_validator(mode="after")
     def _rules(self) -> TokenizerArch:

@@ -25,10 +25,12 @@ class HybridVAE(nn.Module):
         self.posterior: Posterior = build_posterior(posterior, arch.latent_dim, radius)
         g, w = arch.grid_size, arch.width
         self.cnn_enc = CNNEncoder(arch.in_channels, arch.cnn_channels, arch.enc_extra_units)
-        self.vit_enc = ViTEncoder(g, w, arch.enc_layers, arch.heads, arch.num_registers, arch.mlp_hidden)
+        self.vit_enc = ViTEncoder(g, w, arch.enc_layers, arch.heads, arch.num_registers, arch.mlp_hidden,
+                                  arch.rope_patch_offset)
         self.to_moments = nn.Linear(w, self.posterior.moments_dim, bias=True)
         self.from_latent = nn.Linear(arch.latent_dim, w, bias=False)
-        self.vit_dec = ViTDecoder(g, w, arch.dec_layers, arch.heads, arch.num_registers, arch.mlp_hidden)
+        self.vit_dec = ViTDecoder(g, w, arch.dec_layers, arch.heads, arch.num_registers, arch.mlp_hidden,
+                                  arch.rope_patch_offset)
         self.cnn_dec = CNNDecoder(arch.in_channels, arch.cnn_channels, arch.dec_extra_units, arch.upsample)
 
     # --- shapes -----------------------------------------------------------------------------

@@ -20,13 +20,13 @@ class ViTStack(nn.Module):
     """Register tokens + `depth` Transformer blocks with 2D RoPE; registers dropped at the end."""
 
     def __init__(self, grid: int, width: int, depth: int, heads: int, num_registers: int,
-                 mlp_hidden: int | None = None):
+                 mlp_hidden: int | None = None, rope_patch_offset: float = 0.0):
         super().__init__()
         assert width % heads == 0, "ViT width must be divisible by the number of heads"
         self.num_registers = num_registers
         self.registers = nn.Parameter(torch.randn(num_registers, width) * REGISTER_INIT_STD)
         self.blocks = nn.ModuleList(TransformerBlock(width, heads, mlp_hidden) for _ in range(depth))
-        self.rope = RoPE2D(width // heads, grid_positions(grid, grid, num_registers))
+        self.rope = RoPE2D(width // heads, grid_positions(grid, grid, num_registers, rope_patch_offset))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, W) -> (B, L, W)
         regs = self.registers.to(x.dtype).expand(x.shape[0], -1, -1)  # (B, R, W)
@@ -41,9 +41,9 @@ class ViTEncoder(nn.Module):
     """CNN feature tokens (B, L, W) -> encoder features (B, L, W): ViT stack, RMSNorm, linear."""
 
     def __init__(self, grid: int, width: int, depth: int, heads: int, num_registers: int,
-                 mlp_hidden: int | None = None):
+                 mlp_hidden: int | None = None, rope_patch_offset: float = 0.0):
         super().__init__()
-        self.stack = ViTStack(grid, width, depth, heads, num_registers, mlp_hidden)
+        self.stack = ViTStack(grid, width, depth, heads, num_registers, mlp_hidden, rope_patch_offset)
         self.norm = nn.RMSNorm(width, eps=RMSNORM_EPS)
         self.out = nn.Linear(width, width, bias=False)
 
@@ -55,11 +55,11 @@ class ViTDecoder(nn.Module):
     """Latent features (B, L, W) -> grid tokens (B, L, W): a 3x3 conv over the grid, then the ViT stack."""
 
     def __init__(self, grid: int, width: int, depth: int, heads: int, num_registers: int,
-                 mlp_hidden: int | None = None):
+                 mlp_hidden: int | None = None, rope_patch_offset: float = 0.0):
         super().__init__()
         self.grid = grid
         self.conv_in = nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False)
-        self.stack = ViTStack(grid, width, depth, heads, num_registers, mlp_hidden)
+        self.stack = ViTStack(grid, width, depth, heads, num_registers, mlp_hidden, rope_patch_offset)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(tokens_to_grid(x, self.grid))  # (B, W, g, g)
