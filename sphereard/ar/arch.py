@@ -12,9 +12,9 @@ from pydantic import Field, model_validator
 from sphereard.config import StrictModel
 from sphereard.config_errors import check, validated
 from sphereard.errors import UserError
+from sphereard.nn import ROPE_HEAD_MULTIPLE
 
 HEAD_MLP_RATIO = 1.5  # diffusion-head SwiGLU hidden = 1.5 x width (official code)
-ROPE_HEAD_MULTIPLE = 4  # 2D RoPE rotates pairs on two axes
 
 
 class GeneratorArch(StrictModel):

@@ -2,6 +2,8 @@
 
 from sphereard.utils.lazy import lazy_exports
 
+ROPE_HEAD_MULTIPLE = 4  # 2D RoPE rotates channel pairs on two axes: head_dim must be a multiple of 4
+
 _EXPORTS = {  # public name -> submodule defining it (imported on first use)
     "Attention": "attention", "KVCache": "attention",
     "TransformerBlock": "block", "swiglu_hidden_dim": "block",

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sphereard.nn import ROPE_HEAD_MULTIPLE
+
 ROPE_BASE = 10_000.0
 PREFIX_POSITION = 0.0
 FIRST_PATCH_POSITION = 1.0
@@ -41,7 +43,7 @@ class RoPE2D(nn.Module):
 
     def __init__(self, head_dim: int, positions: torch.Tensor, base: float = ROPE_BASE):
         super().__init__()
-        assert head_dim % 4 == 0, "2D RoPE needs head_dim divisible by 4 (two axes x rotation pairs)"
+        assert head_dim % ROPE_HEAD_MULTIPLE == 0, "2D RoPE needs head_dim divisible by 4 (two axes x rotation pairs)"
         axis_dim = head_dim // 2
         inv_freq = 1.0 / (base ** (torch.arange(0, axis_dim, 2).float() / axis_dim))  # (axis_dim/2,)
         angles_row = positions[:, :1] * inv_freq  # (L, axis_dim/2)

@@ -24,9 +24,8 @@ from pydantic import Field, model_validator
 from sphereard.config import Channels, PositiveInt, StrictModel
 from sphereard.config_errors import check, validated
 from sphereard.errors import UserError
+from sphereard.nn import ROPE_HEAD_MULTIPLE
 from sphereard.tokenizer.groupnorm import gn_groups
-
-ROPE_HEAD_MULTIPLE = 4  # 2D RoPE rotates pairs on two axes
 
 
 class TokenizerArch(StrictModel):
