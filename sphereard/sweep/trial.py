@@ -57,7 +57,7 @@ ASHA_METRIC = "ar_loss"  # AR training loss over the last logging window (lower 
 ASHA_CURVE_METRIC = "asha/ar_loss"  # the trial run's metric: each report's ASHA_METRIC at its AR step
 # The `sampling` keys a trial inherits from params (it sets cfg_scale, projection, steps, seed and
 # num_per_class itself, see trial_sampling): the sweep stage's only `sampling` params in dvc.yaml.
-INHERITED_SAMPLING_KEYS = ("cfg_schedule", "sampler", "final_step", "use_ema", "batch_size")
+INHERITED_SAMPLING_KEYS = ("cfg_schedule", "sampler", "final_step", "use_ema", "batch_size", "cfg_unit_weight")
 DONE_KEY = "num_images"  # present only in a trial's final (evaluated) report
 
 
