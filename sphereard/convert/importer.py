@@ -129,8 +129,14 @@ def same_tensors(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -
     return None
 
 
-def not_imported(ckpt: dict, entry: str) -> list[str]:
-    return [k for k in ckpt if k != entry]
+def read_weights(path: str | Path, which: str) -> tuple[str, dict[str, torch.Tensor], dict, int]:
+    """(entry, its state dict, the run's args, epochs) of one official checkpoint (`select_weights`);
+    logs the top-level entries left behind (optimizer, discriminator, ...). Raises as `load_checkpoint`."""
+    ckpt = load_checkpoint(path)
+    entry, state = select_weights(ckpt, path, which)
+    log.info("%s: importing '%s'; not imported (no model weights): %s", path, entry,
+             ", ".join(k for k in ckpt if k != entry) or "nothing")
+    return entry, state, run_args(ckpt), int(ckpt.get("epochs", 0) or 0)
 
 
 def convert_official(out: str | Path, generator: str | Path | None = None, vae: str | Path | None = None,
@@ -146,24 +152,17 @@ def convert_official(out: str | Path, generator: str | Path | None = None, vae: 
     vae_state = vae_source = None
     epochs = 0
     if vae is not None:
-        ckpt = load_checkpoint(vae)
-        entry, state = select_weights(ckpt, vae, "auto")  # the official S-VAE is trained without EMA
-        log.info("%s: importing '%s'; not imported (no model weights): %s", vae, entry,
-                 ", ".join(not_imported(ckpt, entry)) or "nothing")
+        entry, state, _, epochs = read_weights(vae, "auto")  # the official S-VAE is trained without EMA
         vae_state, rest = split_vae(state)
         if rest:
             k = next(iter(rest))
             raise UserError(f"{vae}: tensor {k!r} {tuple(rest[k].shape)} has no counterpart in the tokenizer "
                             f"(an S-VAE checkpoint holds only 'vae.*'; {len(rest)} unexpected)")
-        vae_source, epochs = f"{vae}: '{entry}'", int(ckpt.get("epochs", 0) or 0)
+        vae_source = f"{vae}: '{entry}'"
         summary["tokenizer_source"] = vae_source
     gen_model = None
     if generator is not None:
-        ckpt = load_checkpoint(generator)
-        entry, state = select_weights(ckpt, generator, weights)
-        log.info("%s: importing '%s'; not imported (no model weights): %s", generator, entry,
-                 ", ".join(not_imported(ckpt, entry)) or "nothing")
-        args = run_args(ckpt)
+        entry, state, args, gen_epochs = read_weights(generator, weights)
         preset = preset or args.get("model")
         if not preset:
             raise UserError(f"{generator}: give --preset (the checkpoint's args name no model)")
@@ -171,7 +170,6 @@ def convert_official(out: str | Path, generator: str | Path | None = None, vae: 
         source = f"{generator}: '{entry}'"
         gen_model = import_generator(ar_state, source, preset, generator_overrides or {})
         check_args(args, gen_model, str(generator))
-        gen_epochs = int(ckpt.get("epochs", 0) or 0)
         if vae_state is None:
             vae_state, vae_source, epochs = inner_vae, source, gen_epochs
             summary["tokenizer_source"] = vae_source
