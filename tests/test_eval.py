@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch_fidelity
-import torch_fidelity.feature_extractor_inceptionv3 as tfi
+from standins import save_standin_inception
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from sphereard.errors import UserError
@@ -224,13 +224,8 @@ def test_inception_missing_weights_errors(tmp_path, monkeypatch):
         build_extractor("vgg")
 
 
-def test_inception_loads_local_standin_weights(fmnist, tmp_path, monkeypatch):
-    with monkeypatch.context() as m:  # random-init architecture, no download, no weights loaded
-        m.setattr(tfi, "load_state_dict_from_url", lambda *a, **k: None)
-        m.setattr(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
-        standin = tfi.FeatureExtractorInceptionV3("standin", ["2048"])
-    path = tmp_path / "standin-inception.pth"
-    torch.save(standin.state_dict(), path)
+def test_inception_loads_local_standin_weights(fmnist, tmp_path):
+    path = save_standin_inception(tmp_path / "standin-inception.pth")  # random init, no download
     ext = build_extractor("inception", inception_weights=path)
     assert ext.tag == "inception_unverified" and not ext.standard_weights  # never named FID
     feats = extract_features(ext, fmnist[0][:2])
@@ -238,6 +233,27 @@ def test_inception_loads_local_standin_weights(fmnist, tmp_path, monkeypatch):
     assert torch.isfinite(feats["2048"]).all()
     assert set(generation_metric_keys([ext.tag], with_ref_features=False)) == {
         "fd_inception_unverified", "is_inception_unverified", "is_std_inception_unverified"}
+
+
+def test_adm_reference_fd_uses_the_files_statistics_and_arr0_only_for_features(fmnist, tmp_path):
+    """The ADM evaluator's protocol: FD against the file's whole-dataset mu/sigma, never a refit on
+    its 10,000 arr_0 images, which only feed precision/recall (and KID here)."""
+    ext = build_extractor("inception", inception_weights=save_standin_inception(tmp_path / "standin.pth"))
+    images = np.repeat(fmnist[0][:12], 3, axis=-1)
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(2048, 8))
+    mu, sigma = rng.normal(size=2048), a @ a.T
+    np.savez(tmp_path / "ref.npz", arr_0=images, mu=mu, sigma=sigma)
+    refit = adm_ref_stats(tmp_path / "ref.npz", ext)  # unverified weights: the file's stats are not theirs
+    assert refit.tag == "inception_unverified" and refit.features.shape == (12, 2048)
+    assert not np.allclose(refit.mu, mu)
+    ext.tag = "inception"  # as the verified FID weights are tagged
+    stats = adm_ref_stats(tmp_path / "ref.npz", ext)
+    assert stats.tag == "inception" and np.array_equal(stats.mu, mu) and np.array_equal(stats.sigma, sigma)
+    assert np.array_equal(stats.features, refit.features) and stats.num_images == 12
+    np.savez(tmp_path / "bad.npz", arr_0=images, mu=mu[:10], sigma=sigma[:10, :10])
+    with pytest.raises(UserError, match=r"bad\.npz: mu has dim 10, expected 2048"):
+        adm_ref_stats(tmp_path / "bad.npz", ext)
 
 
 def test_effnet_shipped_weights(fmnist):

@@ -59,25 +59,39 @@ def load_adm_npz(path: str | Path) -> dict:
 
 
 def adm_ref_stats(path: str | Path, extractor=None, batch_size: int = 250) -> RefStats:
-    """Reference statistics from an ADM reference batch.
+    """Reference statistics from an ADM reference batch, as the ADM evaluator uses it.
 
-    With an extractor and images: features of `arr_0` (enables KID / precision-recall). Otherwise
-    the file's own `mu` / `sigma` (Inception pool3, FD only), valid for the inception extractor.
+    The file's `mu` / `sigma` are FID-Inception pool3 statistics over the whole dataset (ImageNet
+    train, 1.28M images for VIRTUAL_imagenet256_labeled.npz); its `arr_0` images (10,000) serve
+    only precision/recall (guided-diffusion `evaluations/README.md`). So with the verified FID
+    Inception extractor and a file holding both, FD uses the file's mu/sigma and the features of
+    `arr_0` ride along for KID / precision / recall (`num_images` counts those rows). Another
+    extractor (e.g. `inception_unverified` weights) cannot use the file's statistics: its mu/sigma
+    are fitted on `arr_0` features. A file without images gives FD only (inception extractor or
+    none); a file without mu/sigma gives statistics of `arr_0`.
     Raises UserError naming the file when it is unreadable (`load_adm_npz`) or cannot serve `extractor`.
     """
     ref = load_adm_npz(path)
+    has_stats = ref["mu"] is not None
+    uses_file_stats = has_stats and (extractor is None or extractor.tag == ADM_STATS_TAG)
+    features = None
     if extractor is not None and ref["images"] is not None:
         if len(ref["images"]) < MIN_SAMPLES:
             raise UserError(f"{path}: {len(ref['images'])} image(s) in arr_0; statistics need at least {MIN_SAMPLES}")
-        return compute_ref_stats(ref["images"], extractor, batch_size)
-    if ref["mu"] is None:
+        features = compute_ref_stats(ref["images"], extractor, batch_size)
+        if not uses_file_stats:
+            return features
+    if not has_stats:
         raise UserError(f"{path}: holds images but no mu/sigma; give an extractor to compute statistics")
-    if extractor is not None and extractor.tag != ADM_STATS_TAG:
+    if not uses_file_stats:
         raise UserError(f"{path}: mu/sigma are FID-Inception statistics; extractor {extractor.tag!r} "
                         "cannot use them (the file has no images)")
     if ref["mu"].shape[0] != ADM_INCEPTION_DIM:
         raise UserError(f"{path}: mu has dim {ref['mu'].shape[0]}, expected {ADM_INCEPTION_DIM} (Inception pool3)")
-    return RefStats(ADM_STATS_TAG, ref["mu"].astype(np.float64), ref["sigma"].astype(np.float64), None, 0)
+    mu, sigma = ref["mu"].astype(np.float64), ref["sigma"].astype(np.float64)
+    if features is None:
+        return RefStats(ADM_STATS_TAG, mu, sigma, None, 0)
+    return RefStats(ADM_STATS_TAG, mu, sigma, features.features, features.num_images)
 
 
 def save_samples_npz(path: str | Path, images: np.ndarray, labels=None,
