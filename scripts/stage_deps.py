@@ -7,8 +7,8 @@ as a sorted list of files, must be exactly the code part of the stage's `deps` (
 `sphereard/` and `pipelines/`): then editing any executed module reruns the stage, and editing a
 module it never runs does not.
 
-    python scripts/stage_deps.py            # check: exit 1 and list the differences
-    python scripts/stage_deps.py --write    # rewrite the code deps in dvc.yaml (comments kept)
+    python scripts/stage_deps.py            # check dvc.yaml and pretrained/dvc.yaml: exit 1 and list the differences
+    python scripts/stage_deps.py --write    # rewrite the code deps in both (comments kept)
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from sphereard.utils.imports import PACKAGES, REPO, code_closure  # noqa: E402
 
+# Both pipelines: the training DAG, and the pretrained one (stages run from the repo root, `wdir: ..`).
+DVC_FILES = ("dvc.yaml", "pretrained/dvc.yaml")
 CMD_MODULE = re.compile(r"python -m (pipelines\.\w+)")
 
 
@@ -64,24 +66,33 @@ def rewrite(dvc: dict, root: Path = REPO) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="rewrite dvc.yaml's code deps")
-    parser.add_argument("--dvc-yaml", type=Path, default=REPO / "dvc.yaml")
+    parser.add_argument("--write", action="store_true", help="rewrite the files' code deps")
+    parser.add_argument("--dvc-yaml", type=Path, action="append",
+                        help="pipeline file (repeatable; default: " + ", ".join(DVC_FILES) + ")")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="repository root the code paths are relative to (default: the first file's folder, "
+                             "or this repo for the default files)")
     args = parser.parse_args(argv)
+    files = args.dvc_yaml or [REPO / f for f in DVC_FILES]
+    root = args.root or (REPO if not args.dvc_yaml else args.dvc_yaml[0].parent)
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.width = 4096
     yaml.indent(mapping=2, sequence=4, offset=2)  # the file's own style
-    dvc = yaml.load(args.dvc_yaml)
-    if args.write:
-        rewrite(dvc, args.dvc_yaml.parent)
-        yaml.dump(dvc, args.dvc_yaml)
-        return 0
-    diff = differences(dvc, args.dvc_yaml.parent)
-    for stage, (missing, extra) in diff.items():
-        print(f"{args.dvc_yaml}: stage {stage}: missing {missing or '-'}; not executed {extra or '-'}")
-    if diff:
+    failed = False
+    for path in files:
+        dvc = yaml.load(path)
+        if args.write:
+            rewrite(dvc, root)
+            yaml.dump(dvc, path)
+            continue
+        diff = differences(dvc, root)
+        for stage, (missing, extra) in diff.items():
+            print(f"{path}: stage {stage}: missing {missing or '-'}; not executed {extra or '-'}")
+        failed |= bool(diff)
+    if failed:
         print(f"fix with: python {Path(__file__).relative_to(REPO)} --write")
-    return 1 if diff else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

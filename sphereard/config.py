@@ -284,6 +284,16 @@ class TrackingConfig(StrictModel):
         return self
 
 
+class OfficialConfig(StrictModel):
+    """The authors' released weights, imported instead of trained (the pretrained DAG,
+    `pretrained/dvc.yaml`; docs/official-checkpoints.md). Unset (null) in the training profiles."""
+
+    generator: str = Field(description="SphereAR_{B,L,H}.pt (its vae.* is checked equal to `vae`)")
+    vae: str = Field(description="vae.pt, the released S-VAE")
+    weights: Literal["auto", "ema", "model"] = Field(
+        "auto", description="generator entry imported; auto: 'ema' if the file has it, else 'model'")
+
+
 class Params(StrictModel):
     """The whole params.yaml: the blocks, then the rules spanning them (`validate_cross_block`)."""
 
@@ -304,6 +314,8 @@ class Params(StrictModel):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    official: OfficialConfig | None = Field(None, description=(
+        "released SphereAR weights to import instead of training (pretrained/dvc.yaml); null: train"))
 
     @model_validator(mode="after")
     def _rules(self) -> Params:
@@ -349,6 +361,27 @@ def validate_cross_block(params: Params) -> None:
           f"grid_size {gen.grid_size} must equal the tokenizer grid {grid}")
     check(gen.token_dim == tok.latent_dim, "generator.preset", params.generator.preset,
           f"token_dim {gen.token_dim} must equal the tokenizer latent_dim {tok.latent_dim}")
+    if params.official is not None:
+        validate_official(params)
+
+
+def validate_official(params: Params) -> None:
+    """An imported model is one spherical S-VAE + generator pair with its EMA export: nothing to train
+    (no classifier, no sweep), and the export is what `sampling.use_ema: true` reads."""
+    check(params.tokenizer.posteriors == ["spherical"], "tokenizer.posteriors", params.tokenizer.posteriors,
+          "must be [spherical] when `official` imports the released S-VAE")
+    check("classifier" not in params.evaluation.extractors, "evaluation.extractors", params.evaluation.extractors,
+          "must not hold 'classifier' when `official` is set (the pretrained DAG trains no classifier)")
+    check(not params.sweep.enabled, "sweep.enabled", params.sweep.enabled,
+          "must be false when `official` is set (the pretrained DAG runs no sweep)")
+    check(params.sampling.use_ema, "sampling.use_ema", params.sampling.use_ema,
+          "must be true when `official` is set (the import is the export; there is no checkpoint)")
+    ev = params.evaluation
+    check("inception" in ev.extractors, "evaluation.extractors", ev.extractors,
+          "must hold 'inception' when `official` is set (the paper's FID protocol)")
+    for key in ("inception_weights", "adm_reference"):  # pretrained/dvc.yaml tracks both files
+        check(getattr(ev, key) is not None, f"evaluation.{key}", None,
+              "must name a local file when `official` is set (the pretrained DAG's ADM protocol)")
 
 
 def absolute_paths(params: Params) -> Params:

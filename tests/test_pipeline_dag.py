@@ -77,7 +77,7 @@ def test_second_repro_is_a_noop_and_status_is_clean(dag):
     clone, env, _ = dag
     out = run(["dvc", "repro"], clone, env)
     assert "Data and pipelines are up to date." in out
-    assert changed_stages(run(["dvc", "status", "--json"], clone, env)) == set()
+    assert changed_stages(run(["dvc", "status", "dvc.yaml", "--json"], clone, env)) == set()
 
 
 @pytest.mark.slow
@@ -89,7 +89,7 @@ def test_sampling_change_invalidates_only_downstream_stages(dag):
         data = yaml.safe_load(original)
         data["sampling"]["cfg_scale"] = 4.5
         params_path.write_text(yaml.safe_dump(data, sort_keys=False))
-        assert changed_stages(run(["dvc", "status", "--json"], clone, env)) == SAMPLING_DOWNSTREAM
+        assert changed_stages(run(["dvc", "status", "dvc.yaml", "--json"], clone, env)) == SAMPLING_DOWNSTREAM
     finally:
         params_path.write_text(original)
 
@@ -127,7 +127,7 @@ def test_code_edit_invalidates_exactly_the_stages_that_run_it(dag):
     original = sampler.read_text()
     try:
         sampler.write_text(original + "\n# an edit\n")
-        changed = changed_stages(run(["dvc", "status", "--json"], clone, env))
+        changed = changed_stages(run(["dvc", "status", "dvc.yaml", "--json"], clone, env))
     finally:
         sampler.write_text(original)
     expected = {f"{s}@{p}" for s in ("train_ar", "sample", "evaluate") for p in POSTERIORS} | {"sweep"}
@@ -192,7 +192,7 @@ def test_readme_flows_run_as_written_from_a_fresh_shell(flows):
     assert {"dvc repro", "dvc metrics show"} <= ran and any(c.startswith("dvc exp run") for c in ran)
     assert any(c.startswith("papermill") or "papermill" in c for c in ran), "the notebook command runs"
     # the flows end where they began: the committed state, nothing for DVC to rerun
-    assert changed_stages(run([str(VENV_BIN / "dvc"), "status", "--json"], clone, env)) == set()
+    assert changed_stages(run([str(VENV_BIN / "dvc"), "status", "dvc.yaml", "--json"], clone, env)) == set()
     # without activating anything: the stage commands still find the project's Python (scripts/python)
     proc = subprocess.run([".venv/bin/dvc", "repro", "--force", "report"], cwd=clone, env=env,
                           capture_output=True, text=True, timeout=DAG_TIMEOUT_S)
@@ -250,4 +250,4 @@ def test_one_posterior_without_sweep_reproduces(dag):
     # the tokenizer block changed: the persisted checkpoints of the old run are not reused
     assert "removed; training starts from step 0" in log
     assert "Sweep disabled" in (clone / "reports/report.md").read_text()
-    assert changed_stages(run(["dvc", "status", "--json"], clone, env)) == set()
+    assert changed_stages(run(["dvc", "status", "dvc.yaml", "--json"], clone, env)) == set()

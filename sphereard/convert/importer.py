@@ -139,15 +139,18 @@ def read_weights(path: str | Path, which: str) -> tuple[str, dict[str, torch.Ten
     return entry, state, run_args(ckpt), int(ckpt.get("epochs", 0) or 0)
 
 
-def convert_official(out: str | Path, generator: str | Path | None = None, vae: str | Path | None = None,
+def convert_official(out: str | Path | None, generator: str | Path | None = None, vae: str | Path | None = None,
                      preset: str | None = None, weights: str = "auto", tokenizer_preset: str = TOKENIZER_PRESET,
-                     tokenizer_overrides: dict | None = None, generator_overrides: dict | None = None) -> dict:
+                     tokenizer_overrides: dict | None = None, generator_overrides: dict | None = None,
+                     tokenizer_dir: str | Path | None = None, generator_dir: str | Path | None = None) -> dict:
     """Write `out/tokenizer` (from `vae`, else the generator file's `vae.*`) and, with `generator`,
-    `out/generator`. `weights` selects the generator file's entry (auto: 'ema' if present, else 'model');
+    `out/generator` (`tokenizer_dir` / `generator_dir` replace those folders: the DAG's layout). `weights` selects the generator file's entry (auto: 'ema' if present, else 'model');
     `vae` is read with auto. Returns a summary dict. Raises UserError (one line naming the file) on bad input."""
     if generator is None and vae is None:
         raise UserError("convert official: give --generator and/or --vae")
-    out = Path(out)
+    assert out is not None or (tokenizer_dir is not None and (generator is None or generator_dir is not None)), \
+        "give `out` or the export folders (tokenizer_dir, and generator_dir with a generator)"
+    out = Path(out) if out is not None else None
     summary: dict = {}
     vae_state = vae_source = None
     epochs = 0
@@ -183,18 +186,18 @@ def convert_official(out: str | Path, generator: str | Path | None = None, vae: 
         summary["generator_source"], summary["generator_epochs"] = source, gen_epochs
     tok = import_tokenizer(vae_state, vae_source, tokenizer_preset, tokenizer_overrides or {})
     radius = float(math.sqrt(tok.arch.latent_dim))  # official latents live on the sphere of radius sqrt(d)
-    tok_dir = out / "tokenizer"
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else out / "tokenizer"
     tok_meta = {"kind": "tokenizer", "preset": tokenizer_preset,
                 "overrides": {**OFFICIAL_OVERRIDES, **(tokenizer_overrides or {})}, "posterior": "spherical",
                 "radius": radius, "step": epochs, "params": count_params(tok), "source": vae_source}
     export_model(tok_dir, tok, tok_meta)
-    summary["tokenizer_dir"] = str(tok_dir)
+    summary["tokenizer_dir"], summary["tokenizer_epochs"] = str(tok_dir), epochs
     if gen_model is not None:
         if (tok.arch.latent_dim, tok.arch.grid_size) != (gen_model.arch.token_dim, gen_model.arch.grid_size):
             raise UserError(f"{generator}: generator tokens (d={gen_model.arch.token_dim}, grid "
                             f"{gen_model.arch.grid_size}) do not fit the tokenizer ({tok.arch.latent_dim}, "
                             f"{tok.arch.grid_size})")
-        gen_dir = out / "generator"
+        gen_dir = Path(generator_dir) if generator_dir is not None else out / "generator"
         gen_meta = {"kind": "generator", "preset": preset,
                     "overrides": {**OFFICIAL_OVERRIDES, **(generator_overrides or {})}, "posterior": "spherical",
                     "radius": radius, "tokenizer_dir": str(tok_dir), "step": summary["generator_epochs"],
