@@ -144,8 +144,9 @@ def convert_official(out: str | Path | None, generator: str | Path | None = None
                      tokenizer_overrides: dict | None = None, generator_overrides: dict | None = None,
                      tokenizer_dir: str | Path | None = None, generator_dir: str | Path | None = None) -> dict:
     """Write `out/tokenizer` (from `vae`, else the generator file's `vae.*`) and, with `generator`,
-    `out/generator` (`tokenizer_dir` / `generator_dir` replace those folders: the DAG's layout). `weights` selects the generator file's entry (auto: 'ema' if present, else 'model');
-    `vae` is read with auto. Returns a summary dict. Raises UserError (one line naming the file) on bad input."""
+    `out/generator` (`tokenizer_dir` / `generator_dir` replace those folders: the DAG's layout).
+    `weights` selects the generator file's entry (auto: 'ema' if present, else 'model'); `vae` is read
+    with auto. Returns a summary dict. Raises UserError (one line naming the file) on bad input."""
     if generator is None and vae is None:
         raise UserError("convert official: give --generator and/or --vae")
     assert out is not None or (tokenizer_dir is not None and (generator is None or generator_dir is not None)), \

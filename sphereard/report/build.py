@@ -48,7 +48,7 @@ def report_text(params: Params, inp: Inputs, fig_dir: Path) -> str:
             "from the stage outputs named in the text (a value from `params.yaml` is called a setting).", ""]
     first = section_run(params, inp) + [""] + section_data(inp, fig_dir.parent) + [""]
     body = []
-    for section in (section_recon(inp), section_generation(inp), section_sweep(inp, fig_dir),
+    for section in (section_recon(inp), section_generation(params, inp), section_sweep(inp, fig_dir),
                     section_norms(inp, fig_dir), section_grids(inp), section_timing(inp),
                     section_findings(params, inp)):
         body += section + [""]

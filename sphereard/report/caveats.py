@@ -23,7 +23,15 @@ def caveats(params: Params, inp) -> list[str]:
     budget = (f"tokenizers trained {tok_steps} steps (batch {tok.batch_size}), generators {gen_steps} steps (batch "
               f"{gen.batch_size}) on {params.data.source} {params.data.image_size}x{params.data.image_size}, "
               f"sampled on {devices}")
-    out = [f"Small budget: {budget}. The paper trains for hundreds of epochs on ImageNet 256x256; these numbers "
+    if inp.any_imported():
+        epochs = collapse({p: (i or {}).get("epochs") for p, i in inp.info["generator"].items()})
+        budget = (f"weights imported, trained by the authors ({epochs} epochs recorded in the generator checkpoint), "
+                  f"sampled on {devices}")
+    out = [f"Imported weights: {budget}. Every score below measures the released model under this run's "
+           "settings; only a run with the paper's protocol (50,000 samples, ADM reference batch, standard "
+           "Inception weights) is comparable with the paper's FID."
+           if inp.any_imported() else
+           f"Small budget: {budget}. The paper trains for hundreds of epochs on ImageNet 256x256; these numbers "
            "test the pipeline and the relative behaviour at this budget, not the paper's results."
            if params.data.source != IMAGENET else f"Budget: {budget}; check it against the paper's training length "
            "before comparing."]
@@ -35,15 +43,17 @@ def caveats(params: Params, inp) -> list[str]:
     out += [f"Sample sizes: generation metrics from {', '.join(map(fmt, samples)) or MISSING_COUNT} samples per "
             f"tokenizer against {counted(inp.info['evaluation'], 'reference_images')} real images; Frechet distances "
             "are biased upward at small N, so compare only numbers computed with the same N.",
-            f"Single seed (seed={params.seed}, sampling.seed={params.sampling.seed}) and one training run per "
-            f"tokenizer for the main tables: a difference beyond the {REL_TOL:.0%} tolerance may still be noise.",
-            "`is_classifier` is an Inception-Score analogue on the in-project classifier's logits, not the IS."]
+            f"Single seed (seed={params.seed}, sampling.seed={params.sampling.seed}) and one "
+            f"{'imported model' if inp.any_imported() else 'training run'} per tokenizer for the main tables: a "
+            f"difference beyond the {REL_TOL:.0%} tolerance may still be noise."]
+    if "classifier" in params.evaluation.extractors:
+        out.append("`is_classifier` is an Inception-Score analogue on the in-project classifier's logits, not the IS.")
     if inp.classes is not None and len(inp.classes) and inp.classes["train"].min() > 0 and \
             inp.classes["train"].max() / inp.classes["train"].min() > IMBALANCE_RATIO:
         out.append("Class mix: sampling draws the same number of images per class, while the real reference "
                    "images are drawn from the imbalanced train split, so `fd_*`, `kid_*`, precision and recall "
                    "also measure that class-mix mismatch.")
-    if has_fid:
+    if has_fid and not (inp.any_imported() and params.data.source == IMAGENET):
         out.append("`fid_inception` uses the standard FID Inception weights, but on this dataset and sample "
                    "count; it is still not the paper's 50k-sample ImageNet FID.")
     if inp.sweep is not None:

@@ -2,11 +2,13 @@
 
 Required, per posterior in `tokenizer.posteriors` (a missing one is a UserError naming it, unless
 `required=False`, as in the notebook, which then lists it with the absent ones): the metrics files of
-tokenizer, generator and evaluation. Optional (listed in `Inputs.absent` when missing): every info
-file (counts and settings), the sampling and classifier metrics, `data.out/manifest.json` (classes,
-images per class), the latent cache meta (images cached), the tokenizer export meta (R), the sample
-overview grid, the reconstructions grid, evaluate's norm_trajectory / error_split CSV + PNG, and the
-sweep's results.csv (else summary.csv). Paths in params are relative to `root`.
+tokenizer, generator and evaluation; for imported models (the pretrained DAG: the tokenizer export's
+`model.json` has a `source`) only evaluation's, since nothing was trained. Optional (listed in
+`Inputs.absent` when missing): every info file (counts and settings), the sampling and classifier
+metrics (no classifier for imported models), `data.out/manifest.json` (classes, images per class),
+the latent cache meta (images cached), the tokenizer export meta (R), the sample overview grid, the
+reconstructions grid, evaluate's norm_trajectory / error_split CSV + PNG, and the sweep's results.csv
+(else summary.csv). Paths in params are relative to `root`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sphereard.errors import UserError
 from sphereard.export import META_FILE as EXPORT_META
 from sphereard.latents import meta_path as latent_meta_path
 from sphereard.layout import (
+    TRAINED_BLOCKS,
     evaluation_file,
     export_dir,
     info_file,
@@ -125,6 +128,10 @@ class Inputs:
     sweep: pd.DataFrame | None  # sweep summary (`sphereard.report.sweep`)
     sweep_note: str
     absent: list[str] = field(default_factory=list)
+    imported: dict[str, bool] = field(default_factory=dict)  # posterior -> weights imported, not trained
+
+    def any_imported(self) -> bool:
+        return any(self.imported.values())
 
     def get(self, kind: str, block: str, p: str, key: str, default=None):
         """inp.metrics / inp.info [block][p][key], None-safe."""
@@ -153,19 +160,26 @@ def load_inputs(params: Params, root: Path = Path("."), required: bool = True) -
     a missing required metrics file is listed in `absent` (its entry None) instead of a UserError."""
     root, posteriors, absent, files = Path(root), list(params.tokenizer.posteriors), [], {}
 
+    exports = {p: read_optional(root / export_dir(params, "tokenizer", p) / EXPORT_META, absent) for p in posteriors}
+    imported = {p: bool((exports[p] or {}).get("source")) for p in posteriors}
+
     def required_metrics(block: str, stage: str, p: str) -> dict | None:
         path = root / metrics_file(params, block, p)
-        return read_json(path, f"{stage}@{p}") if required else read_optional(path, absent)
+        if required and not (imported[p] and block in TRAINED_BLOCKS):
+            return read_json(path, f"{stage}@{p}")
+        return read_optional(path, absent) if not imported[p] else (read_json(path) or {})  # {}: nothing trained
 
     metrics = {block: {p: required_metrics(block, stage, p) for p in posteriors} for block, stage in REQUIRED.items()}
     metrics.update({block: {p: read_optional(root / metrics_file(params, block, p), absent) for p in posteriors}
                     for block in OPTIONAL})
     info = {block: {p: read_optional(root / info_file(params, block, p), absent) for p in posteriors}
             for block in INFO_BLOCKS}
-    latents = {p: read_optional(latent_meta_path(root / latent_cache_dir(params, p)), absent) for p in posteriors}
-    exports = {p: read_optional(root / export_dir(params, "tokenizer", p) / EXPORT_META, absent) for p in posteriors}
+    latents = {p: None if imported[p] else read_optional(latent_meta_path(root / latent_cache_dir(params, p)), absent)
+               for p in posteriors}
     for p in posteriors:
         found = optional_paths(params, p, root)
+        if imported[p]:  # no train_vae: no reconstructions grid
+            found.pop("reconstructions")
         absent += [str(path) for path in found.values() if not path.is_file()]
         files[p] = {k: path for k, path in found.items() if path.is_file()}
     frames = {key: {} for key in CSV_COLUMNS}
@@ -173,12 +187,14 @@ def load_inputs(params: Params, root: Path = Path("."), required: bool = True) -
         for key, columns in CSV_COLUMNS.items():
             if key in found and (frame := read_csv(found[key], columns, absent)) is not None:
                 frames[key][p] = frame
-    classifier = read_optional(root / metrics_file(params, "classifier"), absent)
-    classifier_info = read_optional(root / info_file(params, "classifier"), absent)
+    classifier = classifier_info = None
+    if not any(imported.values()):  # the pretrained DAG trains no classifier
+        classifier = read_optional(root / metrics_file(params, "classifier"), absent)
+        classifier_info = read_optional(root / info_file(params, "classifier"), absent)
     manifest, classes = read_data(root / params.data.out, absent)
     sweep, note = load_sweep(root / sweep_dir(params)) if params.sweep.enabled else (None, SWEEP_DISABLED)
     return Inputs(posteriors, metrics, info, files, frames, classifier, classifier_info, manifest, classes, latents,
-                  exports, sweep, note, absent)
+                  exports, sweep, note, absent, imported)
 
 
 def records_frame(records: dict[str, dict | None]) -> pd.DataFrame:

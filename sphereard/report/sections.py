@@ -19,6 +19,7 @@ from sphereard.eval.names import LPIPS_KEY
 from sphereard.latents import META_FILE as LATENT_META
 from sphereard.report.compare import CONFIDENCE
 from sphereard.report.figures import plot_norm_overview, plot_split_overview
+from sphereard.report.imported import imported_rows, paper_line
 from sphereard.report.inputs import Inputs
 from sphereard.report.keys import generation_keys, norm_devs, recon_fd_keys
 from sphereard.report.sweep import fixed_settings, sweep_metrics, sweep_table
@@ -107,6 +108,9 @@ def section_run(params: Params, inp: Inputs) -> list[str]:
             ("report machine", machine()),
             ("git commit", git_commit(".") or "unknown"),
             ("generated", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))]
+    if inp.any_imported():  # the pretrained DAG: sources replace the training rows, no latent cache
+        replaced = dict(imported_rows(params, inp))
+        rows = [(k, replaced.get(k, v)) for k, v in rows if k != "latent cache"]
     return ["## What was run", "", md_table(["item", "value"], rows)]
 
 
@@ -136,14 +140,15 @@ def section_recon(inp: Inputs) -> list[str]:
                *[ev[p].get(f"recon_{k}") for k in rfd]]
         row += [tok[p].get(LPIPS_KEY, ev[p].get(f"recon_{LPIPS_KEY}"))] if lpips else []
         rows.append(row + [inp.get("info", "tokenizer", p, "eval_images")])
-    notes = ["", "PSNR / SSIM from `train_vae` on held-out images; `rfd_*` from `evaluate` in that extractor's "
+    source = "`evaluate` (imported tokenizer)" if inp.any_imported() else "`train_vae`"
+    notes = ["", f"PSNR / SSIM from {source} on held-out images; `rfd_*` from `evaluate` in that extractor's "
                  "feature space; `eval images` from the tokenizer info."]
     if not lpips:
         notes.append(f"`{LPIPS_KEY}` absent: LPIPS weights were not configured (`lpips_weights_path`).")
     return ["## Reconstruction (tokenizers)", "", md_table(header, rows), *notes]
 
 
-def section_generation(inp: Inputs) -> list[str]:
+def section_generation(params: Params, inp: Inputs) -> list[str]:
     ev = inp.metrics["evaluation"]
     keys = generation_keys(ev)
     rows = [[p, *[ev[p].get(k) for k in keys], inp.get("info", "evaluation", p, "num_samples"),
@@ -151,10 +156,12 @@ def section_generation(inp: Inputs) -> list[str]:
     acc = (f"in-project classifier `test_accuracy`: {fmt(inp.classifier['test_accuracy'])}"
            if inp.classifier and "test_accuracy" in inp.classifier else "classifier metrics absent")
     table = md_table(["tokenizer", *keys, "samples", "projection"], rows)
-    return ["## Generation (one generator per tokenizer)", "", table, "",
-            f"`samples` from the evaluation info, `projection` from the sampling info (settings in \"What was run\"); "
-            f"{acc}. `is_classifier` is an Inception-Score analogue computed from the in-project classifier's "
-            "logits, not the Inception Score."]
+    is_note = (" `is_classifier` is an Inception-Score analogue computed from the in-project classifier's logits, "
+               "not the Inception Score." if "classifier" in params.evaluation.extractors else "")
+    out = ["## Generation (one generator per tokenizer)", "", table, "",
+           f"`samples` from the evaluation info, `projection` from the sampling info (settings in \"What was run\"); "
+           f"{acc}.{is_note}"]
+    return out + (["", *paper_line(params, inp)] if inp.any_imported() else [])
 
 
 def section_sweep(inp: Inputs, fig_dir: Path) -> list[str]:
@@ -206,7 +213,8 @@ def section_norms(inp: Inputs, fig_dir: Path) -> list[str]:
 def section_grids(inp: Inputs) -> list[str]:
     out = ["## Samples and reconstructions", ""]
     for p in inp.posteriors:
-        for kind, key in (("samples", "overview"), ("reconstructions", "reconstructions")):
+        for kind, key in (("samples", "overview"), ("reconstructions", "reconstructions"))[:1 if inp.imported.get(p)
+                                                                                          else 2]:
             shown = f"![{p} {kind}]({FIGURES_DIR}/{kind}_{p}.png)" if key in inp.files[p] else "(absent)"
             out += [f"**{p}, {kind}** (" + ("one row per class, class name left of the row" if kind == "samples"
                                             else "top: inputs, bottom: reconstructions") + f"): {shown}", ""]
