@@ -11,10 +11,15 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast lint venv system-deps lock ui clean-outputs help
+.PHONY: demo pretrained test test-fast lint venv system-deps lock ui clean-outputs help
 
 demo: venv system-deps  ## run the whole DVC pipeline on params.yaml (default: Fashion-MNIST, CPU)
 	dvc repro
+
+# The authors' released weights through the pretrained DAG (pretrained/dvc.yaml; README "The paper's released
+# models"). PROFILE=imagenet256-official-{B,L,H} rewrites pretrained/params.yaml first; without it the file runs as is.
+pretrained: venv  ## import, sample and evaluate the released SphereAR weights (PROFILE=imagenet256-official-B|L|H)
+	$(if $(PROFILE),python -m sphereard.profiles apply $(PROFILE) --out pretrained/params.yaml &&) dvc repro pretrained/dvc.yaml
 
 test: venv system-deps  ## the whole test suite (slow end-to-end tests use the smoke profile)
 	python -m pytest -q

@@ -17,8 +17,8 @@ from sphereard.profiles import available_profiles, deep_merge, materialise, rend
 REPO = Path(__file__).resolve().parent.parent
 
 
-def with_change(path: str, value):
-    data = Params().model_dump()
+def with_change(path: str, value, data: dict | None = None):
+    data = Params().model_dump() if data is None else data
     *parents, leaf = path.split(".")
     node = data
     for key in parents:
@@ -291,3 +291,58 @@ def test_check_command_validates_a_file(tmp_path):
     assert proc.stderr.strip().splitlines() == ["error: sweep.seeds[1]=True: expected an integer"]
     ok = subprocess.run([sys.executable, "-m", "sphereard.config", "check"], cwd=REPO, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
+
+
+OFFICIAL_PROFILES = [n for n in available_profiles() if "official" in n]
+
+
+def test_official_profiles_follow_the_paper_protocol():
+    expected = {"imagenet256-official-B": ("SphereAR-B", 4.5), "imagenet256-official-L": ("SphereAR-L", 4.6),
+                "imagenet256-official-H": ("SphereAR-H", 4.5)}
+    for name, (preset, cfg) in expected.items():
+        p = parse_params(materialise(name))
+        assert (p.generator.preset, p.sampling.cfg_scale, p.sampling.cfg_schedule) == (preset, cfg, "linear")
+        assert (p.sampling.sampler, p.sampling.steps, p.sampling.final_step) == ("euler_maruyama", 100, 0.04)
+        assert (p.sampling.cfg_unit_weight, p.sampling.projection) == ("separate", "sphere")
+        assert p.sampling.num_per_class * 1000 == 50_000 and p.evaluation.extractors == ["inception"]
+        assert p.official.generator.endswith(f"SphereAR_{preset[-1]}.pt") and p.evaluation.adm_reference
+        assert p.tokenizer.overrides == p.generator.overrides == {"rope_patch_offset": 0.5}
+
+
+def _outputs(params: Params) -> list[Path]:
+    blocks = ("data", "tokenizer", "encode", "generator", "sampling", "classifier", "evaluation", "sweep")
+    return [Path(getattr(params, b).out) for b in blocks] + [Path(params.metrics_dir)]
+
+
+@pytest.mark.parametrize("official", OFFICIAL_PROFILES)
+def test_pretrained_outputs_never_overlap_the_training_dags(official):
+    """DVC refuses a project where two stages own one path or one output holds another (for every
+    command, both pipelines at once); and the root `report` depends on `metrics/`, so a pretrained output
+    there would pull the pretrained DAG into `make demo`."""
+    theirs = _outputs(parse_params(materialise(official)))
+    for name in [n for n in available_profiles() if "official" not in n]:
+        for a in _outputs(parse_params(materialise(name))):
+            for b in theirs:
+                assert not (a == b or a in b.parents or b in a.parents), f"{official} {b} vs {name} {a}"
+    assert all(p.parts[0] in ("outputs", "data", "pretrained") for p in theirs)
+
+
+def test_committed_pretrained_params_is_an_official_profile():
+    committed = yaml.safe_load((REPO / "pretrained/params.yaml").read_text())
+    assert committed == materialise(committed["profile"]) and committed["profile"] in OFFICIAL_PROFILES
+
+
+@pytest.mark.parametrize("path, value, expected", [
+    ("tokenizer.posteriors", ["spherical", "gaussian"], "tokenizer.posteriors=['spherical', 'gaussian']: must be"),
+    ("evaluation.extractors", ["inception", "classifier"], "evaluation.extractors=['inception', 'classifier']"),
+    ("sweep.enabled", True, "sweep.enabled=True: must be false when `official` is set"),
+    ("sampling.use_ema", False, "sampling.use_ema=False: must be true"),
+    ("evaluation.adm_reference", None, "evaluation.adm_reference=None: must name a local file"),
+    ("evaluation.extractors", ["effnet"], "evaluation.extractors=['effnet']: must hold 'inception'"),
+    ("official.weights", "best", "official.weights='best': must be one of"),
+])
+def test_official_rules_name_the_key(path, value, expected):
+    data = materialise("official-tiny")
+    with pytest.raises(UserError) as err:
+        parse_params(with_change(path, value, data))
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value)

@@ -338,3 +338,45 @@ def test_parity_with_the_official_code(official, tmp_path, monkeypatch, capsys):
     for name, value in figures.items():
         limit = SAMPLE_TOL if name.startswith("sampling") else TOL
         assert value <= limit, f"{name}: {value:.3g} > {limit}"
+
+
+# --- the pretrained DAG's import stage -------------------------------------------------------------
+
+def tiny_params(tmp_path: Path, **official):
+    from sphereard.config import parse_params
+    from sphereard.profiles import materialise
+
+    data = materialise("official-tiny")
+    for block in ("tokenizer", "generator"):
+        data[block]["out"] = str(tmp_path / block)
+    data["official"].update({k: str(v) for k, v in official.items()})
+    return parse_params(data)
+
+
+def test_import_stage_writes_the_dag_exports_and_info(tmp_path, models, generator_file):
+    from sphereard.convert.stage import import_to_layout
+    from sphereard.layout import export_dir, info_file
+
+    vae_file = fmt.save_official(tmp_path / "vae.pt", None, fmt.official_vae_state(models[0]),
+                                 fmt.run_args(vae_only=True))
+    params = tiny_params(tmp_path, generator=generator_file, vae=vae_file)
+    import_to_layout(params)
+    model, meta = load_generator(export_dir(params, "generator", "spherical"), posterior="spherical")
+    ema = models[1].state_dict()
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
+    load_tokenizer(export_dir(params, "tokenizer", "spherical"), posterior="spherical")
+    info = json.loads(info_file(params, "generator", "spherical").read_text())
+    assert info["imported"] and info["epochs"] == 7 and info["params"] == meta["params"]
+    assert info["vae_check"].startswith("the generator's vae.* equals")
+    tok_info = json.loads(info_file(params, "tokenizer", "spherical").read_text())
+    assert tok_info["file"] == str(vae_file) and len(tok_info["sha256"]) == 64
+
+
+def test_import_stage_names_a_missing_file_and_writes_nothing(tmp_path, generator_file):
+    from sphereard.convert.stage import import_to_layout
+    from sphereard.errors import UserError
+
+    params = tiny_params(tmp_path, generator=generator_file, vae=tmp_path / "absent.pt")
+    with pytest.raises(UserError, match=r"^official\.vae='.*absent\.pt': no such file"):
+        import_to_layout(params)
+    assert not (tmp_path / "tokenizer").exists() and not (tmp_path / "generator").exists()

@@ -99,7 +99,8 @@ def test_pretrained_dag_imports_samples_evaluates_and_reports(pretrained):
     ev = json.loads((clone / "pretrained/metrics/evaluation/spherical.json").read_text())
     assert np.isfinite(ev["fd_inception_unverified"]) and "fid_inception" not in ev
     report = (clone / "pretrained/reports/report.md").read_text()
-    assert "imported" in report and "SphereAR_tiny.pt" in report and "FID" not in report
+    assert "imported (not trained) from data/official-tiny/SphereAR_tiny.pt: 'ema'" in report
+    assert "fid_inception" not in report and "No published FID for generator preset 'fmnist-s'" in report
     assert subprocess.run(["git", "diff", "--quiet", "--", "reports", "metrics", "dvc.lock"], cwd=clone).returncode == 0
 
 
