@@ -15,7 +15,7 @@ from sphereard.profiles import available_profiles, materialise
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
-PAPER_PROFILES = [p for p in available_profiles() if p.startswith("imagenet256-")]
+PAPER_PROFILES = [p for p in available_profiles() if p.startswith("imagenet256-sphereAR-")]  # training on a cluster
 COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
                 "head_start_ray_commands", "worker_start_ray_commands")
 
