@@ -132,6 +132,11 @@ class TokenizerTrainConfig(TrainLoopConfig):
     lpips_weight: float = Field(1.0, ge=0, description="LPIPS-VGG loss (weights: the top-level lpips_weights_path)")
     disc_weight: float = Field(0.5, ge=0)
     disc_start: int = Field(20_000, ge=0)
+    export: Literal["raw", "ema"] = Field("raw", description=(
+        "weights the tokenizer export holds: raw (the optimised weights, as the official S-VAE) or ema"))
+    kappa_init: float | None = Field(None, gt=1, description=(
+        "spherical posterior only: initial concentration kappa, set through the bias of the kappa output "
+        "(kappa = softplus(raw) + 1); null = the official default-initialised layer"))
 
 
 class TokenizerConfig(StrictModel):

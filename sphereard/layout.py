@@ -35,6 +35,7 @@ INFO_FILE = "info.json"
 CKPT_DIR, MODEL_DIR = "ckpt", "model"
 SAMPLES_FILE, GRIDS_DIR, OVERVIEW_FILE = "samples.npz", "grids", "overview.png"
 RECONSTRUCTIONS_FILE = "reconstructions.png"
+HISTORY_FILE = "history.csv"
 EVALUATION_FILES = ("norm_trajectory.png", "norm_trajectory.csv", "error_split.png", "error_split.csv")
 REFERENCE_DIR, TRIALS_DIR = "reference", "trials"
 SWEEP_RESULTS_FILE, SWEEP_SUMMARY_FILE, SWEEP_FD_PLOT_FILE = "results.csv", "summary.csv", "fd_vs_cfg.csv"
@@ -87,6 +88,11 @@ def export_dir(params: Params, block: str, posterior: str) -> Path:
 def reconstructions_file(params: Params, posterior: str) -> Path:
     """`train_vae`'s input/reconstruction grid PNG."""
     return trained_dir(params, "tokenizer", posterior) / RECONSTRUCTIONS_FILE
+
+
+def history_file(params: Params, posterior: str) -> Path:
+    """`train_vae`'s logged training curves (CSV: step, kl, recon, posterior statistics, ...)."""
+    return trained_dir(params, "tokenizer", posterior) / HISTORY_FILE
 
 
 def latent_cache_dir(params: Params, posterior: str) -> Path:

@@ -23,6 +23,7 @@ from sphereard.profiles import materialise
 from sphereard.tokenizer.task import TokenizerTask
 from sphereard.train import LoopSpec, fit, load_latest
 from sphereard.train.guard import FiniteGuard, NonFiniteError
+from sphereard.train.loop import HISTORY_KEY
 from sphereard.train.sampler import endless_batches, make_loader
 
 IMAGES_PER_CLASS = 4  # per class and split: 40 train images -> 5 batches of 8 per epoch
@@ -49,8 +50,9 @@ def with_loop(params, block: str, **changes):
     return params.model_copy(update={block: cfg.model_copy(update={"train": train})})
 
 
-def run_split_and_straight(tmp_path, task_factory, loop):
-    """The same run twice: interrupted at STOPS then finished, and uninterrupted -> (split, straight)."""
+def run_split_and_straight(tmp_path, task_factory, loop, metas: dict | None = None):
+    """The same run twice: interrupted at STOPS then finished, and uninterrupted -> (split, straight)
+    states; their checkpoint metas go into `metas` when given."""
     states = {}
     for name in ("split", "straight"):
         spec = LoopSpec(task_factory=task_factory, loop=loop, ckpt_dir=str(tmp_path / name), seed=7)
@@ -61,6 +63,8 @@ def run_split_and_straight(tmp_path, task_factory, loop):
         ckpt = load_latest(spec.ckpt_dir)
         assert ckpt.step == STEPS
         states[name] = ckpt.states
+        if metas is not None:
+            metas[name] = ckpt.meta
     return states["split"], states["straight"]
 
 
@@ -102,10 +106,18 @@ def test_tokenizer_resume_is_bit_exact_with_posterior_samples_flips_and_discrimi
     """Also with a DataLoader worker process: its resumed epoch restarts mid-way, yet nothing drifts."""
     p = with_loop(params, "tokenizer", disc_start=2, disc_weight=0.5, lpips_weight=0.0,
                   num_loader_workers=loader_workers)
+    metas = {}
     split, straight = run_split_and_straight(tmp_path, functools.partial(TokenizerTask, p, "spherical"),
-                                             p.tokenizer.train)
+                                             p.tokenizer.train, metas)
     assert {"model", "ema", "optimizer", "disc", "disc_optimizer"} <= set(split)
     assert_bit_identical(split, straight, "tokenizer")
+    # the logged history rides in the checkpoints: a resumed run keeps every earlier row; windows
+    # that no stop cuts (steps 2, 6, 8, 10) are identical, a stop adds its own short window (3)
+    history = {name: {row["step"]: row for row in meta[HISTORY_KEY]} for name, meta in metas.items()}
+    assert list(history["straight"]) == [2, 4, 6, 8, 10] and list(history["split"]) == [2, 3, 4, 6, 8, 10]
+    for step in (2, 6, 8, 10):
+        assert history["split"][step] == history["straight"][step], step
+    assert {"train/kl", "train/recon", "train/kappa_mean", "train/cos_sample_mode"} <= set(history["split"][10])
 
 
 def write_two_view_cache(out_dir, rows=36, kappa=50.0):

@@ -24,7 +24,7 @@ from pipelines._cli import stage_main
 from sphereard.config import load_params
 from sphereard.data.sources import FASHION_MNIST_CLASSES
 from sphereard.errors import UserError
-from sphereard.layout import info_file, metrics_file
+from sphereard.layout import history_file, info_file, metrics_file
 from sphereard.profiles import render
 from sphereard.report.build import write_report
 from sphereard.report.compare import REL_TOL, compare, half_width
@@ -67,6 +67,23 @@ def write_manifest(root: Path, train=CLASS_TRAIN, names=FASHION_MNIST_CLASSES) -
         "num_classes": len(names), "splits": splits})
 
 
+CONVERGENCE = {"spherical": (0.0, 0.23), "gaussian_norm": (1.0, 0.01), "gaussian": (1.0, 0.02)}  # plateaued, kl change
+
+
+def fake_convergence(root: Path, params, p: str) -> None:
+    """train_vae's convergence metrics (added to its metrics file) and its history.csv."""
+    done, kl_change = CONVERGENCE[p]
+    path = root / metrics_file(params, "tokenizer", p)
+    metrics = json.loads(path.read_text())
+    metrics.update(plateaued=done, kl_final=3.0, kl_second_half_change=kl_change, recon_final=0.12,
+                   recon_second_half_change=0.03, cos_sample_mode_final=0.56,
+                   **({"kappa_mean_final": 19.1} if p == "spherical" else {"std_mean_final": 0.4}))
+    write_json(path, metrics)
+    steps = np.arange(10, 510, 10)
+    frame = pd.DataFrame({"step": steps, "kl": np.linspace(0.1, 3.0, 50), "recon": np.linspace(0.5, 0.12, 50)})
+    frame.to_csv(root / history_file(params, p), index=False)
+
+
 def fake_outputs(root: Path, numbers=NUMBERS, sweep=True, optional=True, extra_eval=None) -> None:
     """Stage outputs under `root` (the default profile's relative paths, `sphereard.layout` files)."""
     (root / "params.yaml").write_text(render("default"))
@@ -95,6 +112,7 @@ def fake_outputs(root: Path, numbers=NUMBERS, sweep=True, optional=True, extra_e
              "recon_images": 2000, "teacher_forced_images": 500})
         if not optional:
             continue
+        fake_convergence(root, params, p)
         results("sampling", p, {"images_per_s": 7.5, "tokens_per_s": 480.0, "generate_s": 100.0, "decode_s": 2.0,
                                 "norm_mean": 2.8, "norm_std": 0.1, "norm_min": 2.5, "norm_max": 3.1},
                 {"posterior": p, "device": "cpu", "precision": "fp32", "num_images": 1000, "num_classes": 10,
@@ -609,3 +627,15 @@ def test_kid_ranks_only_beyond_its_reported_std(tmp_path, monkeypatch):
     ev["b"]["kid_classifier"] = 0.030
     kid = next(line for line in generation_findings(inp) if line and "kid_classifier" in line)
     assert "**a**" in kid, kid
+
+
+def test_convergence_section_states_the_plateau_schedule_and_noise(root, monkeypatch):
+    md = make_report(root, monkeypatch)
+    table = table_with(md, "kl_second_half_change")
+    assert [table[p]["plateaued"] for p in POSTERIORS] == ["no", "yes", "yes"]
+    assert table["spherical"]["kl_second_half_change"] == "0.23" and table["spherical"]["kappa_mean_final"] == "19.1"
+    assert table["gaussian"]["kappa_mean_final"] == "n/a" and table["gaussian"]["std_mean_final"] == "0.4"
+    assert "Learning rate `cosine`" in md and "may partly be a small step size" in md
+    assert (root / "reports" / "figures" / "tokenizer_training.png").is_file()
+    for name in ("plateaued", "kl_second_half_change", "cos_sample_mode_final", "kappa_mean_final"):
+        assert f"- `{name}`: " in md, f"{name} has no definition"

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from sphereard.config import Params
+from sphereard.report.convergence import section_convergence
 from sphereard.report.definitions import definition_context, section_definitions
 from sphereard.report.findings import section_findings
 from sphereard.report.inputs import Inputs, load_inputs
@@ -48,10 +49,10 @@ def report_text(params: Params, inp: Inputs, fig_dir: Path) -> str:
             "from the stage outputs named in the text (a value from `params.yaml` is called a setting).", ""]
     first = section_run(params, inp) + [""] + section_data(inp, fig_dir.parent) + [""]
     body = []
-    for section in (section_recon(inp), section_generation(params, inp), section_sweep(inp, fig_dir),
-                    section_norms(inp, fig_dir), section_grids(inp), section_timing(inp),
+    for section in (section_convergence(params, inp, fig_dir), section_recon(inp), section_generation(params, inp),
+                    section_sweep(inp, fig_dir), section_norms(inp, fig_dir), section_grids(inp), section_timing(inp),
                     section_findings(params, inp)):
-        body += section + [""]
+        body += section + [""] if section else []
     if inp.absent:
         body += ["## Absent optional inputs", "", *[f"- `{a}`" for a in inp.absent], ""]
     context = definition_context(params, inp.info["evaluation"])

@@ -15,6 +15,7 @@ from sphereard.eval.diagnostics import DRIFT_TOL
 from sphereard.report.compare import COMPARISON_RULE
 from sphereard.report.keys import NORM_GENERIC, NORM_KEY
 from sphereard.report.tables import counted, fmt
+from sphereard.train.convergence import PLATEAU_TOL
 
 EXTRACTOR_MODEL = {"classifier": "the in-project classifier of `train_classifier`",
                    "effnet": "ImageNet EfficientNet-Lite0", "inception": "Inception-v3 with the standard FID weights",
@@ -55,6 +56,26 @@ DEFINITION_PATTERNS = (  # (name regex, text); {T} {ext} {layer}: the extractor;
                               "projection `<projection>` (none | sphere) at CFG scale w, "
                               "`evaluation.diagnostic_samples` = {ds} samples, {dsteps} sampler steps. It measures "
                               "drift of the *average* norm; above DRIFT_TOL = {drift} counts as drift."),
+    (r"plateaued", "train_vae's convergence verdict: yes when the smoothed KL and reconstruction-loss curves "
+                   "each changed by less than {plateau} of their final value over the second half of training "
+                   "(`<curve>_second_half_change`; sphereard/train/convergence.py)."),
+    (r"(kl|recon)_second_half_change", "largest |s(t) - s(T)| / |s(T)| over the logged steps t in the second half "
+                                       "of training, s = the training curve (window means every `log_every` "
+                                       "steps) smoothed by a trailing moving average over 10% of its points, "
+                                       "T = the last step; below {plateau} counts as a plateau."),
+    (r"kl_final", "KL divergence of the posterior to the prior in nats per token (averaged over tokens, summed "
+                  "over dimensions), smoothed training value at the last step."),
+    (r"recon_final", "reconstruction loss (`tokenizer.train.recon_loss`, on [-1, 1] pixels) of posterior-sample "
+                     "decodes, smoothed training value at the last step."),
+    (r"kappa_(mean|p05|p95)_final", "spherical posterior: concentration kappa of the Power Spherical posterior over "
+                                    "a training batch's tokens (mean, 5th or 95th percentile), smoothed value at "
+                                    "the last step; higher = less posterior noise."),
+    (r"cos_sample_mode_final", "mean cosine between a posterior sample and the posterior mode of the same token, "
+                               "over a training batch, smoothed value at the last step: 1 = the generator sees "
+                               "the mode, near 0 = mostly posterior noise."),
+    (r"std_(mean|min_dim|max_dim)_final", "Gaussian posteriors: posterior std per latent dimension (mean over a "
+                                          "batch's tokens), then its mean over dimensions or the smallest / "
+                                          "largest dimension's; smoothed value at the last step."),
     (r"norm_rel_dev_max", "sweep trial: max over token positions k of |mean_n ||z_nk|| - R| / R (the formula of `"
                           + NORM_GENERIC + "` at the trial's settings, `sweep.num_per_class` samples per class): "
                           "drift of the *average* norm."),
@@ -103,7 +124,8 @@ def definition_context(params, eval_infos: dict) -> dict:
     ev = params.evaluation
     return {"num_real": counted(eval_infos, "reference_images"), "kid": fmt(ev.kid_subset_size),
             "k": fmt(ev.pr_neighbours), "ds": fmt(ev.diagnostic_samples), "dsteps": fmt(ev.diagnostic_steps),
-            "tf": counted(eval_infos, "teacher_forced_images"), "drift": f"{DRIFT_TOL:.0%}"}
+            "tf": counted(eval_infos, "teacher_forced_images"), "drift": f"{DRIFT_TOL:.0%}",
+            "plateau": f"{PLATEAU_TOL:.0%}"}
 
 
 def canonical(name: str) -> str:

@@ -30,6 +30,7 @@ from sphereard.layout import (
     TRAINED_BLOCKS,
     evaluation_file,
     export_dir,
+    history_file,
     info_file,
     latent_cache_dir,
     metrics_file,
@@ -148,7 +149,7 @@ class Inputs:
 
 def optional_paths(params: Params, p: str, root: Path = Path(".")) -> dict[str, Path]:
     """The optional figures and CSVs of posterior p, by the names the report uses for them."""
-    return {"reconstructions": root / reconstructions_file(params, p),
+    return {"reconstructions": root / reconstructions_file(params, p), "history": root / history_file(params, p),
             "overview": root / overview_file(params, p),
             **{key: root / evaluation_file(params, p, name) for key, name in (
                 ("norm_csv", "norm_trajectory.csv"), ("norm_png", "norm_trajectory.png"),
@@ -178,8 +179,9 @@ def load_inputs(params: Params, root: Path = Path("."), required: bool = True) -
                for p in posteriors}
     for p in posteriors:
         found = optional_paths(params, p, root)
-        if imported[p]:  # no train_vae: no reconstructions grid
+        if imported[p]:  # no train_vae: no reconstructions grid, no training history
             found.pop("reconstructions")
+            found.pop("history")
         absent += [str(path) for path in found.values() if not path.is_file()]
         files[p] = {k: path for k, path in found.items() if path.is_file()}
     frames = {key: {} for key in CSV_COLUMNS}

@@ -33,6 +33,7 @@ from sphereard.errors import UserError
 from sphereard.geometry import project_to_sphere
 
 KAPPA_MIN = 1.0  # kappa = softplus(raw) + 1 (paper / official S-VAE)
+STAT_QUANTILES = (0.05, 0.95)  # the kappa percentiles logged during training
 
 
 def default_radius(latent_dim: int) -> float:
@@ -72,6 +73,15 @@ class Posterior:
         """Channels of moments that are unbounded positive scales (kappa): the latent cache stores their
         log, which no float16 column overflows (kappa > 65504 would become inf). None by default."""
         return ()
+
+    def stats(self, moments: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Convergence statistics of a batch (scalars, detached): `cos_sample_mode`, the mean cosine
+        between each sample z (B, L, d) and its posterior mode: 1 = no posterior noise, ~0 = noise
+        only; the subclasses add their concentration / scale summaries (issue 15: KL alone does not
+        say how noisy the tokens the generator learns are)."""
+        with torch.no_grad():
+            cos = F.cosine_similarity(z.float(), self.mode(moments).float(), dim=-1)  # (B, L)
+        return {"cos_sample_mode": cos.mean()}
 
     def _check(self, moments: torch.Tensor) -> None:
         assert moments.shape[-1] == self.moments_dim, (
@@ -115,6 +125,26 @@ class SphericalPosterior(Posterior):
         prior = HypersphericalUniform(self.latent_dim, device=moments.device, dtype=moments.dtype)
         return kl_divergence(self.distribution(moments), prior).mean(dim=-1)  # (B, L) -> (B,)
 
+    def stats(self, moments: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """+ concentration kappa over the batch's tokens: mean, 5th and 95th percentiles."""
+        kappa = self.split(moments.detach())[1].float().flatten()  # (B*L,)
+        low, high = torch.quantile(kappa, torch.tensor(STAT_QUANTILES, device=kappa.device))
+        return {**super().stats(moments, z), "kappa_mean": kappa.mean(), "kappa_p05": low, "kappa_p95": high}
+
+
+def concentration_bias(kappa: float) -> float:
+    """The raw pre-activation b with softplus(b) + KAPPA_MIN = kappa (kappa > KAPPA_MIN): the bias
+    that makes a zero-input spherical head start at concentration kappa (`tokenizer.train.kappa_init`)."""
+    assert kappa > KAPPA_MIN, f"kappa must exceed {KAPPA_MIN} (kappa = softplus(raw) + {KAPPA_MIN})"
+    y = kappa - KAPPA_MIN
+    return y + math.log(-math.expm1(-y))  # log(exp(y) - 1), stable for large y
+
+
+@torch.no_grad()
+def init_concentration(to_moments: torch.nn.Linear, kappa: float) -> None:
+    """Set the bias of the kappa channel (the last output) of a spherical head's moments layer."""
+    to_moments.bias[-1] = concentration_bias(kappa)
+
 
 class GaussianPosterior(Posterior):
     """Diagonal Gaussian posterior, KL to N(0, I), no normalisation (the unconstrained baseline)."""
@@ -147,6 +177,14 @@ class GaussianPosterior(Posterior):
 
     def kl(self, moments: torch.Tensor) -> torch.Tensor:
         return self.distribution(moments).kl_to_standard_normal().mean(dim=-1)  # (B, L) -> (B,)
+
+    def stats(self, moments: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """+ the posterior std per latent dimension (mean over the batch's tokens): its mean over the
+        d dimensions, and the smallest and largest dimension's."""
+        std = torch.exp(0.5 * self.split(moments.detach())[1].float())  # (B, L, d)
+        per_dim = std.reshape(-1, std.shape[-1]).mean(0)  # (d,)
+        return {**super().stats(moments, z), "std_mean": per_dim.mean(), "std_min_dim": per_dim.min(),
+                "std_max_dim": per_dim.max()}
 
 
 class GaussianNormPosterior(GaussianPosterior):

@@ -21,6 +21,7 @@ from sphereard.tokenizer.losses import (
     load_lpips,
     reconstruction_loss,
 )
+from sphereard.tokenizer.posterior import init_concentration
 from sphereard.tokenizer.vae import create_tokenizer
 from sphereard.train import StepContext, TrainTask, build_ema, build_optimizer, build_scheduler, optimizer_step
 from sphereard.train.checkpoint import load_optimizer_state, load_training_states, require_state, training_states
@@ -52,6 +53,8 @@ class TokenizerTask(TrainTask):
         self.ctx = ctx
         with torch.device(ctx.device):
             self.vae = create_tokenizer(tok.preset, posterior=self.posterior, radius=tok.radius, **tok.overrides)
+        if self.cfg.kappa_init is not None and self.posterior == "spherical":  # Gaussian heads: no kappa
+            init_concentration(self.vae.to_moments, self.cfg.kappa_init)
         self.model = ctx.prepare_model(self.vae)
         self.opt = build_optimizer(self.vae.named_parameters(), ctx.optim, NO_DECAY_PATTERNS)
         self.sched = build_scheduler(self.opt, ctx.optim, ctx.total_steps)
@@ -77,7 +80,8 @@ class TokenizerTask(TrainTask):
             recon = reconstruction_loss(out["recon"], x, self.cfg.recon_loss)
             kl = out["kl"].mean()
             loss = recon + self.cfg.kl_weight * kl
-            metrics = {"recon": recon.detach(), "kl": kl.detach()}
+            metrics = {"recon": recon.detach(), "kl": kl.detach(),
+                       **self.vae.posterior.stats(out["moments"], out["z"])}  # kappa / std, cos(sample, mode)
             if self.lpips is not None:
                 perceptual = self.lpips(out["recon"], x).mean()
                 loss = loss + self.cfg.lpips_weight * perceptual

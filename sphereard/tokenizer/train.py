@@ -12,37 +12,48 @@ import logging
 import time
 
 import numpy as np
+import pandas as pd
 import torch
 
 from sphereard.config import Params, absolute_paths
 from sphereard.data import images_as_uint8, manifest_path
 from sphereard.eval.reconstruction import reconstruction_metrics
 from sphereard.export import read_meta
-from sphereard.layout import checkpoint_dir, export_dir, reconstructions_file, write_results
+from sphereard.layout import checkpoint_dir, export_dir, history_file, reconstructions_file, write_results
 from sphereard.tokenizer.inference import reconstruct
 from sphereard.tokenizer.losses import load_lpips
 from sphereard.tokenizer.task import TokenizerTask, tokenizer_meta
 from sphereard.tokenizer.vae import create_tokenizer
 from sphereard.tracking import image_grid, start_run
 from sphereard.train import LoopSpec, fit, load_latest
+from sphereard.train.checkpoint import latest_meta
+from sphereard.train.convergence import convergence_summary, plateaued
 from sphereard.train.export import export_ema
+from sphereard.train.loop import HISTORY_KEY, TRAIN_PREFIX
 from sphereard.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 GRID_IMAGES = 32
+# the curves whose smoothed final value goes into the metrics file: the losses and the posterior's
+# statistics (`Posterior.stats`: noise of the tokens the generator will learn)
+CONVERGENCE_METRICS = ("kl", "recon", "cos_sample_mode", "kappa_mean", "kappa_p05", "kappa_p95", "std_mean",
+                       "std_min_dim", "std_max_dim")
 EVAL_BATCH = 250
 
 
 def export_tokenizer(params: Params, posterior: str, run_id: str | None):
-    """Rebuild the tokenizer from its last checkpoint's EMA weights and export it -> the model (eval).
+    """Rebuild the tokenizer from its last checkpoint's raw or EMA weights (`tokenizer.train.export`) and
+    export it -> the model (eval).
 
     Raises UserError naming the checkpoint folder when there is no usable checkpoint."""
     tok = params.tokenizer
     vae, _ = export_ema(
         checkpoint_dir(params, "tokenizer", posterior), export_dir(params, "tokenizer", posterior),
         lambda: create_tokenizer(tok.preset, posterior=posterior, radius=tok.radius, **tok.overrides),
-        lambda vae, step: {**tokenizer_meta(params, posterior, vae.radius), "step": step, "mlflow_run_id": run_id})
+        lambda vae, step: {**tokenizer_meta(params, posterior, vae.radius), "step": step, "mlflow_run_id": run_id,
+                           "weights": tok.train.export},
+        weights=tok.train.export)
     return vae
 
 
@@ -61,6 +72,21 @@ def evaluate_reconstruction(params: Params, vae, posterior: str, run) -> tuple[d
         image_grid(pair.permute(0, 3, 1, 2).float(), nrow=GRID_IMAGES // 2, value_range=(0, 255)).save(tmp)
     run.log_artifact(grid)
     return metrics, len(real)
+
+
+def write_history(params: Params, posterior: str) -> dict[str, float]:
+    """The logged training curves of the last checkpoint -> `history.csv` next to the export (step and
+    one column per metric: kl, recon, the posterior statistics, ...) and their convergence summary
+    (`sphereard.train.convergence`): the smoothed final values of CONVERGENCE_METRICS, the second-half
+    change of kl and recon, and `plateaued` (1.0 when both changed by less than PLATEAU_TOL)."""
+    history = (latest_meta(checkpoint_dir(params, "tokenizer", posterior)) or {}).get(HISTORY_KEY, [])
+    frame = pd.DataFrame(history).rename(columns=lambda c: c.removeprefix(TRAIN_PREFIX))
+    with atomic_path(history_file(params, posterior)) as tmp:
+        frame.to_csv(tmp, index=False)
+    summary = convergence_summary(history)
+    kept = {k: v for k, v in summary.items() if k.removesuffix("_final") in CONVERGENCE_METRICS
+            or k.endswith("_second_half_change")}
+    return {**kept, "plateaued": float(plateaued(summary))}
 
 
 def fit_tokenizer(params: Params, posterior: str, run, run_name: str, stop_after: int | None = None,
@@ -91,6 +117,7 @@ def train_and_export(params: Params, posterior: str, stop_after: int | None = No
             return
         vae = export_tokenizer(params, posterior, run.run_id)
         metrics, eval_images = evaluate_reconstruction(params, vae, posterior, run)
+        metrics.update(write_history(params, posterior))
         run.log_metrics({f"recon/{k}": v for k, v in metrics.items()}, step=params.tokenizer.train.steps)
         step = read_meta(export_dir(params, "tokenizer", posterior))["step"]
         write_results(params, "tokenizer", posterior, metrics,

@@ -3,7 +3,9 @@
 On every worker: device from Ray, DDP through `ray.train.torch.prepare_model` (gloo on CPU, NCCL
 on GPU), this worker's shard of the task's dataset (endless, resumable: `sampler.py`), bf16
 autocast when precision resolves to bf16, resume from the latest checkpoint in `spec.ckpt_dir`.
-Rank 0 writes checkpoints, logs metrics (means over the window and the workers) and media.
+Rank 0 writes checkpoints, logs metrics (means over the window and the workers) and media; every
+checkpoint's meta carries the logged `train/*` history up to its step (`HISTORY_KEY`), so a resumed
+run keeps it and the stages can judge convergence without the tracking server.
 
 Resume is bit-exact, at any step (mid-epoch included): the data order is a function of the step
 (`sampler.py`), the loader never draws from torch's global RNG, and after the batch is fetched the
@@ -47,6 +49,8 @@ from sphereard.utils.io import read_json_object, require_fields
 log = logging.getLogger(__name__)
 
 RAY_POINTER_FILE = "pointer.json"
+TRAIN_PREFIX = "train/"  # the task's step metrics, as logged (window means)
+HISTORY_KEY = "history"  # checkpoint meta: [{"step", "train/<metric>": mean over the log window}, ...]
 RESUME_DETAIL_CHARS = 300  # of a library error quoted in a resume failure
 PROGRESS_MIN_INTERVAL_S = 5.0
 
@@ -163,7 +167,7 @@ class MetricWindow:
         if world_size > 1:
             dist.all_reduce(vec)  # SUM over workers
         vec = vec.cpu()
-        out = {f"train/{k}": float(v) / (self.steps * world_size) for k, v in zip(keys, vec[:-1], strict=True)}
+        out = {f"{TRAIN_PREFIX}{k}": float(v) / (self.steps * world_size) for k, v in zip(keys, vec[:-1], strict=True)}
         out["perf/items_per_s"] = float(vec[-1]) / max(time.perf_counter() - self.start, 1e-9)
         return out
 
@@ -198,10 +202,12 @@ def _data_order(spec: LoopSpec, ctx: StepContext) -> dict:
     return {"seed": spec.seed, "world_size": ctx.world_size, "batch_size": spec.loop.batch_size}
 
 
-def _checkpoint(spec: LoopSpec, task: TrainTask, ctx: StepContext, step: int, metrics: dict) -> None:
-    """Rank 0 saves to spec.ckpt_dir (others wait in the report barrier)."""
+def _checkpoint(spec: LoopSpec, task: TrainTask, ctx: StepContext, step: int, metrics: dict,
+                history: list[dict]) -> None:
+    """Rank 0 saves to spec.ckpt_dir (others wait in the report barrier), with the logged history."""
     if ctx.is_main:
-        meta = {**_data_order(spec, ctx), "config": spec.config_snapshot, "fingerprint": spec.fingerprint}
+        meta = {**_data_order(spec, ctx), "config": spec.config_snapshot, "fingerprint": spec.fingerprint,
+                HISTORY_KEY: history}
         save_checkpoint(spec.ckpt_dir, step, task.state_dicts(), meta, keep=spec.keep_checkpoints)
     _report(spec, ctx, step, metrics)
 
@@ -224,8 +230,9 @@ def _error_detail(err: BaseException) -> str:
     return text if len(text) <= RESUME_DETAIL_CHARS else text[:RESUME_DETAIL_CHARS] + "..."
 
 
-def _resume(spec: LoopSpec, task: TrainTask, ctx: StepContext) -> int:
-    """Load the latest checkpoint (if any) into the task; returns the step to start from.
+def _resume(spec: LoopSpec, task: TrainTask, ctx: StepContext) -> tuple[int, list[dict]]:
+    """Load the latest checkpoint (if any) into the task; returns the step to start from and the
+    logged history up to it (`HISTORY_KEY` of the checkpoint meta).
 
     Raises UserError naming the checkpoint (its step dir) when it is unreadable (`load_latest`) or
     does not fit the task's models and optimizers: the task's own UserError (e.g. "state 'model':
@@ -238,7 +245,7 @@ def _resume(spec: LoopSpec, task: TrainTask, ctx: StepContext) -> int:
         log.warning("Ray restarted the workers (last reported step %s); resuming from %s at step %s",
                     reported, spec.ckpt_dir, None if ckpt is None else ckpt.step)
     if ckpt is None:
-        return 0
+        return 0, []
     for key, now in _data_order(spec, ctx).items():
         if ckpt.meta.get(key) != now:
             log.warning("%s: saved with %s=%s, now %s: data order differs from an uninterrupted run",
@@ -251,7 +258,7 @@ def _resume(spec: LoopSpec, task: TrainTask, ctx: StepContext) -> int:
     except (RuntimeError, KeyError, ValueError, TypeError) as err:
         raise UserError(f"{ckpt.path}: does not fit the current model ({_error_detail(err)}); {start_over}") from None
     log.info("resumed from %s at step %d", ckpt.path, ckpt.step)
-    return ckpt.step
+    return ckpt.step, [row for row in ckpt.meta.get(HISTORY_KEY, []) if row["step"] <= ckpt.step]
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -272,7 +279,7 @@ def train_loop_per_worker(config: dict) -> None:
     dataset = task.dataset()
     torch.manual_seed(spec.seed)  # identical initial weights on every worker
     task.build(ctx)
-    start = _resume(spec, task, ctx)
+    start, history = _resume(spec, task, ctx)
     end = loop.steps if spec.stop_after is None else min(loop.steps, start + spec.stop_after)
     if start >= end:
         _report(spec, ctx, start, {})
@@ -284,15 +291,16 @@ def train_loop_per_worker(config: dict) -> None:
              start, end, batches_per_epoch)
     progress = tqdm(total=loop.steps, initial=start, disable=rank != 0, mininterval=PROGRESS_MIN_INTERVAL_S)
     try:
-        _run_steps(spec, task, ctx, batches, start, end, progress)
+        _run_steps(spec, task, ctx, batches, start, end, progress, history)
     except NonFiniteError as err:  # raised on every worker at the same step (the guard all-reduces)
         _report_non_finite(ctx, str(err))  # not raised: Ray would retry a deterministic failure
     finally:
         progress.close()
 
 
-def _run_steps(spec: LoopSpec, task: TrainTask, ctx: StepContext, batches, start: int, end: int, progress) -> None:
-    """Steps start .. end-1: fetch, reseed, train, check, log, media, checkpoint."""
+def _run_steps(spec: LoopSpec, task: TrainTask, ctx: StepContext, batches, start: int, end: int, progress,
+               history: list[dict]) -> None:
+    """Steps start .. end-1: fetch, reseed, train, check, log (appended to `history`), media, checkpoint."""
     loop, rank, world_size, device = spec.loop, ctx.rank, ctx.world_size, ctx.device
     window, logged, guard = MetricWindow(), {}, FiniteGuard()
     for step in range(start, end):
@@ -312,9 +320,10 @@ def _run_steps(spec: LoopSpec, task: TrainTask, ctx: StepContext, batches, start
             logged = window.reduce(device, world_size)
             window = MetricWindow()
             ctx.run.log_metrics(logged, step=done)
+            history.append({"step": done, **{k: v for k, v in logged.items() if k.startswith(TRAIN_PREFIX)}})
             progress.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in logged.items()}, refresh=False)
         if rank == 0 and is_media:
             task.log_media(done, ctx.run)
         if is_ckpt:
             check_states_finite(task.state_dicts(), done)  # every worker: its replica of the states
-            _checkpoint(spec, task, ctx, done, logged)
+            _checkpoint(spec, task, ctx, done, logged, history)
