@@ -451,6 +451,31 @@ def test_teacher_forced_floor_equals_the_split_of_a_model_predicting_exact_sampl
     assert 0 < summary["tf_radial_fraction"] < 1 and all(np.isfinite(v) for v in summary.values())
 
 
+def test_teacher_forced_diagnostics_keys_are_finite_and_reproducible(fmnist):
+    """evaluate's teacher-forced diagnostics on a tiny tokenizer + generator: error, floor and excess per part,
+    the radial fraction, the per-position frame with the floor series; the same numbers for the same seed."""
+    from sphereard.ar import create_generator
+    from sphereard.config import parse_params
+    from sphereard.eval.evaluate import teacher_forced_diagnostics
+    from sphereard.profiles import materialise
+
+    params = parse_params(materialise("smoke"))
+    images, labels = fmnist[0][:12], fmnist[1][:12]
+    vae = vae_for("spherical")
+    torch.manual_seed(0)
+    model = create_generator("fmnist-xs").eval()
+    frame, summary, split = teacher_forced_diagnostics(params, vae, model, images, labels, "cpu")
+    assert set(summary) == {"tf_radial_fraction", *(f"tf_{part}_{kind}" for part in ("radial", "tangential")
+                                                    for kind in ("error", "floor", "excess"))}
+    assert all(np.isfinite(v) for v in summary.values()) and summary["tf_tangential_floor"] > 0
+    assert summary["tf_radial_excess"] == pytest.approx(summary["tf_radial_error"] - summary["tf_radial_floor"])
+    assert list(split) == list(SPLIT_SERIES) and split["radial"].shape == (12, vae.num_tokens)
+    assert list(frame["series"].unique()) == list(SPLIT_SERIES) and len(frame) == 4 * vae.num_tokens
+    assert teacher_forced_diagnostics(params, vae, model, images, labels, "cpu")[1] == summary
+    reseeded = params.model_copy(update={"seed": params.seed + 1})
+    assert teacher_forced_diagnostics(reseeded, vae, model, images, labels, "cpu")[1] != summary
+
+
 def test_teacher_forced_frame_has_error_and_floor_series():
     from sphereard.eval.evaluate import split_frame
 
