@@ -129,7 +129,7 @@ def plot_norm_trajectories(norms_by_label: dict, radius: float | None, path: str
 
 
 def plot_error_split(series_by_label: dict, path: str | Path,
-                     title: str = "teacher-forced error: radial vs tangential") -> Path:
+                     title: str = "teacher-forced error (solid) and its floor (dashed)") -> Path:
     """{label: {series: magnitudes (N, L)}} with series among SPLIT_SERIES (radial, tangential and optionally
     their floors) -> mean magnitude per position in the colour of the tokenizer the label names; solid =
     error, dashed = floor, faint = radial (`split_series_style`)."""

@@ -72,6 +72,6 @@ def plot_split_overview(frames: dict[str, pd.DataFrame], path: Path) -> None:
             if name in part:
                 ax.plot(part[name]["position"], part[name]["error"], label=f"{p} {name}",
                         **split_series_style(p, name))
-    ax.set(xlabel="token position", ylabel="mean |error|", title="teacher-forced error: radial vs tangential")
+    ax.set(xlabel="token position", ylabel="mean |error|", title="teacher-forced error (solid) and its floor (dashed)")
     ax.legend(fontsize="small")
     _save(fig, path)
