@@ -145,8 +145,8 @@ def section_recon(inp: Inputs) -> list[str]:
     rows = [[p, *[recon_value(tok[p], ev[p], k) for k in columns], inp.get("info", "tokenizer", p, "eval_images")]
             for p in inp.posteriors]
     source = "`evaluate` (imported tokenizer)" if inp.any_imported() else "`train_vae`"
-    notes = ["", f"Each metric on two decodes of the same held-out images: `_mode` = decode(posterior mode), "
-                 f"`_sample` = decode(one posterior sample per token), the latents the generator learns; the "
+    notes = ["", "Each metric on two decodes of the same held-out images: `_mode` = decode(posterior mode), "
+                 "`_sample` = decode(one posterior sample per token), the latents the generator learns; the "
                  f"findings rank tokenizers on `_sample`. PSNR / SSIM from {source}; `rfd_*` from `evaluate` in that "
                  "extractor's feature space; `eval images` from the tokenizer info."]
     if not any(c.startswith(LPIPS_KEY) for c in columns):
