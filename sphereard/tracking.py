@@ -80,7 +80,7 @@ VIEW_COLUMNS = (
     ("metrics", "fd_classifier", 110),  # eval-<posterior>, sweep trials
     ("metrics", "precision_classifier", 105), ("metrics", "recall_classifier", 105),
     ("metrics", "class_consistency_classifier", 110),
-    ("metrics", "recon/psnr", 95), ("metrics", "recon/ssim", 95),  # vae-<posterior>
+    ("metrics", "recon/psnr_sample", 115), ("metrics", "recon/ssim_sample", 115),  # vae-<posterior>: decode(sample)
     ("metrics", "train/loss", 95),  # vae-<posterior>, ar-<posterior>
     ("metrics", "final/ema_loss", 110),  # ar-<posterior>
     ("metrics", "classifier/test_accuracy", 125),  # classifier

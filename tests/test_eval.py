@@ -6,6 +6,7 @@ results are only ever named `*_inception_unverified`.
 """
 
 import gzip
+import math
 from itertools import pairwise
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from sphereard.eval import (
     psnr,
     radial_tangential_error,
     reconstruction_metrics,
+    reconstruction_metrics_by_decode,
     save_classifier,
     save_ref_stats,
     save_samples_npz,
@@ -44,7 +46,11 @@ from sphereard.eval import (
 )
 from sphereard.eval.classifier import SmallCNN
 from sphereard.eval.extractors import INCEPTION_WEIGHTS_ENV, effnet_weights_file
+from sphereard.eval.figures import SPLIT_SERIES
 from sphereard.eval.metrics import feature_stats, kid, precision_recall
+from sphereard.tokenizer import create_tokenizer
+from sphereard.tokenizer.inference import reconstruct, reconstruct_decodes
+from sphereard.tokenizer.posterior import build_posterior
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 N_IMAGES = 300
@@ -333,6 +339,44 @@ def test_lpips_with_local_standin_backbone(fmnist, tmp_path):
     m0 = reconstruction_metrics(x, x, lpips=model)
     m1 = reconstruction_metrics(x, add_noise(x, 48), lpips=model)
     assert m0["lpips_vgg"] == pytest.approx(0.0, abs=1e-6) and m1["lpips_vgg"] > 0
+    both = reconstruction_metrics_by_decode(x, {"mode": x, "sample": add_noise(x, 48)}, lpips=model)
+    assert both["lpips_vgg_mode"] == pytest.approx(0.0, abs=1e-6) and both["lpips_vgg_sample"] > 0
+
+
+def vae_for(posterior: str):
+    torch.manual_seed(0)
+    return create_tokenizer("fmnist-xs", posterior=posterior).eval()
+
+
+@pytest.mark.parametrize("posterior", ["spherical", "gaussian_norm", "gaussian"])
+def test_sample_decode_differs_from_mode_decode_and_is_reproducible(fmnist, posterior):
+    """decode(sample) of a stochastic posterior is not decode(mode); the same seed gives the same samples,
+    another seed others, and the caller's RNG state is untouched."""
+    x, vae = fmnist[0][:12], vae_for(posterior)
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    first = reconstruct_decodes(vae, x, 5, "cpu", seed=7)  # batches of 5, 5, 2
+    assert torch.equal(torch.rand(3), before), "posterior draws must not advance the global RNG"
+    again, other = reconstruct_decodes(vae, x, 5, "cpu", seed=7), reconstruct_decodes(vae, x, 5, "cpu", seed=8)
+    assert set(first) == {"mode", "sample"} and first["mode"].shape == x.shape and first["mode"].dtype == np.uint8
+    assert not np.array_equal(first["sample"], first["mode"])
+    assert np.array_equal(first["sample"], again["sample"]) and np.array_equal(first["mode"], again["mode"])
+    assert not np.array_equal(first["sample"], other["sample"]) and np.array_equal(first["mode"], other["mode"])
+    assert np.array_equal(reconstruct(vae, x, 5, "cpu", sample=True, seed=7), first["sample"])
+    assert np.array_equal(reconstruct(vae, x, 5, "cpu"), first["mode"])
+
+
+def test_reconstruction_metrics_on_both_decodes(fmnist, clf_ext):
+    """psnr / ssim / rfd_<tag> for decode(mode) and decode(sample), named *_mode / *_sample, finite."""
+    x, vae = fmnist[0][:32], vae_for("spherical")
+    recons = reconstruct_decodes(vae, x, 16, "cpu", seed=0)
+    m = reconstruction_metrics_by_decode(x, recons, [clf_ext], batch_size=16)
+    assert set(m) == {f"{k}_{d}" for k in ("psnr", "ssim", "rfd_classifier") for d in ("mode", "sample")}
+    assert all(np.isfinite(v) for v in m.values()), m
+    assert m["psnr_mode"] != m["psnr_sample"]
+    for decode, recon in recons.items():
+        assert m[f"psnr_{decode}"] == pytest.approx(reconstruction_metrics(x, recon)["psnr"])
 
 
 # --- latent-geometry diagnostics -----------------------------------------------------------------
@@ -361,9 +405,93 @@ def test_radial_tangential_error():
     assert radial.abs().max() < 1e-4 and torch.allclose(tangential, ortho.norm(dim=-1), atol=1e-5)
 
 
+def posterior_moments(posterior: str, n: int, tokens: int, d: int, seed: int = 0) -> torch.Tensor:
+    """Moments (n, tokens, P) of a posterior with a visible spread: kappa 20 on S^{d-1} (mean cosine to the mode
+    20 / 35 = 0.57 at d = 16), or Gaussian std 0.3 around means of norm ~sqrt(d)."""
+    gen = torch.Generator().manual_seed(seed)
+    centre = torch.randn(n, tokens, d, generator=gen)
+    if posterior == "spherical":
+        return torch.cat([centre / centre.norm(dim=-1, keepdim=True), torch.full((n, tokens, 1), 20.0)], dim=-1)
+    return torch.cat([centre, torch.full((n, tokens, d), 2 * math.log(0.3))], dim=-1)
+
+
+def mean_and_se(x: torch.Tensor) -> tuple[float, float]:
+    x = x.double().flatten()
+    return float(x.mean()), float(x.std() / math.sqrt(x.numel()))
+
+
+@pytest.mark.parametrize("posterior", ["spherical", "gaussian_norm", "gaussian"])
+def test_teacher_forced_floor_equals_the_split_of_a_model_predicting_exact_samples(posterior):
+    """A stand-in generator that predicts a fresh posterior sample of the true token (independent of the
+    target sample) scores the floor's radial and tangential means within Monte-Carlo error; one that
+    predicts the posterior mode does not, so the comparison can fail."""
+    from sphereard.eval.evaluate import posterior_draws, split_summary, teacher_forced_split
+
+    post = build_posterior(posterior, latent_dim=16, radius=4.0)
+    moments = posterior_moments(posterior, n=400, tokens=8, d=16)
+    draws = posterior_draws(post.sample, moments, 4, seed=0)  # z_ctx, z_tgt, z_a, z_b: (N, L, d)
+    assert draws[0].shape == (400, 8, 16) and not torch.equal(draws[0], draws[1])
+    assert all(torch.equal(a, b) for a, b in zip(draws, posterior_draws(post.sample, moments, 4, seed=0),
+                                                 strict=True)), "seeded: the same draws again"
+    torch.manual_seed(1)
+    exact = teacher_forced_split(lambda z_ctx: post.sample(moments), *draws)
+    mode = teacher_forced_split(lambda z_ctx: post.mode(moments), *draws)
+    for part in ("radial", "tangential"):
+        (error, se_error), (floor, se_floor) = mean_and_se(exact[part]), mean_and_se(exact[f"{part} floor"])
+        assert floor > 0 and abs(error - floor) < 4 * math.hypot(se_error, se_floor), (part, error, floor)
+    separated = [abs(mean_and_se(mode[part])[0] - mean_and_se(mode[f"{part} floor"])[0])
+                 > 4 * math.hypot(mean_and_se(mode[part])[1], mean_and_se(mode[f"{part} floor"])[1])
+                 for part in ("radial", "tangential")]
+    assert any(separated), "a mode predictor must have a split other than the floor's"
+    summary = split_summary(exact)
+    assert set(summary) == {"tf_radial_fraction", *(f"tf_{part}_{kind}" for part in ("radial", "tangential")
+                                                    for kind in ("error", "floor", "excess"))}
+    for part in ("radial", "tangential"):
+        assert summary[f"tf_{part}_excess"] == pytest.approx(summary[f"tf_{part}_error"] - summary[f"tf_{part}_floor"])
+    assert 0 < summary["tf_radial_fraction"] < 1 and all(np.isfinite(v) for v in summary.values())
+
+
+def test_teacher_forced_diagnostics_keys_are_finite_and_reproducible(fmnist):
+    """evaluate's teacher-forced diagnostics on a tiny tokenizer + generator: error, floor and excess per part,
+    the radial fraction, the per-position frame with the floor series; the same numbers for the same seed."""
+    from sphereard.ar import create_generator
+    from sphereard.config import parse_params
+    from sphereard.eval.evaluate import teacher_forced_diagnostics
+    from sphereard.profiles import materialise
+
+    params = parse_params(materialise("smoke"))
+    images, labels = fmnist[0][:12], fmnist[1][:12]
+    vae = vae_for("spherical")
+    torch.manual_seed(0)
+    model = create_generator("fmnist-xs").eval()
+    frame, summary, split = teacher_forced_diagnostics(params, vae, model, images, labels, "cpu")
+    assert set(summary) == {"tf_radial_fraction", *(f"tf_{part}_{kind}" for part in ("radial", "tangential")
+                                                    for kind in ("error", "floor", "excess"))}
+    assert all(np.isfinite(v) for v in summary.values()) and summary["tf_tangential_floor"] > 0
+    assert summary["tf_radial_excess"] == pytest.approx(summary["tf_radial_error"] - summary["tf_radial_floor"])
+    assert list(split) == list(SPLIT_SERIES) and split["radial"].shape == (12, vae.num_tokens)
+    assert list(frame["series"].unique()) == list(SPLIT_SERIES) and len(frame) == 4 * vae.num_tokens
+    assert teacher_forced_diagnostics(params, vae, model, images, labels, "cpu")[1] == summary
+    reseeded = params.model_copy(update={"seed": params.seed + 1})
+    assert teacher_forced_diagnostics(reseeded, vae, model, images, labels, "cpu")[1] != summary
+
+
+def test_teacher_forced_frame_has_error_and_floor_series():
+    from sphereard.eval.evaluate import split_frame
+
+    split = {name: torch.full((3, 5), float(i)) for i, name in enumerate(SPLIT_SERIES)}
+    frame = split_frame(split)
+    assert list(frame.columns) == ["position", "series", "error"]
+    assert list(frame["series"].unique()) == ["radial", "tangential", "radial floor", "tangential floor"]
+    assert frame.groupby("series", sort=False)["error"].first().tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert frame.groupby("series")["position"].max().eq(4).all()
+
+
 def test_plots_written(tmp_path):
     norms = {"spherical": torch.full((8, 10), 4.0), "gaussian": 4.0 + torch.rand(8, 10).cumsum(-1)}
-    errs = {"spherical": (torch.zeros(8, 10), torch.rand(8, 10)), "gaussian": (torch.rand(8, 10), torch.rand(8, 10))}
+    errs = {"spherical": {"radial": torch.zeros(8, 10), "tangential": torch.rand(8, 10),
+                          "radial floor": torch.zeros(8, 10), "tangential floor": torch.rand(8, 10)},
+            "gaussian": {"radial": torch.rand(8, 10), "tangential": torch.rand(8, 10)}}
     paths = [plot_norm_trajectories(norms, 4.0, tmp_path / "norms.png"),
              plot_error_split(errs, tmp_path / "err.png")]
     for p in paths:

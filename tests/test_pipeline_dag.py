@@ -56,9 +56,13 @@ def test_dvc_repro_runs_every_stage_and_writes_outputs(dag):
     params = yaml.safe_load((clone / "params.yaml").read_text())
     for p in POSTERIORS:
         tok = json.loads((clone / "metrics/tokenizer" / f"{p}.json").read_text())
-        assert np.isfinite(tok["psnr"]) and 0 < tok["ssim"] <= 1
+        for decode in ("mode", "sample"):  # decode(posterior mode), decode(posterior sample)
+            assert np.isfinite(tok[f"psnr_{decode}"]) and 0 < tok[f"ssim_{decode}"] <= 1
         ev = json.loads((clone / "metrics/evaluation" / f"{p}.json").read_text())
         assert np.isfinite(ev["fd_classifier"]) and "fid_inception" not in ev
+        assert all(np.isfinite(ev[f"recon_{k}_{d}"]) for k in ("psnr", "rfd_classifier") for d in ("mode", "sample"))
+        assert all(np.isfinite(ev[f"tf_{part}_{kind}"]) for part in ("radial", "tangential")
+                   for kind in ("error", "floor", "excess"))
         with np.load(clone / "outputs/samples" / p / "samples.npz") as npz:
             n = params["sampling"]["num_per_class"] * 10
             images = npz["arr_0"]  # ADM layout: grey data as 3 equal channels (the ADM evaluator takes RGB)

@@ -37,10 +37,18 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"
 POSTERIORS = ("spherical", "gaussian_norm", "gaussian")
 L, CFGS, SEEDS = 8, (1.0, 2.0, 3.0, 4.5), (0, 1)
-# per posterior: (psnr, ssim, rfd_classifier, fd_classifier, class_consistency, none-projection drift at w=6)
+# per posterior: (psnr, ssim, rfd_classifier, fd_classifier, class_consistency, none-projection drift at w=6);
+# the reconstruction numbers are decode(sample)'s; decode(mode)'s rank the other way round (`mode_decode`)
 NUMBERS = {"spherical": (24.5, 0.81, 1.5, 3.25, 0.875, 0.03),
            "gaussian_norm": (25.25, 0.83, 1.25, 4.5, 0.8, 0.04),
            "gaussian": (26.0, 0.85, 1.0, 6.75, 0.625, 0.35)}
+TF_SUMMARY = {p: {"tf_radial_error": radial, "tf_radial_floor": 0.5, "tf_radial_excess": radial - 0.5,
+                  "tf_tangential_error": 1.5, "tf_tangential_floor": 1.0, "tf_tangential_excess": 0.5,
+                  "tf_radial_fraction": fraction}  # evaluate's teacher-forced summary per posterior
+              for p, radial, fraction in (("spherical", 0.6, 0.14), ("gaussian_norm", 0.5, 0.1),
+                                          ("gaussian", 0.9, 0.26))}
+SPLIT_KEYS = {"radial": "tf_radial_error", "tangential": "tf_tangential_error",  # error_split.csv series
+              "radial floor": "tf_radial_floor", "tangential floor": "tf_tangential_floor"}
 FD_SLOPE = {"spherical": 0.1, "gaussian_norm": 0.5, "gaussian": 2.0}  # sweep: fd growth per unit of CFG
 CACHED, TRAIN_IMAGES = 3303, 3303  # latent cache meta: fewer images than `encode.max_images` (20,000)
 CLASS_TRAIN = [500 + 10 * c for c in range(10)]  # images per class in the fake manifest
@@ -84,6 +92,11 @@ def fake_convergence(root: Path, params, p: str) -> None:
     frame.to_csv(root / history_file(params, p), index=False)
 
 
+def mode_decode(psnr: float, ssim: float, rfd: float) -> tuple[float, float, float]:
+    """decode(mode)'s psnr, ssim, rfd_classifier in the fake outputs: the sample decode's ranking reversed."""
+    return 50.0 - psnr, 1.64 - ssim, 2.5 - rfd
+
+
 def fake_outputs(root: Path, numbers=NUMBERS, sweep=True, optional=True, extra_eval=None) -> None:
     """Stage outputs under `root` (the default profile's relative paths, `sphereard.layout` files)."""
     (root / "params.yaml").write_text(render("default"))
@@ -96,7 +109,9 @@ def fake_outputs(root: Path, numbers=NUMBERS, sweep=True, optional=True, extra_e
 
     results("classifier", None, {"test_accuracy": 0.9125}, {"steps": 600})
     for p, (psnr, ssim, rfd, fd, cc, drift) in numbers.items():
-        results("tokenizer", p, {"psnr": psnr, "ssim": ssim, "recon_images_per_s": 512.0},
+        psnr_mode, ssim_mode, rfd_mode = mode_decode(psnr, ssim, rfd)
+        results("tokenizer", p, {"psnr_mode": psnr_mode, "psnr_sample": psnr, "ssim_mode": ssim_mode,
+                                 "ssim_sample": ssim, "recon_images_per_s": 512.0},
                 {"posterior": p, "eval_images": 100})
         results("generator", p, {"ema_loss": 0.42, "train_loss_window": 0.45, "train_tokens_per_s": 12345.0},
                 {"posterior": p, "preset": "fmnist-s", "params": 1234567, "steps": 1500, "tokens_seen": 96000,
@@ -104,10 +119,11 @@ def fake_outputs(root: Path, numbers=NUMBERS, sweep=True, optional=True, extra_e
         results("evaluation", p, {
             "fd_classifier": fd, "kid_classifier": fd / 100, "kid_std_classifier": 0.001,
             "precision_classifier": 0.7, "recall_classifier": 0.6, "is_classifier": 8.5, "is_std_classifier": 0.1,
-            "class_consistency_classifier": cc, "recon_psnr": psnr, "recon_ssim": ssim, "recon_rfd_classifier": rfd,
+            "class_consistency_classifier": cc, "recon_psnr_mode": psnr_mode, "recon_psnr_sample": psnr,
+            "recon_ssim_mode": ssim_mode, "recon_ssim_sample": ssim, "recon_rfd_classifier_mode": rfd_mode,
+            "recon_rfd_classifier_sample": rfd,
             "norm_rel_dev_sphere_cfg1": 0.01, "norm_rel_dev_sphere_cfg6": 0.02, "norm_rel_dev_none_cfg1": 0.02,
-            "norm_rel_dev_none_cfg6": drift, "tf_radial_error": 0.1, "tf_tangential_error": 0.9,
-            "tf_radial_fraction": 0.01 if p != "gaussian" else 0.2, **(extra_eval or {})},
+            "norm_rel_dev_none_cfg6": drift, **TF_SUMMARY[p], **(extra_eval or {})},
             {"posterior": p, "num_samples": 1000, "reference_images": {"classifier": 10000},
              "recon_images": 2000, "teacher_forced_images": 500})
         if not optional:
@@ -132,8 +148,8 @@ def fake_outputs(root: Path, numbers=NUMBERS, sweep=True, optional=True, extra_e
                  "norm_mean": 2.83 * (1 + (drift if proj == "none" and w == 6 else 0.01) * k / (L - 1)),
                  "norm_q05": 2.7, "norm_q95": 3.0} for proj in ("sphere", "none") for w in (1.0, 6.0) for k in range(L)]
         pd.DataFrame(rows).to_csv(out / "metrics" / p / "norm_trajectory.csv", index=False)
-        error_split = pd.DataFrame([{"position": k, "series": part, "error": err}
-                                    for part, err in (("radial", 0.1), ("tangential", 0.9)) for k in range(L)])
+        error_split = pd.DataFrame([{"position": k, "series": series, "error": TF_SUMMARY[p][key]}
+                                    for series, key in SPLIT_KEYS.items() for k in range(L)])
         error_split.to_csv(out / "metrics" / p / "error_split.csv", index=False)
         png(out / "metrics" / p / "norm_trajectory.png")
         png(out / "metrics" / p / "error_split.png")
@@ -208,11 +224,21 @@ def root(tmp_path):
 
 def test_report_tables_numbers_and_figures(root, monkeypatch):
     md = make_report(root, monkeypatch)
-    recon, gen = table_with(md, "rfd_classifier"), table_with(md, "fd_classifier")
+    recon, gen = table_with(md, "rfd_classifier_sample"), table_with(md, "fd_classifier")
     for p, (psnr, ssim, rfd, fd, cc, _) in NUMBERS.items():
-        assert (recon[p]["psnr"], recon[p]["ssim"], recon[p]["rfd_classifier"]) == (fmt(psnr), fmt(ssim), fmt(rfd))
+        sample = (recon[p]["psnr_sample"], recon[p]["ssim_sample"], recon[p]["rfd_classifier_sample"])
+        mode = (recon[p]["psnr_mode"], recon[p]["ssim_mode"], recon[p]["rfd_classifier_mode"])
+        assert sample == (fmt(psnr), fmt(ssim), fmt(rfd)) and mode == tuple(map(fmt, mode_decode(psnr, ssim, rfd)))
         assert (gen[p]["fd_classifier"], gen[p]["class_consistency_classifier"]) == (fmt(fd), fmt(cc))
-    assert recon["gaussian_norm"]["psnr"] == "25.25" and gen["gaussian"]["fd_classifier"] == "6.75"
+    assert list(recon["spherical"]) == ["tokenizer", "psnr_mode", "psnr_sample", "ssim_mode", "ssim_sample",
+                                        "rfd_classifier_mode", "rfd_classifier_sample", "eval images"]
+    assert recon["gaussian_norm"]["psnr_sample"] == "25.25" and gen["gaussian"]["fd_classifier"] == "6.75"
+    teacher = table_with(md, "tf_radial_floor")
+    assert list(teacher["spherical"])[1:] == ["tf_radial_error", "tf_radial_floor", "tf_radial_excess",
+                                              "tf_tangential_error", "tf_tangential_floor", "tf_tangential_excess",
+                                              "tf_radial_fraction"]
+    assert (teacher["gaussian"]["tf_radial_error"], teacher["gaussian"]["tf_radial_floor"],
+            teacher["gaussian"]["tf_radial_excess"]) == ("0.9", "0.5", "0.4")
     assert (gen["gaussian"]["projection"], gen["spherical"]["projection"], gen["spherical"]["samples"]) == (
         "none", "sphere", "1,000")
     assert {"kid_classifier", "precision_classifier", "recall_classifier", "is_classifier"} <= set(
@@ -242,10 +268,12 @@ def test_report_tables_numbers_and_figures(root, monkeypatch):
 
 def test_fid_only_with_fid_inception(tmp_path, monkeypatch):
     fake_outputs(tmp_path, sweep=False, optional=False,
-                 extra_eval={"fid_inception": 55.5, "recon_rfid_inception": 9.25})
+                 extra_eval={"fid_inception": 55.5, "recon_rfid_inception_mode": 9.5,
+                             "recon_rfid_inception_sample": 9.25})
     md = make_report(tmp_path, monkeypatch)
     assert table_with(md, "fid_inception")["spherical"]["fid_inception"] == "55.5"
-    assert table_with(md, "rfid_inception")["spherical"]["rfid_inception"] == "9.25"
+    recon = table_with(md, "rfid_inception_sample")["spherical"]
+    assert (recon["rfid_inception_mode"], recon["rfid_inception_sample"]) == ("9.5", "9.25")
     assert "FID" in md
 
 
@@ -269,9 +297,17 @@ def test_derived_statements_follow_the_numbers(tmp_path, monkeypatch, best):
     shows = md.split("## What the numbers show")[1].split("## What they do not show")[0]
     assert f"**{best}** has the lowest `fd_classifier` (3.25);" in shows
     assert f"**{best}** has the highest `class_consistency_classifier`" in shows
-    top_psnr = max(numbers, key=lambda p: numbers[p][0])
+    top_psnr = max(numbers, key=lambda p: numbers[p][0])  # on decode(sample); decode(mode) ranks the other way
+    bottom_psnr = min(numbers, key=lambda p: numbers[p][0])
+    assert ("Reconstruction ranked on decode(posterior sample), the latents the generator learns: "
+            f"**{top_psnr}** has the highest `psnr_sample` ({fmt(numbers[top_psnr][0])});") in shows
+    assert (f"For comparison, decode(posterior mode): **{bottom_psnr}** has the highest `psnr_mode` "
+            f"({fmt(50.0 - numbers[bottom_psnr][0])});") in shows
+    assert (f"The two decodes pick different tokenizers: **{top_psnr}** on the sample, **{bottom_psnr}** on the "
+            "mode.") in shows
+    assert f"**{top_psnr}** has the lowest `rfd_classifier_sample`" in shows
     if top_psnr != best:
-        assert f"**{top_psnr}** has the highest psnr, **{best}** the lowest `fd_classifier`" in shows
+        assert f"**{top_psnr}** has the highest `psnr_sample`, **{best}** the lowest `fd_classifier`" in shows
     drifting = [p for p in POSTERIORS if numbers[p][5] > 0.05]
     assert (f"at the highest diagnostic CFG scale (w=6, threshold 5%): beyond the threshold: {', '.join(drifting)};"
             in shows)
@@ -282,7 +318,14 @@ def test_derived_statements_follow_the_numbers(tmp_path, monkeypatch, best):
     assert f"At w=4.5: {AT_TOP[best]}" in shows
     assert ("Sweep `norm_rel_dev_max` at w=4.5 (pre-projection token norm vs R, threshold 5%): beyond for "
             "gaussian (9.0%); within for ") in shows
-    assert "**gaussian** has the highest `tf_radial_fraction` (20.0%)" in shows
+    assert ("Teacher-forced error over its floor (the same split between two independent posterior samples of a "
+            "token, what a model predicting exact posterior samples scores; the excess is what the model adds): "
+            "spherical radial 0.6 vs floor 0.5 (`tf_radial_excess` 0.1), tangential 1.5 vs floor 1 "
+            "(`tf_tangential_excess` 0.5); gaussian_norm radial 0.5 vs floor 0.5 (at its floor), ") in shows
+    assert ("**gaussian_norm** has the lowest `tf_radial_excess` (0); then spherical 0.1; then gaussian 0.4."
+            in shows)
+    assert "`tf_tangential_excess`: no difference beyond the tolerance between spherical, gaussian_norm" in shows
+    assert "tf_radial_fraction" not in shows, "the findings read the excess over the floor"
     assert "most stable" not in shows.lower() and "+0%" not in shows
     caveats = md.split("## What they do not show")[1]
     assert "Small budget: tokenizers trained n/a steps" in caveats, "no export meta written: the count is unknown"
@@ -471,7 +514,9 @@ def test_every_quantity_in_the_tables_is_defined(root, monkeypatch):
     names = {h for t in tables(md) if t for h in t[0]} | set(re.findall(r"^### (\S+)$", md, re.M))
     quantities = {h for h in names if h not in ROW_KEYS and not SWEEP_OR_NORM_COLUMN.match(h)}
     assert {"fd_classifier", "kid_classifier", "precision_classifier", "recall_classifier", "is_classifier",
-            "class_consistency_classifier", "rfd_classifier", "psnr", "tf_radial_error", "norm_rel_dev_max",
+            "class_consistency_classifier", "rfd_classifier_mode", "rfd_classifier_sample", "psnr_mode",
+            "psnr_sample", "ssim_sample", "tf_radial_error", "tf_radial_floor", "tf_radial_excess",
+            "tf_tangential_floor", "tf_tangential_excess", "tf_radial_fraction", "norm_rel_dev_max",
             "norm_rel_dev_mean", "samples", "train share"} <= quantities
     for name in sorted(quantities):
         assert f"- `{name}`: " in defined, f"{name} is in a table but not defined"
@@ -571,7 +616,7 @@ def test_one_colour_per_tokenizer_in_every_figure_and_R_lines(tmp_path, monkeypa
     monkeypatch.setattr(Axes, "axhline", lambda self, y, **kw: refs.append(y) or real_axhline(self, y, **kw))
     norms = {f"{proj} cfg={w:g}": torch.full((4, L), RADIUS) for proj in ("sphere", "none") for w in (1, 6)}
     diagnostics.plot_norm_trajectories(norms, RADIUS, tmp_path / "a.png", posterior="spherical")
-    diagnostics.plot_error_split({"spherical": (torch.rand(4, L), torch.rand(4, L))}, tmp_path / "b.png")
+    diagnostics.plot_error_split({"spherical": {series: torch.rand(4, L) for series in SPLIT_KEYS}}, tmp_path / "b.png")
     results = results_frame(list(sweep_rows(stopped=False)))
     write_outputs(tmp_path / "sweep", results, aggregate_over_seeds(results))  # plot_sweep per metric
     summary, _ = load_sweep(tmp_path / "sweep")
@@ -583,7 +628,7 @@ def test_one_colour_per_tokenizer_in_every_figure_and_R_lines(tmp_path, monkeypa
     split = pd.read_csv(tmp_path / "root" / "outputs" / "metrics" / "spherical" / "error_split.csv")
     report_figures.plot_split_overview({"spherical": split}, tmp_path / "e.png")
     spherical = [colour for label, colour in lines if label.startswith(("spherical", "sphere cfg", "none cfg"))]
-    assert len(spherical) == 4 + 2 + 4 + 1 + 4 + 2  # every plot function drew its spherical lines
+    assert len(spherical) == 4 + 4 + 4 + 1 + 4 + 4  # every plot function drew its spherical lines (+ floors)
     assert set(spherical) == {"#123456"}
     others = {label.split()[0]: colour for label, colour in lines if label.startswith(("gaussian", "gaussian_norm"))}
     assert others == {"gaussian": to_hex(figures.POSTERIOR_COLOURS["gaussian"]),

@@ -49,7 +49,7 @@ def assert_set_up_for_the_ui(tags: dict) -> dict:
     assert set(state) <= UI_FACET_KEYS | UI_TABLE_KEYS, set(state) - UI_FACET_KEYS - UI_TABLE_KEYS
     columns = state["selectedColumns"]
     for column in ("tags.`posterior`", "params.`cfg_scale`", "params.`projection`", "metrics.`fd_classifier`",
-                   "metrics.`recon/psnr`", "metrics.`train/loss`", "metrics.`classifier/test_accuracy`"):
+                   "metrics.`recon/psnr_sample`", "metrics.`train/loss`", "metrics.`classifier/test_accuracy`"):
         assert column in columns
     assert state["columnOrder"][0] == "attributes.`Run Name`" and set(columns) <= set(state["columnOrder"])
     # the UI nests child runs (collapsed) when sorting by start time: the eval runs' metrics would hide

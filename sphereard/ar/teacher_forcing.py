@@ -1,7 +1,9 @@
 """Teacher-forced next-token predictions: every position at once, given the true prefix.
 
 Used by the latent-geometry diagnostics (SphereAR Sec. 3.2, Fig. 4 story): the error of each
-predicted token, split into its radial and tangential parts, shows what the projection removes.
+predicted token, split into its radial and tangential parts and read against its floor (two independent
+posterior samples of the token, `sphereard.eval.diagnostics.radial_tangential_floor`), shows what the
+projection removes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ def teacher_forced_predictions(model: SphereARModel, z: torch.Tensor, labels: to
                                generator: torch.Generator | None = None) -> torch.Tensor:
     """Sample token k from the head conditioned on the true z_<k, for all k in parallel.
 
-    z (B, L, d) true tokens, labels (B,) -> predictions (B, L, d), before any projection; no CFG."""
+    z (B, L, d) context tokens (the evaluate stage passes posterior samples, as in training), labels (B,)
+    -> predictions (B, L, d), before any projection; no CFG."""
     B, L, d = z.shape
     cond = model.transformer(z, labels)  # (B, L, D): position k conditions token k
     positions = torch.arange(L, device=z.device).repeat(B)  # (B*L,)

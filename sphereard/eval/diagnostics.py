@@ -3,7 +3,8 @@
 The paper's argument: with unconstrained (Gaussian) latents, CFG inflates the norm of sampled
 tokens and the error compounds along the AR sequence; fixing every token to radius R removes the
 radial degree of freedom. These pure functions measure that (norm trajectories over positions,
-radial vs tangential teacher-forced error) and plot it with matplotlib's object API (no pyplot
+radial vs tangential teacher-forced error next to its floor, the same split between two independent
+posterior samples of one token) and plot it with matplotlib's object API (no pyplot
 state, no display backend). Plots are written atomically.
 """
 
@@ -16,7 +17,14 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from sphereard.eval.figures import NORM_SERIES, norm_series_style, posterior_colour, reference_line, series_styles
+from sphereard.eval.figures import (
+    NORM_SERIES,
+    SPLIT_SERIES,
+    norm_series_style,
+    reference_line,
+    series_styles,
+    split_series_style,
+)
 from sphereard.geometry import radial_tangential_split
 from sphereard.utils.io import atomic_path
 
@@ -62,11 +70,27 @@ def radial_tangential_error(pred, target) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced error split: pred, target (N, L, d) -> radial, tangential magnitudes (N, L).
 
     radial = |<pred - target, target / ||target||>|, tangential = norm of the rest
-    (`sphereard.geometry.radial_tangential_split`)."""
+    (`sphereard.geometry.radial_tangential_split`); latent units."""
     pred, target = torch.as_tensor(pred), torch.as_tensor(target)
     assert pred.shape == target.shape and pred.dim() == 3, "pred and target must both be (N, L, d)"
     radial, tangential = radial_tangential_split(target, pred - target)
     return radial.norm(dim=-1), tangential.norm(dim=-1)
+
+
+def radial_tangential_floor(z_a, z_b) -> tuple[torch.Tensor, torch.Tensor]:
+    """Floor of the teacher-forced split: two independent posterior samples z_a, z_b (N, L, d) of the same
+    tokens -> radial, tangential magnitudes (N, L) of z_a - z_b w.r.t. z_b (latent units).
+
+    A generator that predicts an exact posterior sample of every token, independent of the target sample,
+    scores this split on average: the error the posterior's own spread sets, with no model at all."""
+    return radial_tangential_error(z_a, z_b)
+
+
+def radial_fraction(radial, tangential) -> float:
+    """sum radial^2 / sum (radial^2 + tangential^2) of magnitudes (N, L): the share of squared error along
+    the target token's direction."""
+    radial, tangential = torch.as_tensor(radial).double(), torch.as_tensor(tangential).double()
+    return float((radial ** 2).sum() / (radial ** 2 + tangential ** 2).sum())
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -104,17 +128,18 @@ def plot_norm_trajectories(norms_by_label: dict, radius: float | None, path: str
     return _save(fig, path)
 
 
-def plot_error_split(errors_by_label: dict, path: str | Path,
-                     title: str = "teacher-forced error: radial vs tangential") -> Path:
-    """{label: (radial (N, L), tangential (N, L))} -> mean magnitude per position, solid = tangential,
-    dashed = radial, in the colour of the tokenizer the label names."""
+def plot_error_split(series_by_label: dict, path: str | Path,
+                     title: str = "teacher-forced error (solid) and its floor (dashed)") -> Path:
+    """{label: {series: magnitudes (N, L)}} with series among SPLIT_SERIES (radial, tangential and optionally
+    their floors) -> mean magnitude per position in the colour of the tokenizer the label names; solid =
+    error, dashed = floor, faint = radial (`split_series_style`)."""
     fig = Figure(figsize=FIG_SIZE)
     ax = fig.add_subplot()
-    for label, (radial, tangential) in errors_by_label.items():
-        r, t = _np(radial).mean(0), _np(tangential).mean(0)
-        colour = posterior_colour(label)
-        ax.plot(np.arange(len(t)), t, color=colour, label=f"{label} tangential")
-        ax.plot(np.arange(len(r)), r, ls="--", color=colour, label=f"{label} radial")
+    for label, series in series_by_label.items():
+        for name in SPLIT_SERIES:
+            if name in series:
+                mean = _np(series[name]).mean(0)  # (L,)
+                ax.plot(np.arange(len(mean)), mean, label=f"{label} {name}", **split_series_style(label, name))
     ax.set(xlabel="token position", ylabel="mean |error|", title=title)
     ax.legend(fontsize="small")
     return _save(fig, path)

@@ -2,14 +2,17 @@
 samples: DVC stage `evaluate@{posterior}` (`evaluate_posterior`).
 
 Writes `<metrics_dir>/evaluation/<posterior>.json` (sphereard/layout.py): generation metrics named by
-extractor (fd_classifier, kid_classifier, ...), reconstruction metrics (recon_psnr, recon_ssim,
-recon_rfd_<extractor>, ...) and diagnostic summaries (norm drift, teacher-forced radial/tangential
-error); and under `evaluation.out/<posterior>/`:
+extractor (fd_classifier, kid_classifier, ...), reconstruction metrics of decode(posterior mode) and
+decode(posterior sample, seeded by `seed`) (recon_psnr_mode, recon_psnr_sample, recon_ssim_*,
+recon_rfd_<extractor>_*, ...) and diagnostic summaries (norm drift; teacher-forced radial/tangential
+error on posterior samples, its floor and the excess over it: tf_radial_error, tf_radial_floor,
+tf_radial_excess, ...); and under `evaluation.out/<posterior>/`:
   info.json             number of samples evaluated
   norm_trajectory.png   token norm vs sequence position, projection sphere vs none, at several CFG scales
   norm_trajectory.csv   the same numbers (DVC plots)
-  error_split.png/.csv  teacher-forced error per position, radial vs tangential (held-out images);
-                        the CSV is long: position, series (radial | tangential), error
+  error_split.png/.csv  teacher-forced error per position, radial vs tangential, and its floor (held-out
+                        images); the CSV is long: position, series (radial | tangential | radial floor |
+                        tangential floor), error
 The MLflow run is nested under the AR training run it evaluates.
 
 Every input is read and checked first: a missing, truncated or mismatched file (samples.npz whose image
@@ -20,6 +23,7 @@ UserError naming it, and nothing is written.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -37,18 +41,22 @@ from sphereard.eval.diagnostics import (
     norm_trajectory,
     plot_error_split,
     plot_norm_trajectories,
+    radial_fraction,
     radial_tangential_error,
+    radial_tangential_floor,
 )
+from sphereard.eval.figures import SPLIT_SERIES
 from sphereard.eval.metrics import generation_metrics
-from sphereard.eval.reconstruction import reconstruction_metrics
+from sphereard.eval.reconstruction import reconstruction_metrics_by_decode
 from sphereard.eval.setup import build_extractors, load_references
 from sphereard.export import META_FILE
 from sphereard.layout import classifier_model_dir, evaluation_file, samples_file, write_results
-from sphereard.tokenizer.inference import reconstruct, uint8_to_model
+from sphereard.tokenizer.inference import encode_moments, reconstruct_decodes
 from sphereard.tokenizer.losses import load_lpips
 from sphereard.tracking import start_run
 from sphereard.utils.device import default_device
 from sphereard.utils.io import atomic_path
+from sphereard.utils.rng import seeded_global_rng
 
 log = logging.getLogger(__name__)
 
@@ -92,23 +100,63 @@ def norm_diagnostics(params: Params, model, radius: float, num_classes: int, dev
     return pd.DataFrame(rows), summary, curves
 
 
+def posterior_draws(sample: Callable[[torch.Tensor], torch.Tensor], moments: torch.Tensor, count: int,
+                    seed: int) -> list[torch.Tensor]:
+    """`count` independent posterior samples (N, L, d) of the moments (N, L, P), drawn in order from torch's
+    global RNG seeded with `seed` (forked: the caller's RNG state is untouched)."""
+    with seeded_global_rng(seed, moments.device):
+        return [sample(moments) for _ in range(count)]
+
+
+def teacher_forced_split(predict: Callable[[torch.Tensor], torch.Tensor], z_ctx: torch.Tensor, z_tgt: torch.Tensor,
+                         z_a: torch.Tensor, z_b: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The teacher-forced error split next to its floor, {series (SPLIT_SERIES): magnitudes (N, L)}.
+
+    z_ctx, z_tgt, z_a, z_b (N, L, d): independent posterior samples of the same tokens. error = predict(z_ctx)
+    - z_tgt, split w.r.t. z_tgt; floor = z_a - z_b split w.r.t. z_b (`radial_tangential_floor`). As in
+    training, the prediction of token k sees a posterior sample of the tokens < k and is scored against a
+    posterior sample of token k; the posterior factorises over tokens, so a target drawn apart from the
+    context is distributed as the context's own token k, which the causal model never sees."""
+    pred = predict(z_ctx)  # (N, L, d)
+    radial, tangential = radial_tangential_error(pred.cpu(), z_tgt.cpu())
+    radial_floor, tangential_floor = radial_tangential_floor(z_a.cpu(), z_b.cpu())
+    return dict(zip(SPLIT_SERIES, (radial, tangential, radial_floor, tangential_floor), strict=True))
+
+
+def split_frame(split: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """{series: magnitudes (N, L)} -> long frame (position, series, error): the mean over images per position."""
+    return pd.concat([pd.DataFrame({"position": np.arange(err.shape[1]), "series": series,
+                                    "error": err.double().mean(0).numpy()}) for series, err in split.items()],
+                     ignore_index=True)
+
+
+def split_summary(split: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Means over images and positions (latent units): tf_<part>_error, tf_<part>_floor and tf_<part>_excess =
+    error - floor for part radial | tangential, and tf_radial_fraction of the error."""
+    out = {"tf_radial_fraction": radial_fraction(split["radial"], split["tangential"])}
+    for part in ("radial", "tangential"):
+        error, floor = float(split[part].double().mean()), float(split[f"{part} floor"].double().mean())
+        out.update({f"tf_{part}_error": error, f"tf_{part}_floor": floor, f"tf_{part}_excess": error - floor})
+    return out
+
+
 def teacher_forced_diagnostics(params: Params, vae, model, images: np.ndarray, labels: np.ndarray,
-                               device) -> tuple[pd.DataFrame, dict]:
-    """Held-out (test split) images (N, H, W, C) -> true tokens; error of each teacher-forced prediction."""
+                               device) -> tuple[pd.DataFrame, dict, dict[str, torch.Tensor]]:
+    """Held-out (test split) images (N, H, W, C), labels (N,) -> (per-position frame, summary, split).
+
+    The posterior is encoded once; context, target and the floor's two samples are independent posterior
+    samples drawn from `params.seed`; the flow head's noise from its own generator (same seed)."""
     ev = params.evaluation
-    with torch.no_grad():
-        z = torch.cat([vae.encode(uint8_to_model(images[i:i + ev.batch_size], device), sample=False)
-                       for i in range(0, len(images), ev.batch_size)])  # (N, L, d)
+    moments = encode_moments(vae, images, ev.batch_size, device)  # (N, L, P)
+    z_ctx, z_tgt, z_a, z_b = posterior_draws(vae.sample, moments, 4, params.seed)  # (N, L, d) each
     generator = torch.Generator(device=device).manual_seed(params.seed)
-    pred = teacher_forced_predictions(model, z, torch.as_tensor(labels, device=device), steps=ev.diagnostic_steps,
-                                      generator=generator)
-    radial, tangential = radial_tangential_error(pred.cpu(), z.cpu())  # (N, L) magnitudes
-    positions = np.arange(z.shape[1])
-    frame = pd.concat([pd.DataFrame({"position": positions, "series": part, "error": err.mean(0).numpy()})
-                       for part, err in (("radial", radial), ("tangential", tangential))], ignore_index=True)
-    summary = {"tf_radial_error": float(radial.mean()), "tf_tangential_error": float(tangential.mean()),
-               "tf_radial_fraction": float((radial ** 2).sum() / ((radial ** 2) + (tangential ** 2)).sum())}
-    return frame, summary, (radial, tangential)
+    label_tensor = torch.as_tensor(labels, device=device)
+
+    def predict(z: torch.Tensor) -> torch.Tensor:
+        return teacher_forced_predictions(model, z, label_tensor, steps=ev.diagnostic_steps, generator=generator)
+
+    split = teacher_forced_split(predict, z_ctx, z_tgt, z_a, z_b)
+    return split_frame(split), split_summary(split), split
 
 
 def evaluate_posterior(params: Params, posterior: str) -> dict[str, float]:
@@ -129,8 +177,8 @@ def evaluate_posterior(params: Params, posterior: str) -> dict[str, float]:
                                  kid_subset_size=params.evaluation.kid_subset_size,
                                  pr_neighbours=params.evaluation.pr_neighbours,
                                  batch_size=params.evaluation.batch_size, seed=params.seed)
-    recon = reconstruct(vae, real, params.evaluation.batch_size, device)
-    rec = reconstruction_metrics(real, recon, extractors, lpips, params.evaluation.batch_size)
+    recons = reconstruct_decodes(vae, real, params.evaluation.batch_size, device, seed=params.seed)
+    rec = reconstruction_metrics_by_decode(real, recons, extractors, lpips, params.evaluation.batch_size)
     metrics.update({f"recon_{k}": v for k, v in rec.items()})
     norms_frame, norm_summary, curves = norm_diagnostics(params, model, vae.radius, model.arch.num_classes, device)
     tf_frame, tf_summary, split = teacher_forced_diagnostics(params, vae, model, *held_out, device)

@@ -37,6 +37,9 @@ MARKERS = ("o", "s", "^", "D", "v")
 REFERENCE_STYLE = {"color": "k", "ls": ":", "lw": 1.2}  # target lines (R for token norms)
 PROJECTION_LINESTYLE = {"sphere": "-", "none": "--"}  # token-norm plots: dashed = no projection
 MIN_ALPHA = 0.35  # token-norm plots: opacity of the lowest CFG scale (the highest is opaque)
+# teacher-forced error split (evaluate's error_split.csv `series`): the error's parts, then their floors
+SPLIT_SERIES = ("radial", "tangential", "radial floor", "tangential floor")
+SPLIT_RADIAL_ALPHA = 0.55  # error-split plots: radial lines fainter than tangential ones
 NORM_SERIES = re.compile(r"^(?P<projection>[a-z]+) cfg=(?P<cfg>[0-9.eE+-]+)$")  # evaluate's series labels
 
 GRID_PAD_PX = 2
@@ -78,6 +81,13 @@ def norm_series_style(posterior: str, projection: str, rank: int, count: int) ->
     opacity rising with the CFG scale (`rank` of `count` scales, 0 = lowest)."""
     alpha = 1.0 if count <= 1 else MIN_ALPHA + (1.0 - MIN_ALPHA) * rank / (count - 1)
     return {"color": posterior_colour(posterior), "ls": PROJECTION_LINESTYLE.get(projection, ":"), "alpha": alpha}
+
+
+def split_series_style(posterior: str, series: str) -> dict:
+    """Teacher-forced error-split line of `posterior` (`series` in SPLIT_SERIES): its colour, solid for the
+    error and dashed for its floor, radial fainter than tangential."""
+    return {"color": posterior_colour(posterior), "ls": "--" if series.endswith("floor") else "-",
+            "alpha": SPLIT_RADIAL_ALPHA if series.startswith("radial") else 1.0}
 
 
 def reference_line(ax, value: float, label: str) -> None:

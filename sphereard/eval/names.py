@@ -7,6 +7,9 @@ alone, not on the extractors' code (`sphereard.eval.extractors`) or the metrics'
 from __future__ import annotations
 
 LPIPS_KEY = "lpips_vgg"  # LPIPS with the VGG16 backbone (`lpips_weights_path`)
+# reconstructions are measured on two decodes, keys suffixed `_<decode>`: decode(posterior mode) and
+# decode(one posterior sample per token), the latents the generator learns
+DECODES = ("mode", "sample")
 LOWER_BETTER = ("fd_", "fid_", "kid_")
 HIGHER_BETTER_GEN = ("class_consistency_", "precision_", "recall_", "is_")
 METRIC_PREFIXES = (*LOWER_BETTER, "precision_", "recall_", "is_", "class_consistency_", "norm_")
@@ -25,3 +28,9 @@ def metric_name(metric: str, extractor: str) -> str:
 def is_metric(column: str) -> bool:
     """A metric column of the stage outputs / sweep results (not a setting, not a reported spread)."""
     return column.startswith(METRIC_PREFIXES) and not column.startswith(HIDDEN_PREFIXES)
+
+
+def decode_key(metric: str, decode: str) -> str:
+    """Key of a reconstruction metric on one decode: `psnr` + `sample` -> `psnr_sample` (DECODES)."""
+    assert decode in DECODES, f"decode must be one of {DECODES}"
+    return f"{metric}_{decode}"

@@ -6,6 +6,10 @@ decoder output is quantised to 8 bits like any saved image; per-image values ave
 sigma 1.5; Wang et al. 2004). rFD uses the generation extractors (`rfd_classifier`, `rfd_effnet`,
 `rfid_inception` only with the verified FID weights). LPIPS (`lpips_vgg`) needs the local VGG16
 backbone (`sphereard.tokenizer.losses.load_lpips`); without it the key is absent.
+
+The stages measure two decodes of the same images (`reconstruction_metrics_by_decode`): decode(posterior
+mode) and decode(one posterior sample per token), keys suffixed `_mode` / `_sample` (psnr_mode,
+rfd_classifier_sample, ...); the generator learns posterior samples, so `_sample` is the one it inherits.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 
 from sphereard.eval.extractors import extract_features
 from sphereard.eval.metrics import feature_stats, frechet_distance
-from sphereard.eval.names import LPIPS_KEY, metric_name
+from sphereard.eval.names import LPIPS_KEY, decode_key, metric_name
 
 DATA_RANGE = 1.0
 
@@ -66,3 +70,11 @@ def reconstruction_metrics(real_uint8, recon_uint8, extractors=(), lpips=None,
     if lpips is not None:
         out[LPIPS_KEY] = lpips_distance(lpips, x, y, batch_size)
     return out
+
+
+def reconstruction_metrics_by_decode(real_uint8, recons: dict[str, np.ndarray], extractors=(), lpips=None,
+                                     batch_size: int = 250) -> dict[str, float]:
+    """`reconstruction_metrics` of each decode {'mode' | 'sample': uint8 (N, H, W, C)} against the same real
+    uint8 (N, H, W, C), keys suffixed with the decode: psnr_mode, psnr_sample, rfd_<tag>_sample, ..."""
+    return {decode_key(key, decode): value for decode, recon in recons.items()
+            for key, value in reconstruction_metrics(real_uint8, recon, extractors, lpips, batch_size).items()}

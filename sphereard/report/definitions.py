@@ -13,7 +13,7 @@ import re
 
 from sphereard.eval.diagnostics import DRIFT_TOL
 from sphereard.report.compare import COMPARISON_RULE
-from sphereard.report.keys import NORM_GENERIC, NORM_KEY
+from sphereard.report.keys import DECODES, NORM_GENERIC, NORM_KEY
 from sphereard.report.tables import counted, fmt
 from sphereard.train.convergence import PLATEAU_TOL
 
@@ -23,17 +23,24 @@ EXTRACTOR_MODEL = {"classifier": "the in-project classifier of `train_classifier
 EXTRACTOR_LAYER = {"classifier": "penultimate-layer features", "effnet": "1280 pooled head features",
                    "inception": "2048 pool features", "inception_unverified": "2048 pool features"}
 TAGGED = r"(?P<T>[a-z0-9_]+)"
+DECODE = rf"(?P<D>{'|'.join(DECODES)})"
+PART = r"(?P<P>radial|tangential)"
+DECODE_TEXT = {"mode": "on decode(posterior mode): the decoder applied to the posterior's mode (deterministic)",
+               "sample": "on decode(posterior sample): the decoder applied to one posterior sample per token, drawn "
+                         "from `seed` = {seed} (the latents the generator learns; the findings rank on it)"}
 SPACE = "in the feature space of {ext} ({layer})"
-DEFINITION_PATTERNS = (  # (name regex, text); {T} {ext} {layer}: the extractor; other fields: `definition_context`
-    (r"psnr", "peak signal-to-noise ratio (dB) of reconstructions vs the originals, 10 log10(1 / MSE) per image "
-              "on [0, 1] pixel values, mean over the `eval images` held-out test images (train_vae); higher is "
-              "better."),
-    (r"ssim", "structural similarity of reconstructions vs the originals (data range 1), mean over the "
-              "`eval images`; 1 = identical."),
-    (r"lpips_vgg", "LPIPS (VGG) perceptual distance of reconstructions vs the originals, mean over images; "
-                   "lower is better."),
-    (rf"rfi?d_{TAGGED}", "reconstruction Frechet distance between Gaussian fits of the reconstructions and of the "
-                         "same `eval images` held-out originals " + SPACE + "; lower is better."),
+DEFINITION_PATTERNS = (  # (name regex, text); {T} {ext} {layer}: the extractor; {decode}: DECODE_TEXT; {part}: PART;
+    # other fields: `definition_context`
+    (rf"psnr_{DECODE}", "peak signal-to-noise ratio (dB) of reconstructions vs the originals, 10 log10(1 / MSE) per "
+                        "image on [0, 1] pixel values, mean over the `eval images` held-out test images (train_vae), "
+                        "{decode}; higher is better."),
+    (rf"ssim_{DECODE}", "structural similarity of reconstructions vs the originals (data range 1), mean over the "
+                        "`eval images`, {decode}; 1 = identical."),
+    (rf"lpips_vgg_{DECODE}", "LPIPS (VGG) perceptual distance of reconstructions vs the originals, mean over "
+                             "images, {decode}; lower is better."),
+    (rf"rfi?d_{TAGGED}_{DECODE}", "reconstruction Frechet distance between Gaussian fits of the reconstructions and "
+                                  "of the same `eval images` held-out originals " + SPACE + ", {decode}; lower is "
+                                  "better."),
     (rf"fi?d_{TAGGED}", "Frechet distance ||mu_g - mu_r||^2 + tr(S_g + S_r - 2 (S_g S_r)^(1/2)) between Gaussian "
                         "fits of the generated `samples` (g) and of {num_real} real reference "
                         "images (r; the `reference` stage's count) " + SPACE + "; lower is better; biased upward "
@@ -84,20 +91,27 @@ DEFINITION_PATTERNS = (  # (name regex, text); {T} {ext} {layer}: the extractor;
                            "mean_n | ||z_nk|| - R | (triangle inequality), so `norm_rel_dev_max` can be smaller "
                            "than `norm_rel_dev_mean`: single norms scatter on both sides of R while their average "
                            "stays near R (spread, not drift)."),
-    (r"tf_radial_error", "teacher-forced error on {tf} held-out test images (evaluation info): "
-                         "the generator predicts token k from the true tokens < k ({dsteps} sampler steps); error "
-                         "e = prediction - true token z; radial part |<e, z/||z||>|, mean over images and "
-                         "positions (latent units)."),
-    (r"tf_tangential_error", "the part of the teacher-forced error e orthogonal to the true token z, "
+    (r"tf_radial_error", "teacher-forced error on {tf} held-out test images (evaluation info), measured as training "
+                         "sees it: the generator predicts token k from a posterior sample of the tokens < k ({dsteps} "
+                         "sampler steps, no CFG) and is scored against an independent posterior sample z of token k "
+                         "(samples drawn from `seed` = {seed}); error e = prediction - z; radial part "
+                         "|<e, z/||z||>|, mean over images and positions (latent units)."),
+    (r"tf_tangential_error", "the part of the teacher-forced error e orthogonal to the target sample z, "
                              "||e - <e, z/||z||> z/||z|| ||, mean over images and positions."),
-    (r"tf_radial_fraction", "sum of radial^2 / sum of (radial^2 + tangential^2) over images and positions: the "
-                            "share of squared teacher-forced error along the token's direction (what a sphere "
-                            "removes)."),
+    (rf"tf_{PART}_floor", "the floor of `tf_{part}_error`: the same {part} split of z_a - z_b w.r.t. z_b for two "
+                          "further independent posterior samples z_a, z_b of each token, mean over images and "
+                          "positions; what a generator that predicts exact posterior samples scores, from the "
+                          "posterior's spread alone."),
+    (rf"tf_{PART}_excess", "`tf_{part}_error` - `tf_{part}_floor`: the {part} teacher-forced error the model adds "
+                           "over its floor (0 = as good as exact posterior samples)."),
+    (r"tf_radial_fraction", "sum of radial^2 / sum of (radial^2 + tangential^2) of the teacher-forced error over "
+                            "images and positions (posterior-sample targets, floor included): the share of squared "
+                            "error along the token's direction (what a sphere removes)."),
     (r"test_accuracy", "accuracy of the in-project classifier on the test split."),
     (r"R", "radius of the token sphere: `tokenizer.radius`, or sqrt(latent_dim) when null; read from the sampling "
            "info (`settings.radius`), else the tokenizer export."),
-    (r"eval images", "held-out test images train_vae reconstructed for psnr / ssim (tokenizer info "
-                     "`eval_images`)."),
+    (r"eval images", "held-out test images train_vae reconstructed for psnr / ssim on both decodes (tokenizer "
+                     "info `eval_images`)."),
     (r"samples", "generated images scored by evaluate (evaluation info `num_samples`)."),
     (r"projection", "what sampling did to each token after CFG (sampling info `settings.projection`): sphere = "
                     "rescaled to norm R, none = left as is."),
@@ -124,7 +138,7 @@ def definition_context(params, eval_infos: dict) -> dict:
     ev = params.evaluation
     return {"num_real": counted(eval_infos, "reference_images"), "kid": fmt(ev.kid_subset_size),
             "k": fmt(ev.pr_neighbours), "ds": fmt(ev.diagnostic_samples), "dsteps": fmt(ev.diagnostic_steps),
-            "tf": counted(eval_infos, "teacher_forced_images"), "drift": f"{DRIFT_TOL:.0%}",
+            "tf": counted(eval_infos, "teacher_forced_images"), "drift": f"{DRIFT_TOL:.0%}", "seed": params.seed,
             "plateau": f"{PLATEAU_TOL:.0%}"}
 
 
@@ -137,9 +151,10 @@ def define(name: str, context: dict) -> str | None:
     """The definition of a quantity the report names, or None for a name with none."""
     for pattern, text in DEFINITIONS:
         if m := pattern.match(canonical(name)):
-            tag = m.groupdict().get("T")
+            tag, decode = m.groupdict().get("T"), m.groupdict().get("D")
             return text.format(**context, T=tag, ext=EXTRACTOR_MODEL.get(tag, f"the `{tag}` extractor"),
-                               layer=EXTRACTOR_LAYER.get(tag, "its features"))
+                               layer=EXTRACTOR_LAYER.get(tag, "its features"), part=m.groupdict().get("P"),
+                               decode=DECODE_TEXT[decode].format(**context) if decode else None)
     return None
 
 

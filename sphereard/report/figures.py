@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from sphereard.eval.diagnostics import FIG_DPI, FIG_SIZE
-from sphereard.eval.figures import norm_series_style, posterior_colour, reference_line
+from sphereard.eval.figures import SPLIT_SERIES, norm_series_style, reference_line, split_series_style
 from sphereard.report.compare import finite
 from sphereard.sweep.plots import draw_sweep
 
@@ -62,14 +62,16 @@ def plot_norm_overview(frames: dict[str, pd.DataFrame], radii: dict[str, float |
 
 
 def plot_split_overview(frames: dict[str, pd.DataFrame], path: Path) -> None:
-    """Teacher-forced error per position: solid = tangential, dashed = radial, one colour per tokenizer."""
+    """Teacher-forced error per position, one colour per tokenizer: solid = error, dashed = its floor (two
+    independent posterior samples of one token), faint = radial (`split_series_style`)."""
     fig = Figure(figsize=FIG_SIZE)
     ax = fig.add_subplot()
-    for p, frame in frames.items():  # long format: position, series (radial | tangential), error
+    for p, frame in frames.items():  # long format: position, series (SPLIT_SERIES), error
         part = {name: rows.sort_values("position") for name, rows in frame.groupby("series")}
-        colour = posterior_colour(p)
-        ax.plot(part["tangential"]["position"], part["tangential"]["error"], color=colour, label=f"{p} tangential")
-        ax.plot(part["radial"]["position"], part["radial"]["error"], ls="--", color=colour, label=f"{p} radial")
-    ax.set(xlabel="token position", ylabel="mean |error|", title="teacher-forced error: radial vs tangential")
+        for name in SPLIT_SERIES:
+            if name in part:
+                ax.plot(part[name]["position"], part[name]["error"], label=f"{p} {name}",
+                        **split_series_style(p, name))
+    ax.set(xlabel="token position", ylabel="mean |error|", title="teacher-forced error (solid) and its floor (dashed)")
     ax.legend(fontsize="small")
     _save(fig, path)

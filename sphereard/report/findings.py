@@ -26,12 +26,17 @@ from sphereard.report.compare import (
     trend,
 )
 from sphereard.report.keys import (
+    DECODES,
     HIGHER_BETTER_GEN,
     LOWER_BETTER,
+    RANKING_DECODE,
     SPREAD_PREFIXES,
+    TF_PARTS,
+    decode_key,
     generation_keys,
     norm_devs,
     recon_fd_keys,
+    recon_value,
 )
 from sphereard.report.sweep import sweep_metrics
 from sphereard.report.tables import IMBALANCE_RATIO, fmt, pct
@@ -75,6 +80,32 @@ def spread_halves(inp, key: str) -> dict[str, float]:
     return {p: float(v) for p, v in per_posterior(inp, "evaluation", std_key).items() if finite(v)}
 
 
+def recon_values(inp, key: str) -> dict[str, float]:
+    """{posterior: reconstruction metric `key`} (train_vae's value, else evaluate's `recon_<key>`)."""
+    return {p: recon_value(inp.metrics["tokenizer"][p], inp.metrics["evaluation"][p], key) for p in inp.posteriors}
+
+
+def recon_findings(inp) -> list[str]:
+    """Tokenizers ranked on decode(posterior sample) (psnr, then each rFD), the latents the generator learns; the
+    decode(posterior mode) ranking beside it, and which tokenizer each decode would pick where they differ."""
+    out = []
+    keys = [("psnr", False), *[(k, True) for k in recon_fd_keys(inp.metrics["evaluation"])]]
+    for metric, lower_better in keys:
+        ranked = {d: recon_values(inp, decode_key(metric, d)) for d in DECODES}
+        sample = rank(decode_key(metric, RANKING_DECODE), ranked[RANKING_DECODE], lower_better)
+        if sample is None:
+            continue
+        mode = rank(decode_key(metric, "mode"), ranked["mode"], lower_better)
+        out.append("Reconstruction ranked on decode(posterior sample), the latents the generator learns: " + sample)
+        if mode is not None:
+            best = {d: best_of(values, lower_better) for d, values in ranked.items()}
+            differs = (f" The two decodes pick different tokenizers: **{best['sample']}** on the sample, "
+                       f"**{best['mode']}** on the mode." if None not in best.values() and len(set(best.values())) > 1
+                       else "")
+            out.append("For comparison, decode(posterior mode): " + mode + differs)
+    return out
+
+
 def generation_findings(inp) -> list[str]:
     ev = inp.metrics["evaluation"]
     out = []
@@ -82,22 +113,22 @@ def generation_findings(inp) -> list[str]:
         if key.startswith(LOWER_BETTER + HIGHER_BETTER_GEN):
             out.append(rank(key, per_posterior(inp, "evaluation", key), key.startswith(LOWER_BETTER),
                             spread_halves(inp, key)))
-    psnr = {p: inp.metrics["tokenizer"][p].get("psnr", ev[p].get("recon_psnr")) for p in inp.posteriors}
-    out.append(rank("psnr", psnr, lower_better=False))
-    out += [rank(k, {p: ev[p].get(f"recon_{k}") for p in inp.posteriors}, True) for k in recon_fd_keys(ev)]
+    out += recon_findings(inp)
+    psnr_key = decode_key("psnr", RANKING_DECODE)
+    psnr = recon_values(inp, psnr_key)
     fd_keys = [k for k in generation_keys(ev) if k.startswith(("fd_", "fid_"))]
     if fd_keys and len(inp.posteriors) > 1:
         fd = fd_keys[0]
         by_fd, by_psnr = best_of(per_posterior(inp, "evaluation", fd), True), best_of(psnr, False)
         if by_fd is None or by_psnr is None:
-            out.append(f"psnr and `{fd}` do not both single out one tokenizer beyond the tolerance: nothing is "
-                       "claimed about reconstruction vs generation.")
+            out.append(f"`{psnr_key}` and `{fd}` do not both single out one tokenizer beyond the tolerance: nothing "
+                       "is claimed about reconstruction vs generation.")
         elif by_fd == by_psnr:
-            out.append(f"The best reconstruction (psnr) and the best generation (`{fd}`) come from the same "
+            out.append(f"The best reconstruction (`{psnr_key}`) and the best generation (`{fd}`) come from the same "
                        f"tokenizer, **{by_fd}**.")
         else:
             out.append(f"Better reconstruction did not give better generation: **{by_psnr}** has the highest "
-                       f"psnr, **{by_fd}** the lowest `{fd}` (reconstruction / generation trade-off).")
+                       f"`{psnr_key}`, **{by_fd}** the lowest `{fd}` (reconstruction / generation trade-off).")
     return [s for s in out if s]
 
 
@@ -126,9 +157,34 @@ def norm_findings(inp) -> list[str]:
         text = "; ".join(f"{word} the threshold: {', '.join(ps)}" for word, ps in groups.items() if ps)
         out.append(f"Norm drift without projection at the highest diagnostic CFG scale (w={w_top:g}, threshold "
                    f"{DRIFT_TOL:.0%}): {text}.")
-    radial = per_posterior(inp, "evaluation", "tf_radial_fraction")
-    if statement := rank("tf_radial_fraction", radial, lower_better=False, show=pct):
-        out.append(statement)
+    return out + teacher_forced_findings(inp)
+
+
+def floor_text(metrics: dict, part: str) -> str | None:
+    """'radial 2.2 vs floor 1.8 (`tf_radial_excess` 0.4)', or 'at its floor' when error and floor tie; None
+    without both numbers."""
+    error, floor = metrics.get(f"tf_{part}_error"), metrics.get(f"tf_{part}_floor")
+    if not (finite(error) and finite(floor)):
+        return None
+    excess = "at its floor" if compare(error, floor) == 0 else f"`tf_{part}_excess` {fmt(error - floor)}"
+    return f"{part} {fmt(error)} vs floor {fmt(floor)} ({excess})"
+
+
+def teacher_forced_findings(inp) -> list[str]:
+    """The teacher-forced error read against its floor: each tokenizer's radial and tangential error, floor and
+    excess, then the excesses ranked (lower: closer to a model that predicts exact posterior samples)."""
+    said = {p: [t for part in TF_PARTS if (t := floor_text(inp.metrics["evaluation"][p] or {}, part))]
+            for p in inp.posteriors}
+    said = {p: texts for p, texts in said.items() if texts}
+    if not said:
+        return []
+    out = ["Teacher-forced error over its floor (the same split between two independent posterior samples of a "
+           "token, what a model predicting exact posterior samples scores; the excess is what the model adds): "
+           + "; ".join(f"{p} {', '.join(texts)}" for p, texts in said.items()) + "."]
+    for part in TF_PARTS:
+        key = f"tf_{part}_excess"
+        if statement := rank(key, per_posterior(inp, "evaluation", key), lower_better=True):
+            out.append(statement)
     return out
 
 

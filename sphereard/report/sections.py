@@ -15,13 +15,13 @@ import torch
 
 from sphereard.config import Params
 from sphereard.eval.diagnostics import DRIFT_TOL
-from sphereard.eval.names import LPIPS_KEY
+from sphereard.eval.names import DECODES, LPIPS_KEY, decode_key
 from sphereard.latents import META_FILE as LATENT_META
 from sphereard.report.compare import CONFIDENCE
 from sphereard.report.figures import plot_norm_overview, plot_split_overview
 from sphereard.report.imported import imported_rows, paper_line
 from sphereard.report.inputs import Inputs
-from sphereard.report.keys import generation_keys, norm_devs, recon_fd_keys
+from sphereard.report.keys import TF_KEYS, generation_keys, norm_devs, recon_fd_keys, recon_value
 from sphereard.report.sweep import fixed_settings, sweep_metrics, sweep_table
 from sphereard.report.tables import CLASS_TABLE_MAX, class_table, collapse, fmt, md_table
 from sphereard.sweep.plots import plot_sweep
@@ -129,23 +129,29 @@ def section_data(inp: Inputs, out_dir: Path) -> list[str]:
                   md_table(["class", "name", "train", "test", "train share"], rows)]
 
 
+def recon_columns(inp: Inputs) -> list[str]:
+    """The reconstruction table's metric columns: psnr, ssim, rfd_<tag>s and (where measured) lpips_vgg, each
+    on decode(mode) and decode(sample) (`<metric>_<decode>`)."""
+    tok, ev = inp.metrics["tokenizer"], inp.metrics["evaluation"]
+    lpips = any(recon_value(tok[p], ev[p], decode_key(LPIPS_KEY, d)) is not None
+                for p in inp.posteriors for d in DECODES)
+    return [decode_key(k, d) for k in (*RECON_COLUMNS, *recon_fd_keys(ev), *([LPIPS_KEY] if lpips else []))
+            for d in DECODES]
+
+
 def section_recon(inp: Inputs) -> list[str]:
     tok, ev = inp.metrics["tokenizer"], inp.metrics["evaluation"]
-    rfd = recon_fd_keys(ev)
-    lpips = any(LPIPS_KEY in tok[p] or f"recon_{LPIPS_KEY}" in ev[p] for p in inp.posteriors)
-    header = ["tokenizer", *RECON_COLUMNS, *rfd] + ([LPIPS_KEY] if lpips else []) + ["eval images"]
-    rows = []
-    for p in inp.posteriors:
-        row = [p, *[tok[p].get(k, ev[p].get(f"recon_{k}")) for k in RECON_COLUMNS],
-               *[ev[p].get(f"recon_{k}") for k in rfd]]
-        row += [tok[p].get(LPIPS_KEY, ev[p].get(f"recon_{LPIPS_KEY}"))] if lpips else []
-        rows.append(row + [inp.get("info", "tokenizer", p, "eval_images")])
+    columns = recon_columns(inp)
+    rows = [[p, *[recon_value(tok[p], ev[p], k) for k in columns], inp.get("info", "tokenizer", p, "eval_images")]
+            for p in inp.posteriors]
     source = "`evaluate` (imported tokenizer)" if inp.any_imported() else "`train_vae`"
-    notes = ["", f"PSNR / SSIM from {source} on held-out images; `rfd_*` from `evaluate` in that extractor's "
-                 "feature space; `eval images` from the tokenizer info."]
-    if not lpips:
+    notes = ["", "Each metric on two decodes of the same held-out images: `_mode` = decode(posterior mode), "
+                 "`_sample` = decode(one posterior sample per token), the latents the generator learns; the "
+                 f"findings rank tokenizers on `_sample`. PSNR / SSIM from {source}; `rfd_*` from `evaluate` in that "
+                 "extractor's feature space; `eval images` from the tokenizer info."]
+    if not any(c.startswith(LPIPS_KEY) for c in columns):
         notes.append(f"`{LPIPS_KEY}` absent: LPIPS weights were not configured (`lpips_weights_path`).")
-    return ["## Reconstruction (tokenizers)", "", md_table(header, rows), *notes]
+    return ["## Reconstruction (tokenizers)", "", md_table(["tokenizer", *columns, "eval images"], rows), *notes]
 
 
 def section_generation(params: Params, inp: Inputs) -> list[str]:
@@ -196,15 +202,18 @@ def section_norms(inp: Inputs, fig_dir: Path) -> list[str]:
         out += [f"![token norm along the sequence]({FIGURES_DIR}/norm_trajectories.png)", "",
                 "Mean pre-projection token norm per position; dotted line: `R`; dashed: sampled without projection; "
                 "more opaque: higher CFG scale.", ""]
-    tf_keys = [k for k in ("tf_radial_error", "tf_tangential_error", "tf_radial_fraction")
-               if any(k in ev[p] for p in inp.posteriors)]
+    tf_keys = [k for k in TF_KEYS if any(k in (ev[p] or {}) for p in inp.posteriors)]
     if tf_keys:
-        out += ["Teacher-forced prediction error on held-out images, split into radial and tangential parts:", "",
-                md_table(["tokenizer", *tf_keys], [[p, *[ev[p].get(k) for k in tf_keys]] for p in inp.posteriors]),
-                ""]
+        out += ["Teacher-forced prediction error on held-out images, split into radial and tangential parts, next "
+                "to its floor (the same split between two independent posterior samples of a token: what a model "
+                "predicting exact posterior samples scores) and the excess over it; contexts and targets are "
+                "posterior samples, as in training:", "",
+                md_table(["tokenizer", *tf_keys], [[p, *[(ev[p] or {}).get(k) for k in tf_keys]]
+                                                   for p in inp.posteriors]), ""]
     if inp.frames["split_csv"]:
         plot_split_overview(inp.frames["split_csv"], fig_dir / "error_split.png")
-        out += [f"![teacher-forced error split]({FIGURES_DIR}/error_split.png)", ""]
+        out += [f"![teacher-forced error split]({FIGURES_DIR}/error_split.png)", "",
+                "Mean teacher-forced error per position; solid: error, dashed: its floor; faint: radial.", ""]
     links = [f"[{p} {kind}]({FIGURES_DIR}/{kind}_{p}.png)" for p, f in inp.files.items()
              for kind, key in (("norm_trajectory", "norm_png"), ("error_split", "split_png")) if key in f]
     return out + (["Per-tokenizer figures from `evaluate`: " + ", ".join(links)] if links else [])
@@ -217,7 +226,7 @@ def section_grids(inp: Inputs) -> list[str]:
                                                                                           else 2]:
             shown = f"![{p} {kind}]({FIGURES_DIR}/{kind}_{p}.png)" if key in inp.files[p] else "(absent)"
             out += [f"**{p}, {kind}** (" + ("one row per class, class name left of the row" if kind == "samples"
-                                            else "top: inputs, bottom: reconstructions") + f"): {shown}", ""]
+                                            else "top: inputs, bottom: decode(posterior mode)") + f"): {shown}", ""]
     return out
 
 

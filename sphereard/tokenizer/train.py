@@ -17,10 +17,10 @@ import torch
 
 from sphereard.config import Params, absolute_paths
 from sphereard.data import images_as_uint8, manifest_path
-from sphereard.eval.reconstruction import reconstruction_metrics
+from sphereard.eval.reconstruction import reconstruction_metrics_by_decode
 from sphereard.export import read_meta
 from sphereard.layout import checkpoint_dir, export_dir, history_file, reconstructions_file, write_results
-from sphereard.tokenizer.inference import reconstruct
+from sphereard.tokenizer.inference import reconstruct_decodes
 from sphereard.tokenizer.losses import load_lpips
 from sphereard.tokenizer.task import TokenizerTask, tokenizer_meta
 from sphereard.tokenizer.vae import create_tokenizer
@@ -58,15 +58,19 @@ def export_tokenizer(params: Params, posterior: str, run_id: str | None):
 
 
 def evaluate_reconstruction(params: Params, vae, posterior: str, run) -> tuple[dict[str, float], int]:
-    """(held-out reconstruction metrics, number of images measured) + an input/reconstruction grid PNG."""
+    """(held-out reconstruction metrics, number of images measured) + an input/reconstruction grid PNG.
+
+    Metrics on both decodes, keys suffixed `_mode` / `_sample` (psnr_mode, psnr_sample, ssim_*, lpips_vgg_*
+    when its weights are local); the posterior samples are drawn from `params.seed` (reproducible).
+    `recon_images_per_s` times the encoding and both decodes. The grid shows the mode decode."""
     real, _ = images_as_uint8(params.data.out, "test", limit=params.tokenizer.eval_images)
     start = time.perf_counter()
-    recon = reconstruct(vae, real, EVAL_BATCH, "cpu")
+    recons = reconstruct_decodes(vae, real, EVAL_BATCH, "cpu", seed=params.seed)  # {'mode', 'sample'}: (N, H, W, C)
     elapsed = time.perf_counter() - start
     lpips = load_lpips(params.lpips_weights_path) if params.lpips_weights_path else None
-    metrics = reconstruction_metrics(real, recon, lpips=lpips)
+    metrics = reconstruction_metrics_by_decode(real, recons, lpips=lpips)
     metrics.update(recon_images_per_s=len(real) / elapsed)
-    pair = torch.from_numpy(np.concatenate([real[:GRID_IMAGES], recon[:GRID_IMAGES]]))
+    pair = torch.from_numpy(np.concatenate([real[:GRID_IMAGES], recons["mode"][:GRID_IMAGES]]))
     grid = reconstructions_file(params, posterior)
     with atomic_path(grid) as tmp:
         image_grid(pair.permute(0, 3, 1, 2).float(), nrow=GRID_IMAGES // 2, value_range=(0, 255)).save(tmp)
