@@ -346,3 +346,12 @@ def test_official_rules_name_the_key(path, value, expected):
     with pytest.raises(UserError) as err:
         parse_params(with_change(path, value, data))
     assert str(err.value).startswith(expected) and "\n" not in str(err.value)
+
+
+def test_kappa_init_is_the_demos_and_the_paper_profiles_keep_the_official_init():
+    from sphereard.config import DEMO_KAPPA_INIT
+
+    assert parse_params(materialise("default")).tokenizer.train.kappa_init == DEMO_KAPPA_INIT
+    for name in ("imagenet256-sphereAR-B", "imagenet256-sphereAR-L", "imagenet256-sphereAR-H"):
+        train = parse_params(materialise(name)).tokenizer.train
+        assert train.kappa_init is None and train.export == "raw", name

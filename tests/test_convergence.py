@@ -78,3 +78,30 @@ def test_plateau_criterion():
     history[-1]["train/kl"] = 10.0  # a jump at the end
     assert not plateaued(convergence_summary(history))
     assert not plateaued({"kl_second_half_change": 0.0})  # a missing curve is no plateau
+
+
+@pytest.mark.parametrize("choice", ["raw", "ema"])
+def test_tokenizer_export_holds_the_chosen_weights(tmp_path, choice):
+    """`tokenizer.train.export`: raw (default, as the official S-VAE) exports the optimised weights."""
+    from sphereard.config import parse_params
+    from sphereard.export import read_meta
+    from sphereard.layout import checkpoint_dir, export_dir
+    from sphereard.profiles import materialise
+    from sphereard.tokenizer.train import export_tokenizer
+    from sphereard.tokenizer.vae import create_tokenizer
+    from sphereard.train.checkpoint import save_checkpoint
+
+    data = materialise("smoke")
+    data["tokenizer"]["out"] = str(tmp_path / "tokenizer")
+    data["tokenizer"]["train"]["export"] = choice
+    params = parse_params(data)
+    assert parse_params(materialise("smoke")).tokenizer.train.export == "raw"
+    vae = create_tokenizer(params.tokenizer.preset, posterior="spherical")
+    raw = vae.state_dict()
+    ema = {k: v + 1.0 if v.is_floating_point() else v for k, v in raw.items()}
+    save_checkpoint(checkpoint_dir(params, "tokenizer", "spherical"), 7, {"model": raw, "ema": ema})
+    exported = export_tokenizer(params, "spherical", None).state_dict()
+    expected = raw if choice == "raw" else ema
+    assert all(torch.equal(exported[k], expected[k]) for k in expected)
+    meta = read_meta(export_dir(params, "tokenizer", "spherical"))
+    assert meta["weights"] == choice and meta["step"] == 7

@@ -82,7 +82,8 @@ def layout_outputs(params: Params, p: str = "P") -> dict[str, set[str]]:
     paths = {
         "prepare": [Path(params.data.out)],
         "train_vae": [layout.checkpoint_dir(params, "tokenizer", p), layout.export_dir(params, "tokenizer", p),
-                      info_file(params, "tokenizer", p), layout.reconstructions_file(params, p)],
+                      info_file(params, "tokenizer", p), layout.reconstructions_file(params, p),
+                      layout.history_file(params, p)],
         "encode": [layout.latent_cache_dir(params, p)],
         "train_classifier": [layout.classifier_model_dir(params), info_file(params, "classifier")],
         "reference": [layout.reference_dir(params)],
