@@ -64,17 +64,24 @@ def rewrite(dvc: dict, root: Path = REPO) -> None:
         deps.extend(code_closure(module, root) + others)
 
 
+def stage_root(path: Path, dvc: dict) -> Path:
+    """The folder a pipeline file's stages run in (their common `wdir`, relative to the file): the root
+    their code deps are relative to (pretrained/dvc.yaml: `wdir: ..`, the repository)."""
+    wdirs = {body.get("wdir", stage.get("wdir", ".")) for name, stage in dvc["stages"].items()
+             for body in (stage.get("do", stage),)}
+    assert len(wdirs) == 1, f"{path}: stages must share one wdir to have one code root, got {sorted(wdirs)}"
+    return (path.parent / wdirs.pop()).resolve()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="rewrite the files' code deps")
     parser.add_argument("--dvc-yaml", type=Path, action="append",
                         help="pipeline file (repeatable; default: " + ", ".join(DVC_FILES) + ")")
     parser.add_argument("--root", type=Path, default=None,
-                        help="repository root the code paths are relative to (default: the first file's folder, "
-                             "or this repo for the default files)")
+                        help="repository root the code paths are relative to (default: each file's stages' wdir)")
     args = parser.parse_args(argv)
     files = args.dvc_yaml or [REPO / f for f in DVC_FILES]
-    root = args.root or (REPO if not args.dvc_yaml else args.dvc_yaml[0].parent)
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.width = 4096
@@ -82,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for path in files:
         dvc = yaml.load(path)
+        root = args.root or stage_root(path, dvc)
         if args.write:
             rewrite(dvc, root)
             yaml.dump(dvc, path)

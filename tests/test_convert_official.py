@@ -380,3 +380,28 @@ def test_import_stage_names_a_missing_file_and_writes_nothing(tmp_path, generato
     with pytest.raises(UserError, match=r"^official\.vae='.*absent\.pt': no such file"):
         import_to_layout(params)
     assert not (tmp_path / "tokenizer").exists() and not (tmp_path / "generator").exists()
+
+
+def test_paper_comparison_only_with_the_papers_protocol():
+    """The report says "same protocol" only when every sampling setting, the sample count, the ADM
+    statistics and the EMA entry match the paper's; otherwise it lists each difference."""
+    from types import SimpleNamespace
+
+    from sphereard.config import parse_params
+    from sphereard.profiles import materialise
+    from sphereard.report.imported import PAPER_SAMPLING, paper_line
+
+    params = parse_params(materialise("imagenet256-official-L"))
+    settings = {**PAPER_SAMPLING, "cfg_scale": 4.6}
+    info = {"sampling": {"spherical": {"settings": settings}},
+            "evaluation": {"spherical": {"num_samples": 50_000, "reference_sources": {"inception": "adm_file"}}},
+            "generator": {"spherical": {"source": "/w/SphereAR_L.pt: 'ema'"}}}
+    inp = SimpleNamespace(posteriors=["spherical"], info=info,
+                          metrics={"evaluation": {"spherical": {"fid_inception": 1.61}}})
+    assert paper_line(params, inp)[0].endswith("`fid_inception` 1.61 with the same protocol (50,000 samples, the "
+                                               "paper's sampling settings, FD against the ADM reference batch's "
+                                               "statistics, standard Inception weights).")
+    settings["cfg_scale"] = 3.0
+    info["generator"]["spherical"]["source"] = "/w/SphereAR_L.pt: 'model'"
+    line = paper_line(params, inp)[0]
+    assert "cfg_scale 3 (paper 4.6)" in line and "other than the released EMA" in line and "not comparable" in line

@@ -257,6 +257,8 @@ def test_adm_reference_fd_uses_the_files_statistics_and_arr0_only_for_features(f
     stats = adm_ref_stats(tmp_path / "ref.npz", ext)
     assert stats.tag == "inception" and np.array_equal(stats.mu, mu) and np.array_equal(stats.sigma, sigma)
     assert np.array_equal(stats.features, refit.features) and stats.num_images == 12
+    assert (stats.source, refit.source) == ("adm_file", "images")  # recorded, so the report names the reals
+    assert load_ref_stats(save_ref_stats(tmp_path / "saved.npz", stats)).source == "adm_file"
     np.savez(tmp_path / "bad.npz", arr_0=images, mu=mu[:10], sigma=sigma[:10, :10])
     with pytest.raises(UserError, match=r"bad\.npz: mu has dim 10, expected 2048"):
         adm_ref_stats(tmp_path / "bad.npz", ext)

@@ -684,3 +684,17 @@ def test_convergence_section_states_the_plateau_schedule_and_noise(root, monkeyp
     assert (root / "reports" / "figures" / "tokenizer_training.png").is_file()
     for name in ("plateaued", "kl_second_half_change", "cos_sample_mode_final", "kappa_mean_final"):
         assert f"- `{name}`: " in md, f"{name} has no definition"
+
+
+def test_fd_against_an_adm_batch_names_its_own_statistics(root, monkeypatch):
+    """With the verified Inception and an ADM batch, FD's reals are the file's whole-dataset mu / sigma,
+    not the 10,000 images the reference stage counts: the definition and the caveat say so."""
+    params = load_params(root / "params.yaml")
+    for p in POSTERIORS:
+        path = root / info_file(params, "evaluation", p)
+        info = json.loads(path.read_text())
+        info["reference_sources"] = {"classifier": "images", "inception": "adm_file"}
+        write_json(path, info)
+    md = make_report(root, monkeypatch)
+    assert "real reference images, the `reference` stage's count" in md  # fd_classifier: fitted on images
+    assert "against the ADM reference batch's whole-dataset statistics (FD)" in md

@@ -35,8 +35,13 @@ def code_deps(body) -> set[str]:
     return {d for d in body["deps"] if isinstance(d, str) and stage_deps.is_code(d)}
 
 
-def test_code_deps_of_every_stage_equal_its_import_closure():
-    assert stage_deps.differences(dvc_yaml()) == {}, "run: python scripts/stage_deps.py --write"
+@pytest.mark.parametrize("pipeline", stage_deps.DVC_FILES)
+def test_code_deps_of_every_stage_equal_its_import_closure(pipeline):
+    """Both pipelines: the training DAG and the pretrained one (its stages run from the repo root)."""
+    path = REPO / pipeline
+    dvc = YAML().load(path)
+    assert stage_deps.stage_root(path, dvc) == REPO
+    assert stage_deps.differences(dvc, REPO) == {}, "run: python scripts/stage_deps.py --write"
 
 
 def test_every_module_a_stage_loads_is_a_dependency():

@@ -15,6 +15,7 @@ import numpy as np
 
 from sphereard.errors import UserError
 from sphereard.eval.metrics import RefStats, check_stats, compute_ref_stats
+from sphereard.eval.names import ADM_FILE_STATS
 from sphereard.utils.io import atomic_path, read_npz
 
 ADM_INCEPTION_DIM = 2048
@@ -90,8 +91,8 @@ def adm_ref_stats(path: str | Path, extractor=None, batch_size: int = 250) -> Re
         raise UserError(f"{path}: mu has dim {ref['mu'].shape[0]}, expected {ADM_INCEPTION_DIM} (Inception pool3)")
     mu, sigma = ref["mu"].astype(np.float64), ref["sigma"].astype(np.float64)
     if features is None:
-        return RefStats(ADM_STATS_TAG, mu, sigma, None, 0)
-    return RefStats(ADM_STATS_TAG, mu, sigma, features.features, features.num_images)
+        return RefStats(ADM_STATS_TAG, mu, sigma, None, 0, ADM_FILE_STATS)
+    return RefStats(ADM_STATS_TAG, mu, sigma, features.features, features.num_images, ADM_FILE_STATS)
 
 
 def save_samples_npz(path: str | Path, images: np.ndarray, labels=None,

@@ -194,6 +194,7 @@ def evaluate_posterior(params: Params, posterior: str) -> dict[str, float]:
     metrics_path, _ = write_results(params, "evaluation", posterior, metrics,
                                     {"posterior": posterior, "num_samples": int(len(fake)),
                                      "reference_images": {tag: int(ref.num_images) for tag, ref in references.items()},
+                                     "reference_sources": {tag: ref.source for tag, ref in references.items()},
                                      "recon_images": int(len(real)), "teacher_forced_images": int(len(held_out[0]))})
 
     tags = {"stage": "evaluate", "posterior": posterior, "profile": params.profile,

@@ -34,7 +34,7 @@ from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, p
 
 from sphereard.errors import UserError
 from sphereard.eval.extractors import extract_features
-from sphereard.eval.names import metric_name
+from sphereard.eval.names import ADM_FILE_STATS, IMAGES_STATS, metric_name
 from sphereard.utils.io import atomic_path, read_npz
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class RefStats:
     sigma: np.ndarray  # (D, D) float64
     features: np.ndarray | None = None  # (N, D) float32
     num_images: int = 0
+    source: str = IMAGES_STATS  # where mu/sigma come from: IMAGES_STATS (fitted on features) | ADM_FILE_STATS
 
 
 def _require_samples(n: int, minimum: int, metric: str, setting: str) -> None:
@@ -192,7 +193,8 @@ def compute_ref_stats(real_uint8: np.ndarray, extractor, batch_size: int = 250,
 
 def save_ref_stats(path: str | Path, stats: RefStats) -> Path:
     """Write one extractor's reference statistics as .npz (atomically)."""
-    arrays = dict(tag=np.array(stats.tag), mu=stats.mu, sigma=stats.sigma, num_images=np.array(stats.num_images))
+    arrays = dict(tag=np.array(stats.tag), mu=stats.mu, sigma=stats.sigma, num_images=np.array(stats.num_images),
+                  source=np.array(stats.source))
     if stats.features is not None:
         arrays["features"] = stats.features
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -235,7 +237,7 @@ def load_ref_stats(path: str | Path) -> RefStats:
     negative or non-integer image count, statistics that are not finite numbers shaped mu (D,) and
     sigma (D, D), or features that are not finite (N, D) rows."""
     path = Path(path)
-    arrays = read_npz(path, (*REF_STATS_REQUIRED, "features"), REF_STATS_WHAT)
+    arrays = read_npz(path, (*REF_STATS_REQUIRED, "features", "source"), REF_STATS_WHAT)
     for name in REF_STATS_REQUIRED:
         if arrays[name] is None:
             raise UserError(f"{path}: {REF_STATS_WHAT} has no {name!r} array (re-run the reference stage)")
@@ -250,8 +252,14 @@ def load_ref_stats(path: str | Path) -> RefStats:
             raise UserError(f"{path}: features {features.shape} do not match mu {mu.shape} "
                             f"(expected (N, {mu.shape[0]}))")
         _check_finite_numbers(features, "features", path)
+    source = IMAGES_STATS  # files written before `source` existed were all fitted on images
+    if arrays["source"] is not None:
+        _check_scalar(arrays["source"], "source", "U", "a string", path)
+        source = str(arrays["source"])
+        if source not in (IMAGES_STATS, ADM_FILE_STATS):
+            raise UserError(f"{path}: 'source' must be {IMAGES_STATS!r} or {ADM_FILE_STATS!r}, got {source!r}")
     return RefStats(str(arrays["tag"]), mu.astype(np.float64), sigma.astype(np.float64), features,
-                    int(arrays["num_images"]))
+                    int(arrays["num_images"]), source)
 
 
 def generation_metric_keys(tags, with_labels: bool = True, with_ref_features: bool = True) -> list[str]:

@@ -15,6 +15,9 @@ HIGHER_BETTER_GEN = ("class_consistency_", "precision_", "recall_", "is_")
 METRIC_PREFIXES = (*LOWER_BETTER, "precision_", "recall_", "is_", "class_consistency_", "norm_")
 HIDDEN_PREFIXES = ("kid_std_", "is_std_")  # spreads reported with kid_* / is_*, not metrics of their own
 SPREAD_PREFIXES = ("kid_", "is_")  # metrics the evaluate stage reports with a std (`<prefix>std_<extractor>`)
+# where a reference's mu / sigma come from (RefStats.source; evaluate info `reference_sources`): fitted on
+# real images' features, or an ADM reference batch's own whole-dataset statistics (`eval.adm.adm_ref_stats`)
+IMAGES_STATS, ADM_FILE_STATS = "images", "adm_file"
 
 
 def metric_name(metric: str, extractor: str) -> str:

@@ -2,8 +2,9 @@
 
 `evaluation.num_real` images drawn at random (seeded) from the train split; with
 `evaluation.adm_reference` set, the inception statistics come from that ADM/OpenAI reference
-batch instead (the paper's ImageNet protocol): features of its images when it has them, else its
-own mu/sigma (which only the verified FID Inception weights may use). Written to
+batch instead (the paper's ImageNet protocol, `sphereard.eval.adm.adm_ref_stats`): with the verified
+FID Inception weights, FD uses the file's own whole-dataset mu/sigma and its images give the features
+for KID / precision / recall; unverified weights refit mu/sigma on its images. Written to
 `evaluation.out/reference/<extractor>.npz` (sphereard/layout.py).
 """
 

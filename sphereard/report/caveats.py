@@ -4,6 +4,7 @@ sample count, seeds and class balance (every number read from the stage outputs,
 from __future__ import annotations
 
 from sphereard.config import Params
+from sphereard.eval.names import ADM_FILE_STATS
 from sphereard.report.compare import CONFIDENCE, REL_TOL, finite
 from sphereard.report.tables import IMBALANCE_RATIO, MISSING_COUNT, collapse, counted, fmt
 
@@ -40,8 +41,13 @@ def caveats(params: Params, inp) -> list[str]:
                    f"(test accuracy {fmt(acc)}): it is only as meaningful as that classifier and is not the "
                    f"Inception-feature metric the paper reports (best {PAPER_BEST}); it is not comparable with the "
                    "paper's numbers.")
+    adm = any(ADM_FILE_STATS in (i.get("reference_sources") or {}).values() for i in inp.info["evaluation"].values()
+              if i)
+    reals = (f"the ADM reference batch's whole-dataset statistics (FD) and its "
+             f"{counted(inp.info['evaluation'], 'reference_images')} images (KID, precision, recall)" if adm else
+             f"{counted(inp.info['evaluation'], 'reference_images')} real images")
     out += [f"Sample sizes: generation metrics from {', '.join(map(fmt, samples)) or MISSING_COUNT} samples per "
-            f"tokenizer against {counted(inp.info['evaluation'], 'reference_images')} real images; Frechet distances "
+            f"tokenizer against {reals}; Frechet distances "
             "are biased upward at small N, so compare only numbers computed with the same N.",
             f"Single seed (seed={params.seed}, sampling.seed={params.sampling.seed}) and one "
             f"{'imported model' if inp.any_imported() else 'training run'} per tokenizer for the main tables: a "

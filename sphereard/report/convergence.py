@@ -66,7 +66,7 @@ def section_convergence(params: Params, inp: Inputs, fig_dir: Path) -> list[str]
            f"`plateaued`: the smoothed KL and reconstruction loss each changed by less than {PLATEAU_TOL:.0%} of "
            "the final value over the second half of training (train_vae's metrics; curves in each tokenizer's "
            "`history.csv`). " + schedule_text(params)]
-    frames = {p: pd.read_csv(inp.files[p]["history"]) for p in trained if "history" in inp.files.get(p, {})}
+    frames = {p: frame for p, frame in inp.frames["history"].items() if p in trained}  # columns checked
     if frames:
         plot_training_curves(frames, fig_dir / FIGURE)
         out += ["", f"![tokenizer training curves](figures/{FIGURE})"]

@@ -12,10 +12,15 @@ from __future__ import annotations
 import re
 
 from sphereard.eval.diagnostics import DRIFT_TOL
+from sphereard.eval.names import ADM_FILE_STATS
 from sphereard.report.compare import COMPARISON_RULE
 from sphereard.report.keys import DECODES, NORM_GENERIC, NORM_KEY
 from sphereard.report.tables import counted, fmt
 from sphereard.train.convergence import PLATEAU_TOL
+
+# FD's reals when the reference stage took an ADM batch's own statistics (`sphereard.eval.adm.adm_ref_stats`)
+ADM_REF_TEXT = ("the ADM reference batch's own mu / sigma, statistics of the whole training set (`evaluation."
+                "adm_reference`); its images serve KID, precision and recall only")
 
 EXTRACTOR_MODEL = {"classifier": "the in-project classifier of `train_classifier`",
                    "effnet": "ImageNet EfficientNet-Lite0", "inception": "Inception-v3 with the standard FID weights",
@@ -42,9 +47,8 @@ DEFINITION_PATTERNS = (  # (name regex, text); {T} {ext} {layer}: the extractor;
                                   "of the same `eval images` held-out originals " + SPACE + ", {decode}; lower is "
                                   "better."),
     (rf"fi?d_{TAGGED}", "Frechet distance ||mu_g - mu_r||^2 + tr(S_g + S_r - 2 (S_g S_r)^(1/2)) between Gaussian "
-                        "fits of the generated `samples` (g) and of {num_real} real reference "
-                        "images (r; the `reference` stage's count) " + SPACE + "; lower is better; biased upward "
-                        "at small sample counts."),
+                        "fits of the generated `samples` (g) and of the reals (r: {ref}) " + SPACE + "; lower is "
+                        "better; biased upward at small sample counts."),
     (rf"kid_{TAGGED}", "kernel distance: unbiased MMD^2 with kernel (x.y / D + 1)^3 between the samples and the "
                        "reals " + SPACE + ", mean over 100 random subsets of `evaluation.kid_subset_size` = {kid} "
                        "(at most the smaller set); lower is better."),
@@ -136,7 +140,12 @@ def definition_context(params, eval_infos: dict) -> dict:
     """The numbers the definitions quote: image counts as the evaluate stage recorded them (its info files),
     settings (subset sizes, neighbours, sampler steps) from params."""
     ev = params.evaluation
+    adm = {tag for info in eval_infos.values() if info
+           for tag, source in (info.get("reference_sources") or {}).items() if source == ADM_FILE_STATS}
     return {"num_real": counted(eval_infos, "reference_images"), "kid": fmt(ev.kid_subset_size),
+            "fd_ref_images": f"{counted(eval_infos, 'reference_images')} real reference images, the `reference` "
+                             "stage's count",
+            "fd_refs": {tag: ADM_REF_TEXT for tag in adm},
             "k": fmt(ev.pr_neighbours), "ds": fmt(ev.diagnostic_samples), "dsteps": fmt(ev.diagnostic_steps),
             "tf": counted(eval_infos, "teacher_forced_images"), "drift": f"{DRIFT_TOL:.0%}", "seed": params.seed,
             "plateau": f"{PLATEAU_TOL:.0%}"}
@@ -152,7 +161,8 @@ def define(name: str, context: dict) -> str | None:
     for pattern, text in DEFINITIONS:
         if m := pattern.match(canonical(name)):
             tag, decode = m.groupdict().get("T"), m.groupdict().get("D")
-            return text.format(**context, T=tag, ext=EXTRACTOR_MODEL.get(tag, f"the `{tag}` extractor"),
+            ref = context["fd_refs"].get(tag, context["fd_ref_images"])
+            return text.format(**context, T=tag, ref=ref, ext=EXTRACTOR_MODEL.get(tag, f"the `{tag}` extractor"),
                                layer=EXTRACTOR_LAYER.get(tag, "its features"), part=m.groupdict().get("P"),
                                decode=DECODE_TEXT[decode].format(**context) if decode else None)
     return None

@@ -5,11 +5,16 @@ export's model.json names a `source` (`Inputs.imported`)."""
 from __future__ import annotations
 
 from sphereard.config import Params
+from sphereard.eval.names import ADM_FILE_STATS
 from sphereard.report.tables import collapse, fmt
 
 # The released generators' FID on ImageNet 256 (50,000 samples, ADM reference batch; arXiv 2509.24335 Table 2)
 PAPER_FID = {"SphereAR-B": 1.92, "SphereAR-L": 1.54, "SphereAR-H": 1.34}
 PAPER_SAMPLES = 50_000
+PAPER_CFG = {"SphereAR-B": 4.5, "SphereAR-L": 4.6, "SphereAR-H": 4.5}  # the released models' CFG scales
+# the paper's sampler (Sec. 4.1; official sampling defaults), as the sample stage's info records it
+PAPER_SAMPLING = {"cfg_schedule": "linear", "sampler": "euler_maruyama", "steps": 100, "final_step": 0.04,
+                  "projection": "sphere", "cfg_unit_weight": "separate"}
 
 
 def source_text(info: dict | None) -> str:
@@ -34,23 +39,37 @@ def paper_fid(preset: str) -> float | None:
     return PAPER_FID.get(preset)
 
 
+def protocol_differences(params: Params, inp) -> list[str]:
+    """How this run differs from the paper's evaluation of the imported preset (empty: the same protocol):
+    the sampling settings it recorded, the sample count, FD against the ADM batch's own statistics with the
+    verified Inception weights, and the EMA weights imported."""
+    wanted = {**PAPER_SAMPLING, "cfg_scale": PAPER_CFG[params.generator.preset]}
+    out = []
+    for p in inp.posteriors:
+        settings = (inp.info["sampling"].get(p) or {}).get("settings") or {}
+        out += [f"{key} {fmt(settings.get(key))} (paper {fmt(value)})" for key, value in wanted.items()
+                if settings.get(key) != value]
+        info = inp.info["evaluation"].get(p) or {}
+        if info.get("num_samples") != PAPER_SAMPLES:
+            out.append(f"{fmt(info.get('num_samples'))} samples (paper {PAPER_SAMPLES:,})")
+        if (info.get("reference_sources") or {}).get("inception") != ADM_FILE_STATS:
+            out.append("FD not against the ADM batch's own statistics with the verified Inception weights")
+        if "'ema'" not in str((inp.info["generator"].get(p) or {}).get("source", "")):
+            out.append("generator weights other than the released EMA")
+    return list(dict.fromkeys(out))
+
+
 def paper_line(params: Params, inp) -> list[str]:
     """The paper's FID for the imported preset, and whether this run used the paper's protocol."""
     paper = paper_fid(params.generator.preset)
     if paper is None:
         return [f"No published FID for generator preset {params.generator.preset!r} (the paper reports "
                 f"{', '.join(f'{k} {v}' for k, v in PAPER_FID.items())})."]
-    samples = {i.get("num_samples") for i in inp.info["evaluation"].values() if i}
-    ours = [m.get("fid_inception") for m in inp.metrics["evaluation"].values() if m]
-    protocol = (samples == {PAPER_SAMPLES} and params.evaluation.adm_reference is not None
-                and any(v is not None for v in ours))
-    if protocol:
+    differences = protocol_differences(params, inp)
+    if not differences:
         fid = collapse({p: (m or {}).get("fid_inception") for p, m in inp.metrics["evaluation"].items()})
         return [f"Paper: FID {paper} for {params.generator.preset} (arXiv 2509.24335 Table 2); this run: "
-                f"`fid_inception` {fid} with the same protocol ({PAPER_SAMPLES:,} samples, ADM reference batch, "
-                "standard Inception weights)."]
-    return [f"Paper: FID {paper} for {params.generator.preset} with {PAPER_SAMPLES:,} samples against the ADM "
-            "reference batch and the standard Inception weights; this run does not use that protocol "
-            f"(samples: {', '.join(map(fmt, sorted(s for s in samples if s is not None))) or 'n/a'}; "
-            f"`fid_inception` {'present' if any(v is not None for v in ours) else 'absent'}), so its numbers are not "
-            "comparable with it."]
+                f"`fid_inception` {fid} with the same protocol ({PAPER_SAMPLES:,} samples, the paper's sampling "
+                "settings, FD against the ADM reference batch's statistics, standard Inception weights)."]
+    return [f"Paper: FID {paper} for {params.generator.preset} (arXiv 2509.24335 Table 2). This run differs from "
+            f"that protocol ({'; '.join(differences)}), so its numbers are not comparable with it."]

@@ -47,7 +47,7 @@ REQUIRED = {"tokenizer": "train_vae", "generator": "train_ar", "evaluation": "ev
 OPTIONAL = {"sampling": "sample"}  # metrics blocks whose file may be absent
 INFO_BLOCKS = {"tokenizer": "train_vae", "generator": "train_ar", "sampling": "sample", "evaluation": "evaluate"}
 CSV_COLUMNS = {"norm_csv": ("series", "projection", "cfg_scale", "position", "norm_mean"),
-               "split_csv": ("position", "series", "error")}
+               "split_csv": ("position", "series", "error"), "history": ("step", "kl", "recon")}
 SPLITS = ("train", "test")
 SWEEP_DISABLED = "**Sweep disabled** (`sweep.enabled: false`): no metric-vs-CFG curves."
 
@@ -166,8 +166,8 @@ def load_inputs(params: Params, root: Path = Path("."), required: bool = True) -
 
     def required_metrics(block: str, stage: str, p: str) -> dict | None:
         path = root / metrics_file(params, block, p)
-        if required and not (imported[p] and block in TRAINED_BLOCKS):
-            return read_json(path, f"{stage}@{p}")
+        if required and not (imported[p] and block in TRAINED_BLOCKS):  # imported: the pretrained DAG's stage
+            return read_json(path, f"pretrained/dvc.yaml:{stage}" if imported[p] else f"{stage}@{p}")
         return read_optional(path, absent) if not imported[p] else (read_json(path) or {})  # {}: nothing trained
 
     metrics = {block: {p: required_metrics(block, stage, p) for p in posteriors} for block, stage in REQUIRED.items()}

@@ -32,7 +32,7 @@ def second_half_change(steps: np.ndarray, values: np.ndarray) -> float:
     steps, s = np.asarray(steps), smoothed(values)
     if len(s) < 4 or s[-1] == 0 or not np.isfinite(s).all():
         return float("nan")
-    half = steps >= steps[0] + (steps[-1] - steps[0]) / 2
+    half = steps >= steps[-1] / 2  # the second half of training: steps T/2 .. T
     return float(np.abs(s[half] - s[-1]).max() / abs(s[-1]))
 
 
