@@ -141,7 +141,7 @@ class TokenizerTrainConfig(TrainLoopConfig):
 
 # The demo's S-VAE starts near the concentration it moves to on this data (constant learning rate: from
 # 30, kappa ends at 29-31 after 1500 steps; from 20 it rises, from 60 it falls; docs/tokenizer-convergence.md)
-# instead of kappa ~1.7, from which its KL climbs for the whole 500-step run (23% in the second half; 2.8%
+# instead of kappa ~1.7, from which its KL climbs for the whole 500-step run (29% in the second half; 3.6%
 # from 30 under the demo's cosine schedule). The paper profiles set kappa_init: null (the official init).
 DEMO_KAPPA_INIT = 30.0
 
