@@ -17,9 +17,11 @@ demo: venv system-deps  ## run the whole DVC pipeline on params.yaml (default: F
 	dvc repro
 
 # The authors' released weights through the pretrained DAG (pretrained/dvc.yaml; README "The paper's released
-# models"). PROFILE=imagenet256-official-{B,L,H} rewrites pretrained/params.yaml first; without it the file runs as is.
+# models"). PROFILE=imagenet256-official-{B,L,H} rewrites pretrained/params.yaml first (hand edits are lost);
+# without it the file runs as is. The preflight validates it and checks its files before DVC deletes any output.
 pretrained: venv  ## import, sample and evaluate the released SphereAR weights (PROFILE=imagenet256-official-B|L|H)
-	$(if $(PROFILE),python -m sphereard.profiles apply $(PROFILE) --out pretrained/params.yaml &&) dvc repro pretrained/dvc.yaml
+	$(if $(PROFILE),python -m sphereard.profiles apply $(PROFILE) --out pretrained/params.yaml &&) \
+	python -m sphereard.convert preflight --params pretrained/params.yaml && dvc repro pretrained/dvc.yaml
 
 test: venv system-deps  ## the whole test suite (slow end-to-end tests use the smoke profile)
 	python -m pytest -q

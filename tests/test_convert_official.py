@@ -405,3 +405,38 @@ def test_paper_comparison_only_with_the_papers_protocol():
     info["generator"]["spherical"]["source"] = "/w/SphereAR_L.pt: 'model'"
     line = paper_line(params, inp)[0]
     assert "cfg_scale 3 (paper 4.6)" in line and "other than the released EMA" in line and "not comparable" in line
+
+
+def test_preflight_checks_params_and_every_input_file_before_dvc(tmp_path, capsys, generator_file, models):
+    """`python -m sphereard.convert preflight`: one line naming the key and file, exit 2; run by
+    `make pretrained` before DVC deletes any output."""
+    import yaml
+
+    from sphereard.profiles import materialise
+
+    vae_file = fmt.save_official(tmp_path / "vae.pt", None, fmt.official_vae_state(models[0]),
+                                 fmt.run_args(vae_only=True))
+    data = materialise("official-tiny")
+    data["official"].update(generator=str(generator_file), vae=str(vae_file))
+    data["evaluation"].update(inception_weights=str(vae_file), adm_reference=str(tmp_path / "ref.npz"))
+    params_file = tmp_path / "params.yaml"
+
+    def preflight(change=None) -> tuple[int, str]:
+        params_file.write_text(yaml.safe_dump(change(data) if change else data))
+        with pytest.raises(SystemExit) as exc:
+            main(["preflight", "--params", str(params_file)])
+            raise SystemExit(0)
+        out = capsys.readouterr()
+        return exc.value.code, (out.err or out.out).strip()
+
+    code, line = preflight()
+    assert code == 2 and line == f"error: evaluation.adm_reference='{tmp_path / 'ref.npz'}': no such file " \
+        "(docs/official-checkpoints.md and README \"The paper's released models\" list the files)"
+    (tmp_path / "ref.npz").write_bytes(b"")
+    if Path(data["data"]["path"]).exists():
+        code, line = preflight()
+        assert code == 0 and line.startswith(f"{params_file}: valid; found 4 files")
+    code, line = preflight(lambda d: {**d, "sampling": {**d["sampling"], "use_ema": False}})
+    assert code == 2 and line.startswith("error: sampling.use_ema=False: must be true") and "\n" not in line
+    code, line = preflight(lambda d: {**d, "data": {**d["data"], "path": str(tmp_path / "nowhere")}})
+    assert code == 2 and line.startswith(f"error: data.path='{tmp_path / 'nowhere'}': not found")

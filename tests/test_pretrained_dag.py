@@ -98,6 +98,7 @@ def test_pretrained_dag_imports_samples_evaluates_and_reports(pretrained):
         assert np.allclose(norms, 4.0, rtol=1e-4), "projection after CFG: every token on the radius-4 sphere"
     ev = json.loads((clone / "pretrained/metrics/evaluation/spherical.json").read_text())
     assert np.isfinite(ev["fd_inception_unverified"]) and "fid_inception" not in ev
+    assert ev["fd_inception_unverified"] > 1e-6, "the stand-in Inception's features vary (He-normal convolutions)"
     report = (clone / "pretrained/reports/report.md").read_text()
     assert "imported (not trained) from data/official-tiny/SphereAR_tiny.pt: 'ema'" in report
     assert "fid_inception" not in report and "No published FID for generator preset 'fmnist-s'" in report

@@ -1,4 +1,5 @@
-"""`python -m sphereard.convert official --generator AR.pt [--vae vae.pt] --preset SphereAR-B --out DIR`.
+"""`python -m sphereard.convert official --generator AR.pt [--vae vae.pt] --preset SphereAR-B --out DIR`;
+`python -m sphereard.convert preflight [--params pretrained/params.yaml]` (`sphereard.convert.preflight`).
 
 Exit status 2 with one line `error: ...` on bad input (as every sphereard entry point)."""
 
@@ -35,7 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     off.add_argument("--tokenizer-preset", default="svae-paper")
     off.add_argument("--tokenizer-overrides", type=_json_object, default={}, help="JSON object (small test configs)")
     off.add_argument("--generator-overrides", type=_json_object, default={}, help="JSON object (small test configs)")
+    pre = sub.add_parser("preflight", help="check a pretrained-DAG params file and its files before dvc repro")
+    pre.add_argument("--params", default="pretrained/params.yaml")
     return parser
+
+
+def run_preflight(params_file: str) -> list[str]:
+    """Validate the params file, then check every file the pretrained DAG reads -> report lines."""
+    from sphereard.config import load_params
+    from sphereard.convert.preflight import preflight
+
+    files = preflight(load_params(params_file))
+    return [f"{params_file}: valid; found {len(files)} files: " + ", ".join(map(str, files))]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,15 +56,18 @@ def main(argv: list[str] | None = None) -> None:
     from sphereard.convert.importer import convert_official
 
     try:
-        summary = convert_official(args.out, generator=args.generator, vae=args.vae, preset=args.preset,
-                                   weights=args.weights, tokenizer_preset=args.tokenizer_preset,
-                                   tokenizer_overrides=args.tokenizer_overrides,
-                                   generator_overrides=args.generator_overrides)
+        if args.command == "preflight":
+            lines = run_preflight(args.params)
+        else:
+            summary = convert_official(args.out, generator=args.generator, vae=args.vae, preset=args.preset,
+                                       weights=args.weights, tokenizer_preset=args.tokenizer_preset,
+                                       tokenizer_overrides=args.tokenizer_overrides,
+                                       generator_overrides=args.generator_overrides)
+            lines = [f"{key}: {value}" for key, value in summary.items()]
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    for key, value in summary.items():
-        print(f"{key}: {value}")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from sphereard.errors import UserError, error_detail
 
 ALLOWED_GLOBALS = (argparse.Namespace,)
 ALLOWED_NAMES = {"argparse.Namespace"}
+DETAIL_CHARS = 160  # of the library's message quoted in an unreadable-file error
 WEIGHT_ENTRIES = ("ema", "model")  # `auto` prefers EMA, as the official sampler does (sample_ddp.py:56-65)
 
 
@@ -30,7 +31,9 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except Exception as err:  # not a torch zip file, truncated, ...
-        raise UserError(f"{path}: not a readable torch checkpoint ({error_detail(err)})") from None
+        detail = error_detail(err)
+        detail = detail if len(detail) <= DETAIL_CHARS else detail[:DETAIL_CHARS] + "..."
+        raise UserError(f"{path}: not a readable torch checkpoint, truncated or another format ({detail})") from None
     refused = sorted(unsafe - ALLOWED_NAMES)
     if refused:
         raise UserError(f"{path}: refused: the checkpoint needs the global {refused[0]!r}, which is not "

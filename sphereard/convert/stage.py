@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from pathlib import Path
 
 from sphereard.config import Params
 from sphereard.convert.importer import convert_official
-from sphereard.errors import UserError
+from sphereard.convert.preflight import require_file, required_files
 from sphereard.export import META_FILE
 from sphereard.layout import export_dir, info_file
 from sphereard.utils.io import atomic_write_text, sha256_file
@@ -25,21 +23,14 @@ log = logging.getLogger(__name__)
 POSTERIOR = "spherical"  # the released S-VAE's posterior
 
 
-def _require_file(path: str, key: str) -> Path:
-    if not os.path.isfile(path):
-        raise UserError(f"official.{key}={path!r}: no such file (download the released weights, "
-                        "docs/official-checkpoints.md)")
-    return Path(path)
-
-
 def import_to_layout(params: Params) -> dict:
     """Import `params.official` into the DAG's export folders and write both blocks' info files.
     Returns the importer's summary. Raises UserError (one line naming the key or file) on bad input;
     nothing is written then (the exports are renamed into place only when complete)."""
     official = params.official
-    if official is None:
-        raise UserError("official: not set; the pretrained DAG needs official.generator and official.vae")
-    vae, generator = _require_file(official.vae, "vae"), _require_file(official.generator, "generator")
+    files = required_files(params)
+    vae = require_file(files["official.vae"], "official.vae")
+    generator = require_file(files["official.generator"], "official.generator")
     tok_dir, gen_dir = export_dir(params, "tokenizer", POSTERIOR), export_dir(params, "generator", POSTERIOR)
     summary = convert_official(None, generator=generator, vae=vae, preset=params.generator.preset,
                                weights=official.weights, tokenizer_preset=params.tokenizer.preset,

@@ -17,6 +17,7 @@ from sphereard.config import Params
 from sphereard.eval.diagnostics import DRIFT_TOL
 from sphereard.eval.names import DECODES, LPIPS_KEY, decode_key
 from sphereard.latents import META_FILE as LATENT_META
+from sphereard.layout import TRAINED_BLOCKS
 from sphereard.report.compare import CONFIDENCE
 from sphereard.report.figures import plot_norm_overview, plot_split_overview
 from sphereard.report.imported import imported_rows, paper_line
@@ -142,8 +143,9 @@ def recon_columns(inp: Inputs) -> list[str]:
 def section_recon(inp: Inputs) -> list[str]:
     tok, ev = inp.metrics["tokenizer"], inp.metrics["evaluation"]
     columns = recon_columns(inp)
-    rows = [[p, *[recon_value(tok[p], ev[p], k) for k in columns], inp.get("info", "tokenizer", p, "eval_images")]
-            for p in inp.posteriors]
+    rows = [[p, *[recon_value(tok[p], ev[p], k) for k in columns],
+             inp.get("info", "evaluation" if inp.imported.get(p) else "tokenizer", p,
+                     "recon_images" if inp.imported.get(p) else "eval_images")] for p in inp.posteriors]
     source = "`evaluate` (imported tokenizer)" if inp.any_imported() else "`train_vae`"
     notes = ["", "Each metric on two decodes of the same held-out images: `_mode` = decode(posterior mode), "
                  "`_sample` = decode(one posterior sample per token), the latents the generator learns; the "
@@ -231,6 +233,7 @@ def section_grids(inp: Inputs) -> list[str]:
 
 
 def section_timing(inp: Inputs) -> list[str]:
-    rows = [[p, *[inp.get(kind, block, p, key) for _, kind, block, key in TIMING_COLUMNS]] for p in inp.posteriors]
-    return ["## Timing", "", md_table(["tokenizer", *[c[0] for c in TIMING_COLUMNS]], rows), "",
+    columns = [c for c in TIMING_COLUMNS if not (inp.any_imported() and c[1] == "metrics" and c[2] in TRAINED_BLOCKS)]
+    rows = [[p, *[inp.get(kind, block, p, key) for _, kind, block, key in columns]] for p in inp.posteriors]
+    return ["## Timing", "", md_table(["tokenizer", *[c[0] for c in columns]], rows), "",
             "Sampling throughput includes CFG (2 forward passes per token when w != 1); images/s includes decoding."]
