@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo pretrained test test-fast lint venv system-deps lock ui clean-outputs help
+.PHONY: demo pretrained study test test-fast lint venv system-deps lock ui clean-outputs help
 
 demo: venv system-deps  ## run the whole DVC pipeline on params.yaml (default: Fashion-MNIST, CPU)
 	dvc repro
@@ -22,6 +22,11 @@ demo: venv system-deps  ## run the whole DVC pipeline on params.yaml (default: F
 pretrained: venv  ## import, sample and evaluate the released SphereAR weights (PROFILE=imagenet256-official-B|L|H)
 	$(if $(PROFILE),python -m sphereard.profiles apply $(PROFILE) --out pretrained/params.yaml &&) \
 	python -m sphereard.convert preflight --params pretrained/params.yaml && dvc repro pretrained/dvc.yaml
+
+# The multi-seed study (study/dvc.yaml, derived from dvc.yaml; study/params.yaml = the `study` profile):
+# every tokenizer and generator per seed of `seeds`, the CFG sweep over w in {1, 2, 3, 4.5, 6, 8}, verdicts.
+study: venv system-deps  ## the multi-seed study: study/reports/report.md (README "The multi-seed study")
+	dvc repro study/dvc.yaml
 
 test: venv system-deps  ## the whole test suite (slow end-to-end tests use the smoke profile)
 	python -m pytest -q

@@ -32,9 +32,11 @@ def configure_cpu_threads() -> None:
 
 
 def add_posterior_arg(parser: argparse.ArgumentParser) -> None:
-    """`--posterior`, for the stages DVC runs once per tokenizer (`foreach`)."""
+    """`--posterior` and `--seed`, for the stages DVC runs once per posterior and seed (`matrix`)."""
 
     parser.add_argument("--posterior", required=True, choices=POSTERIORS)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="the run's seed, one of `seeds` (default: the first); Params.for_run")
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +58,8 @@ def stage_main(description: str, run: Callable[[Params, argparse.Namespace], Non
     configure_cpu_threads()
     try:
         params = load_params(args.params)
+        if hasattr(args, "seed"):  # a per-run stage: the params of run `--seed`
+            params = params.for_run(params.seeds[0] if args.seed is None else args.seed)
         run(params, args)
     except UserError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)

@@ -1,8 +1,8 @@
-"""DVC stage `encode@{posterior}`: cache the posterior parameters of every train image (and of its
+"""DVC stage `encode@{posterior}-{seed}`: cache the posterior parameters of every train image (and of its
 horizontal flip with `encode.hflip`), so AR training draws a fresh posterior sample at every step
 (SphereAR Sec. 4.1).
 
-    python -m pipelines.encode --posterior spherical [--params FILE]
+    python -m pipelines.encode --posterior spherical [--seed K] [--params FILE]
 
 The work is `sphereard.tokenizer.encode.encode_split`.
 """

@@ -1,6 +1,6 @@
-"""DVC stage `evaluate@{posterior}`: generation + reconstruction metrics and latent-geometry diagnostics.
+"""DVC stage `evaluate@{posterior}-{seed}`: generation + reconstruction metrics and latent-geometry diagnostics.
 
-    python -m pipelines.evaluate --posterior spherical [--params FILE]
+    python -m pipelines.evaluate --posterior spherical [--seed K] [--params FILE]
 
 Every input is read and checked first: a bad one is one line naming it, exit 2, and nothing is
 written. The work, its metrics and its outputs: `sphereard.eval.evaluate`.

@@ -5,7 +5,7 @@
 The analysis lives in `sphereard.report` (what it reads: `sphereard.report.inputs`; the comparison
 rule: `sphereard.report.compare`); the folder is built in a temporary sibling and renamed onto `--out`
 only when complete. A missing required metrics file is a UserError naming it (exit code 2).
-Params read (the report stage's `params` in dvc.yaml): profile, seed, metrics_dir, data.{source,image_size,out},
+Params read (the report stage's `params` in dvc.yaml): profile, seed, seeds, metrics_dir, data.{source,image_size,out},
 tokenizer.{preset,posteriors,out,train.{batch_size,steps,kappa_init,export,optim.{schedule,lr,min_lr,
 warmup_steps}}}, encode.{out,max_images}, generator.{out,train.batch_size},
 sampling.{num_per_class,cfg_scale,cfg_schedule,sampler,steps,projection,seed,out}, classifier.{out,steps},

@@ -1,6 +1,6 @@
-"""DVC stage `sample@{posterior}`: class-balanced samples of the trained generator, decoded by its tokenizer.
+"""DVC stage `sample@{posterior}-{seed}`: class-balanced samples of the trained generator, decoded by its tokenizer.
 
-    python -m pipelines.sample --posterior spherical [--params FILE]
+    python -m pipelines.sample --posterior spherical [--seed K] [--params FILE]
 
 The work, its settings and its outputs (samples.npz, grids/, info.json, the metrics file):
 `sphereard.ar.sample_set`.

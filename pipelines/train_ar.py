@@ -1,7 +1,7 @@
-"""DVC stage `train_ar@{posterior}`: train the SphereAR generator on one tokenizer's latent cache with
+"""DVC stage `train_ar@{posterior}-{seed}`: train the SphereAR generator on one tokenizer's latent cache with
 Ray Train, export its EMA weights and write a small, honest metrics file.
 
-    python -m pipelines.train_ar --posterior spherical [--params FILE] [--stop-after N]
+    python -m pipelines.train_ar --posterior spherical [--seed K] [--params FILE] [--stop-after N]
 
 The work, its outputs and the metrics' definitions: `sphereard.ar.train`.
 """

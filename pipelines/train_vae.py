@@ -1,7 +1,7 @@
-"""DVC stage `train_vae@{posterior}`: train one tokenizer with Ray Train, export its EMA weights,
+"""DVC stage `train_vae@{posterior}-{seed}`: train one tokenizer with Ray Train, export its EMA weights,
 and measure reconstruction (PSNR, SSIM, LPIPS when its weights are local) on the held-out split.
 
-    python -m pipelines.train_vae --posterior spherical [--params FILE] [--stop-after N]
+    python -m pipelines.train_vae --posterior spherical [--seed K] [--params FILE] [--stop-after N]
 
 The work is `sphereard.tokenizer.train.train_and_export`.
 """

@@ -9,16 +9,22 @@ module it never runs does not.
 
     python scripts/stage_deps.py            # check dvc.yaml and pretrained/dvc.yaml: exit 1 and list the differences
     python scripts/stage_deps.py --write    # rewrite the code deps in both (comments kept)
+
+It also owns the study pipeline `study/dvc.yaml`: dvc.yaml's stages run from the repository root
+(`wdir: ..`) on `study/params.yaml` (the `study` profile), the report written to `study/reports`.
+`--write` regenerates it from dvc.yaml; the check fails when it differs from that derivation.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import sys
 from pathlib import Path
 
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
@@ -26,6 +32,13 @@ from sphereard.utils.imports import PACKAGES, REPO, code_closure  # noqa: E402
 
 # Both pipelines: the training DAG, and the pretrained one (stages run from the repo root, `wdir: ..`).
 DVC_FILES = ("dvc.yaml", "pretrained/dvc.yaml")
+STUDY_FILE, STUDY_PARAMS, STUDY_REPORTS = "study/dvc.yaml", "study/params.yaml", "study/reports"
+STUDY_HEADER = f"""\
+# The multi-seed study (issue 15): dvc.yaml's stages on {STUDY_PARAMS} (`python -m sphereard.profiles apply
+# study --out {STUDY_PARAMS}`), run from the repository root (`wdir: ..`); report in {STUDY_REPORTS}.
+#   dvc repro {STUDY_FILE}
+# GENERATED from dvc.yaml by `python scripts/stage_deps.py --write`; edit dvc.yaml, not this file.
+"""
 CMD_MODULE = re.compile(r"python -m (pipelines\.\w+)")
 
 
@@ -36,7 +49,7 @@ def is_code(dep: str, root: Path = REPO) -> bool:
 
 
 def stage_bodies(dvc: dict):
-    """(stage name, the mapping holding `cmd` and `deps`) for plain and `foreach` stages."""
+    """(stage name, the mapping holding `cmd` and `deps`) for plain, `matrix` and `foreach` stages."""
     for name, stage in dvc["stages"].items():
         yield name, stage.get("do", stage)
 
@@ -73,6 +86,26 @@ def stage_root(path: Path, dvc: dict) -> Path:
     return (path.parent / wdirs.pop()).resolve()
 
 
+def derive_study(dvc_text: str, yaml: YAML) -> str:
+    """study/dvc.yaml from dvc.yaml's text: every stage gets `wdir: ..` and `--params STUDY_PARAMS` on its
+    command, its params keys read from STUDY_PARAMS, and the report goes to STUDY_REPORTS."""
+    dvc = yaml.load(dvc_text)
+    stages = CommentedMap()
+    for name, stage in dvc["stages"].items():
+        body = stage.get("do", stage)
+        body["cmd"] = f"{body['cmd']} --params {STUDY_PARAMS}" + (f" --out {STUDY_REPORTS}" if name == "report" else "")
+        if "params" in body:
+            body["params"] = [{STUDY_PARAMS: [str(k) for k in body["params"]]}]
+        if name == "report":
+            body["outs"] = [{STUDY_REPORTS: {"cache": False}}]
+        new = CommentedMap([("wdir", "..")])
+        new.update(stage)
+        stages[name] = new
+    out = io.StringIO()
+    yaml.dump({"stages": stages}, out)
+    return STUDY_HEADER + out.getvalue()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="rewrite the files' code deps")
@@ -98,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         for stage, (missing, extra) in diff.items():
             print(f"{path}: stage {stage}: missing {missing or '-'}; not executed {extra or '-'}")
         failed |= bool(diff)
+    if not args.dvc_yaml:  # the default files: also the study pipeline derived from dvc.yaml
+        study, want = REPO / STUDY_FILE, derive_study((REPO / DVC_FILES[0]).read_text(), yaml)
+        if args.write:
+            study.write_text(want)
+        elif not study.is_file() or study.read_text() != want:
+            print(f"{study}: differs from its derivation from dvc.yaml")
+            failed = True
     if failed:
         print(f"fix with: python {Path(__file__).relative_to(REPO)} --write")
     return 1 if failed else 0

@@ -147,7 +147,7 @@ DEMO_KAPPA_INIT = 30.0
 
 
 class TokenizerConfig(StrictModel):
-    """Hybrid VAE tokenizers, one per posterior (`train_vae@{posterior}`, `encode@{posterior}`)."""
+    """Hybrid VAE tokenizers, one per posterior (`train_vae@{posterior}-{seed}`, `encode@{posterior}-{seed}`)."""
 
     preset: str = "fmnist-s"
     posteriors: list[Posterior] = Field(default_factory=lambda: list(POSTERIORS), min_length=1)
@@ -167,7 +167,7 @@ class TokenizerConfig(StrictModel):
 
 
 class EncodeConfig(StrictModel):
-    """Latent cache of posterior parameters per train image (`encode@{posterior}`).
+    """Latent cache of posterior parameters per train image (`encode@{posterior}-{seed}`).
 
     hflip also caches each image's horizontal flip, which AR training picks at random (the
     paper's augmentation). max_images caches a random subset (fixed by `seed`) of that many
@@ -182,7 +182,7 @@ class EncodeConfig(StrictModel):
 
 
 class GeneratorConfig(StrictModel):
-    """SphereAR generator on top of each tokenizer (`train_ar@{posterior}`)."""
+    """SphereAR generator on top of each tokenizer (`train_ar@{posterior}-{seed}`)."""
 
     preset: str = "fmnist-s"
     overrides: Overrides = Field(default_factory=dict, description="GeneratorArch fields replacing the preset's")
@@ -310,8 +310,12 @@ class Params(StrictModel):
     """The whole params.yaml: the blocks, then the rules spanning them (`validate_cross_block`)."""
 
     profile: str = "default"
-    seed: Seed = 0
-    # The small metrics files (`<metrics_dir>/<block>/<posterior>.json`): git-tracked, so `dvc exp`
+    seed: Seed = Field(0, description=(
+        "the shared stages' numpy and torch seed (train_classifier, reference); a run's stages use its `seeds` entry"))
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1, description=(
+        "the seed axis: tokenizers and generators are trained, sampled and evaluated once per seed "
+        "(DVC matrix posterior x seed; outputs under `<out>/<posterior>/seed<k>/`, `for_run`)"))
+    # The small metrics files (`<metrics_dir>/<block>/<posterior>/seed<k>.json`): git-tracked, so `dvc exp`
     # commits them with each experiment (see sphereard/layout.py). Large outputs stay under `out`s.
     metrics_dir: str = "metrics"
     lpips_weights_path: str | None = Field(None, description=(
@@ -332,8 +336,26 @@ class Params(StrictModel):
     @model_validator(mode="after")
     def _rules(self) -> Params:
         check(bool(self.metrics_dir.strip()), "metrics_dir", self.metrics_dir, "must not be empty")
+        check(len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, "must not repeat a seed")
+        check(self.sampling.seed + max(self.seeds) <= MAX_SEED, "sampling.seed", self.sampling.seed,
+              f"plus the largest of `seeds` ({max(self.seeds)}) must not exceed {MAX_SEED} (run k samples with "
+              "sampling.seed + k)")
         validate_cross_block(self)
         return self
+
+    def for_run(self, seed: int) -> Params:
+        """The params one run of the seed axis sees: `seed` = the run's seed (training, encoding,
+        evaluation) and `sampling.seed` offset by it (sampling.seed + seed), so runs draw independent
+        samples; `sphereard.layout` puts the run's outputs under `seed<k>/`. UserError naming `seeds`
+        when the seed is not one of them."""
+        if seed not in self.seeds:
+            raise UserError(f"seeds: run seed {seed} is not one of {self.seeds}")
+        sampling = self.sampling.model_copy(update={"seed": self.sampling.seed + seed})  # <= MAX_SEED: `_rules`
+        return self.model_copy(update={"seed": seed, "sampling": sampling})
+
+    def runs(self) -> list[Params]:
+        """`for_run` of every entry of `seeds`, in order."""
+        return [self.for_run(seed) for seed in self.seeds]
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -373,6 +395,10 @@ def validate_cross_block(params: Params) -> None:
           f"grid_size {gen.grid_size} must equal the tokenizer grid {grid}")
     check(gen.token_dim == tok.latent_dim, "generator.preset", params.generator.preset,
           f"token_dim {gen.token_dim} must equal the tokenizer latent_dim {tok.latent_dim}")
+    sweep = params.sweep
+    if sweep.enabled and not sweep.train:  # a sampling trial of seed k reads run k's exported models
+        check(set(sweep.seeds) <= set(params.seeds), "sweep.seeds", sweep.seeds,
+              f"must be a subset of seeds {params.seeds} (a trial samples run k's models), or set sweep.train: true")
     if params.official is not None:
         validate_official(params)
 
@@ -382,6 +408,8 @@ def validate_official(params: Params) -> None:
     (no classifier, no sweep), and the export is what `sampling.use_ema: true` reads."""
     check(params.tokenizer.posteriors == ["spherical"], "tokenizer.posteriors", params.tokenizer.posteriors,
           "must be [spherical] when `official` imports the released S-VAE")
+    check(params.seeds == [0], "seeds", params.seeds,
+          "must be [0] when `official` is set (one imported model; pretrained/dvc.yaml reads run seed0)")
     check("classifier" not in params.evaluation.extractors, "evaluation.extractors", params.evaluation.extractors,
           "must not hold 'classifier' when `official` is set (the pretrained DAG trains no classifier)")
     check(not params.sweep.enabled, "sweep.enabled", params.sweep.enabled,

@@ -1,14 +1,17 @@
 """Where the stages' small result files live, from params: the one place that names them.
 
-Two kinds of file per stage run (a "block" is the params block the stage belongs to):
-- **metrics** `<metrics_dir>/<block>/<posterior>.json` (classifier: `<metrics_dir>/classifier.json`):
+Per-run stages (train_vae, encode, train_ar, sample, evaluate) run once per posterior and seed of
+`seeds` (a DVC matrix); `<run>` below is `<posterior>/seed<k>` with k = `params.seed`, the seed of the
+params a run sees (`Params.for_run`). Two kinds of file per stage run (a "block" is the params block
+the stage belongs to):
+- **metrics** `<metrics_dir>/<block>/<run>.json` (classifier: `<metrics_dir>/classifier.json`):
   measured numbers only (flat `name -> float`), the files `dvc metrics show` and `dvc exp show`
   read. `metrics_dir` is git-tracked (DVC `cache: false`), so each `dvc exp run` commits its own.
-- **info** `<block.out>/<posterior>/info.json` (classifier: `<classifier.out>/info.json`): the settings
+- **info** `<block.out>/<run>/info.json` (classifier: `<classifier.out>/info.json`): the settings
   and counts behind those numbers (device, precision, number of images, resolved projection, ...),
   next to the stage's large outputs.
 
-Large outputs stay under each block's `out`, one folder per posterior (`<block.out>/<posterior>/`):
+Large outputs stay under each block's `out`, one folder per run (`<block.out>/<run>/`):
   tokenizer   ckpt/ (resumable checkpoints), model/ (EMA export), reconstructions.png
   encode      the latent cache itself (sphereard/latents.py)
   generator   ckpt/, model/
@@ -48,6 +51,21 @@ TRIAL_OUTPUTS = {"tokenizer": "tokenizer", "encode": "latents", "generator": "ge
 TRIAL_METRICS_DIR = "metrics"
 
 
+RUN_DIR_PREFIX = "seed"  # a run's folder under its posterior: seed<k>
+
+
+def run_name(params: Params, posterior: str) -> str:
+    """`spherical/seed0`: the run `params` belong to (`Params.for_run`), as a relative path."""
+    return f"{posterior}/{RUN_DIR_PREFIX}{params.seed}"
+
+
+def mlflow_run(params: Params, prefix: str, posterior: str, stage: str) -> tuple[str, dict[str, str]]:
+    """(MLflow run name `<prefix>-<posterior>-seed<k>`, tags stage / posterior / seed / profile) of one
+    per-run stage's run."""
+    return (f"{prefix}-{posterior}-{RUN_DIR_PREFIX}{params.seed}",
+            {"stage": stage, "posterior": posterior, "seed": str(params.seed), "profile": params.profile})
+
+
 def _check(block: str, posterior: str | None) -> None:
     assert block in METRICS_BLOCKS, f"block must be one of {METRICS_BLOCKS}, got {block!r}"
     assert (posterior is None) == (block == "classifier"), \
@@ -58,21 +76,21 @@ def metrics_file(params: Params, block: str, posterior: str | None = None) -> Pa
     """The git-tracked metrics JSON of one stage run (`block` in METRICS_BLOCKS)."""
     _check(block, posterior)
     root = Path(params.metrics_dir)
-    return root / "classifier.json" if posterior is None else root / block / f"{posterior}.json"
+    return root / "classifier.json" if posterior is None else root / block / f"{run_name(params, posterior)}.json"
 
 
 def info_file(params: Params, block: str, posterior: str | None = None) -> Path:
     """The settings/counts JSON of one stage run, under the block's `out`."""
     _check(block, posterior)
     out = Path(getattr(params, block).out)
-    return out / INFO_FILE if posterior is None else out / posterior / INFO_FILE
+    return out / INFO_FILE if posterior is None else out / run_name(params, posterior) / INFO_FILE
 
 
 def trained_dir(params: Params, block: str, posterior: str) -> Path:
     """`train_vae@posterior`'s (block `tokenizer`) or `train_ar@posterior`'s (block `generator`) folder:
     ckpt/, model/, info.json (and the tokenizer's reconstructions.png)."""
     assert block in TRAINED_BLOCKS, f"block must be one of {TRAINED_BLOCKS}, got {block!r}"
-    return Path(getattr(params, block).out) / posterior
+    return Path(getattr(params, block).out) / run_name(params, posterior)
 
 
 def checkpoint_dir(params: Params, block: str, posterior: str) -> Path:
@@ -97,12 +115,12 @@ def history_file(params: Params, posterior: str) -> Path:
 
 def latent_cache_dir(params: Params, posterior: str) -> Path:
     """`encode@posterior`'s latent cache (latents.parquet + its meta; sphereard/latents.py)."""
-    return Path(params.encode.out) / posterior
+    return Path(params.encode.out) / run_name(params, posterior)
 
 
 def samples_dir(params: Params, posterior: str) -> Path:
     """`sample@posterior`'s folder: samples.npz, grids/, info.json."""
-    return Path(params.sampling.out) / posterior
+    return Path(params.sampling.out) / run_name(params, posterior)
 
 
 def samples_file(params: Params, posterior: str) -> Path:
@@ -122,7 +140,7 @@ def overview_file(params: Params, posterior: str) -> Path:
 
 def evaluation_dir(params: Params, posterior: str) -> Path:
     """`evaluate@posterior`'s folder: info.json and EVALUATION_FILES."""
-    return Path(params.evaluation.out) / posterior
+    return Path(params.evaluation.out) / run_name(params, posterior)
 
 
 def evaluation_file(params: Params, posterior: str, name: str) -> Path:

@@ -73,18 +73,18 @@ RUNS_VIEW_NAME = "sphereard: headline metrics and settings"
 WORKFLOW_TYPE_PARAM = "workflowType=machine_learning"
 # Runs-table columns, left to right, with widths (px): the settings that tell runs apart, the headline
 # metrics, then the less telling settings (docs/mlflow.md lists which run family logs which).
-# `posterior` is a tag on every per-posterior run.
+# `posterior` and `seed` (the run of `seeds`) are tags on every per-run stage's run.
 VIEW_COLUMNS = (
-    ("tags", "posterior", 110),
-    ("params", "cfg_scale", 80), ("params", "projection", 85),  # sweep trials, sample- and eval-<posterior>
-    ("metrics", "fd_classifier", 110),  # eval-<posterior>, sweep trials
+    ("tags", "posterior", 110), ("tags", "seed", 50),
+    ("params", "cfg_scale", 80), ("params", "projection", 85),  # sweep trials, sample- and eval-<posterior>-seed<k>
+    ("metrics", "fd_classifier", 110),  # eval-<posterior>-seed<k>, sweep trials
     ("metrics", "precision_classifier", 105), ("metrics", "recall_classifier", 105),
     ("metrics", "class_consistency_classifier", 110),
-    ("metrics", "recon/psnr_sample", 115), ("metrics", "recon/ssim_sample", 115),  # vae-<posterior>: decode(sample)
-    ("metrics", "train/loss", 95),  # vae-<posterior>, ar-<posterior>
-    ("metrics", "final/ema_loss", 110),  # ar-<posterior>
+    ("metrics", "recon/psnr_sample", 115), ("metrics", "recon/ssim_sample", 115),  # vae-*: decode(sample)
+    ("metrics", "train/loss", 95),  # vae-, ar-<posterior>-seed<k>
+    ("metrics", "final/ema_loss", 110),  # ar-<posterior>-seed<k>
     ("metrics", "classifier/test_accuracy", 125),  # classifier
-    ("params", "radius", 70),  # sweep trials, sample-<posterior>, eval-<posterior>
+    ("params", "radius", 70),  # sweep trials, sample-, eval-<posterior>-seed<k>
 )
 # ids and widths of the runs table's fixed columns (run name: wide enough for a trial's)
 FIXED_COLUMNS = {"attributes.`Run Name`": 260, "runDateAndNestInfo": 130, "duration": 75}

@@ -32,6 +32,7 @@ from sphereard.errors import UserError
 from sphereard.eval.adm import load_samples_npz
 from sphereard.export import export_model
 from sphereard.latents import LatentCacheWriter
+from sphereard.layout import export_dir, latent_cache_dir
 from sphereard.tokenizer import create_tokenizer
 from sphereard.tokenizer.task import tokenizer_meta
 from sphereard.train import LoopSpec, fit, load_latest
@@ -109,7 +110,7 @@ def test_param_groups_match_the_paper_partition():
 
 
 def test_cache_mismatch_names_the_generator_key(tmp_path):
-    write_synthetic_cache(tmp_path / "latents" / "spherical", rows=12, num_classes=12)
+    write_synthetic_cache(latent_cache_dir(tiny_params(tmp_path), "spherical"), rows=12, num_classes=12)
     with pytest.raises(UserError, match=r"generator.preset / generator.overrides.num_classes: num_classes=10"):
         generator_arch_for_cache(tiny_params(tmp_path), "spherical")
     arch, meta = generator_arch_for_cache(tiny_params(tmp_path, num_classes=12), "spherical")
@@ -120,10 +121,10 @@ def test_cache_mismatch_names_the_generator_key(tmp_path):
 
 def test_generator_task_learns_resumes_and_logs_samples(tmp_path):
     params = tiny_params(tmp_path)
-    write_synthetic_cache(Path(params.encode.out) / "spherical")
+    write_synthetic_cache(latent_cache_dir(params, "spherical"))
     with torch.device("cpu"):  # a random tokenizer is enough to decode the media grid
         vae = create_tokenizer("fmnist-xs", posterior="spherical")
-    tok_dir = Path(params.tokenizer.out) / "spherical" / "model"
+    tok_dir = export_dir(params, "tokenizer", "spherical")
     export_model(tok_dir, vae, tokenizer_meta(params, "spherical", vae.radius))
     log = tmp_path / "run.jsonl"
     spec = LoopSpec(task_factory=functools.partial(GeneratorTask, params, "spherical"), loop=params.generator.train,
@@ -193,11 +194,11 @@ def test_smoke_chain_spherical(tmp_path):
                               capture_output=True, text=True)
         assert proc.returncode == 0, f"{stage} failed:\n{proc.stderr[-3000:]}"
 
-    gen = json.loads((tmp_path / "metrics/generator/spherical.json").read_text())
+    gen = json.loads((tmp_path / "metrics/generator/spherical/seed0.json").read_text())
     assert gen["ema_loss"] > 0 and gen["train_tokens_per_s"] > 0
-    assert json.loads((tmp_path / "outputs/generator/spherical/info.json").read_text())["steps"] == 10
-    assert json.loads((tmp_path / "outputs/generator/spherical/model/model.json").read_text())["step"] == 10
-    out = tmp_path / "outputs/samples/spherical"
+    assert json.loads((tmp_path / "outputs/generator/spherical/seed0/info.json").read_text())["steps"] == 10
+    assert json.loads((tmp_path / "outputs/generator/spherical/seed0/model/model.json").read_text())["step"] == 10
+    out = tmp_path / "outputs/samples/spherical/seed0"  # run seed0: the stages' default `--seed`
     images, labels = load_samples_npz(out / "samples.npz", channels=1)  # the ADM reader accepts our file
     with np.load(out / "samples.npz") as z:
         assert set(z.files) == {"arr_0", "arr_1", "latents", "norms"}
@@ -210,7 +211,7 @@ def test_smoke_chain_spherical(tmp_path):
     assert np.isfinite(norms).all() and (norms > 0).all()
     grids = sorted(p.name for p in (out / "grids").iterdir())
     assert grids == [f"class_{c:02d}.png" for c in range(10)] + ["overview.png"]
-    stats = json.loads((tmp_path / "metrics/sampling/spherical.json").read_text())
+    stats = json.loads((tmp_path / "metrics/sampling/spherical/seed0.json").read_text())
     info = json.loads((out / "info.json").read_text())
     assert stats["images_per_s"] > 0 and stats["tokens_per_s"] > 0 and info["num_images"] == 20
     assert info["settings"]["projection"] == "sphere" and info["precision"] == "fp32"

@@ -37,6 +37,7 @@ from sphereard.ar.task import generator_arch_for_cache
 from sphereard.data import ShardDataset, images_as_uint8, load_manifest, prepare_dataset
 from sphereard.data.sources import parse_emoji_test
 from sphereard.latents import LATENTS_FILE, META_FILE, read_latent_cache
+from sphereard.layout import latent_cache_dir
 from sphereard.utils.io import sha256_file
 
 ws = bad_inputs_helpers.ws  # the module-scoped workspace fixture
@@ -152,7 +153,9 @@ def _case_generator_cache_without_classes(ws, tmp):
     """A latent cache whose cache.json lacks what the generator is checked against (num_classes)."""
     params = train_params(tmp)
     params = params.model_copy(update={"encode": params.encode.model_copy(update={"out": str(tmp)})})
-    edit_json(latent_cache(tmp).rename(tmp / "spherical") / "cache.json", drop("num_classes"))
+    cache = latent_cache_dir(params, "spherical")  # tmp/spherical/seed0
+    cache.parent.mkdir(parents=True)
+    edit_json(latent_cache(tmp).rename(cache) / "cache.json", drop("num_classes"))
     return generator_arch_for_cache(params, "spherical")
 
 

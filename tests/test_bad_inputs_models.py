@@ -43,6 +43,7 @@ from sphereard.data import load_manifest
 from sphereard.eval import build_extractor, load_classifier, save_classifier
 from sphereard.eval.classifier import SmallCNN, train_classifier
 from sphereard.export import export_model
+from sphereard.layout import export_dir
 from sphereard.tokenizer import create_tokenizer
 from sphereard.tokenizer.export import load_tokenizer
 from sphereard.tokenizer.losses import load_lpips
@@ -245,9 +246,10 @@ def _case_encode_other_posterior(ws, tmp):
     """A spherical export where the gaussian tokenizer's should be: encode must not cache its latents."""
     from sphereard.tokenizer.encode import encode_split
 
-    shutil.copytree(ws / "tok", tmp / "tok_out" / "gaussian" / "model")
+    params = train_params(tmp)
+    shutil.copytree(ws / "tok", export_dir(params, "tokenizer", "gaussian"))  # tok_out/gaussian/seed0/model
     copy(ws, "data", tmp)
-    return encode_split(train_params(tmp), "gaussian", torch.device("cpu"))
+    return encode_split(params, "gaussian", torch.device("cpu"))
 
 
 CASES = [
@@ -354,7 +356,7 @@ CASES = [
          r"\(group 0\) has shape \(3,\)", _resume_case("tokenizer", {}, _bad_exp_avg)),
     # the encode stage's tokenizer export (tokenizer.out/<posterior>/model)
     Case("encode-other-posterior", "the spherical export where the gaussian one should be", "encode_split",
-         r"tok_out/gaussian/model/model\.json: key 'posterior' is 'spherical', expected 'gaussian'",
+         r"tok_out/gaussian/seed0/model/model\.json: key 'posterior' is 'spherical', expected 'gaussian'",
          _case_encode_other_posterior),
 ]
 

@@ -101,13 +101,13 @@ def test_evaluate_rejects_samples_of_another_size(ws, tmp_path, monkeypatch, cap
     import pipelines.evaluate as evaluate
 
     copy(ws, "data", tmp_path)
-    (tmp_path / "samples" / "spherical").mkdir(parents=True)
-    samples(tmp_path / "samples" / "spherical", images=np.zeros((4, 16, 16, 1), np.uint8))
+    (tmp_path / "samples" / "spherical" / "seed0").mkdir(parents=True)  # run seed0: the default `--seed`
+    samples(tmp_path / "samples" / "spherical" / "seed0", images=np.zeros((4, 16, 16, 1), np.uint8))
     stage_params(tmp_path)
     monkeypatch.chdir(tmp_path)
     code, err = run_stage_in_process(evaluate, ["--posterior", "spherical"], monkeypatch, capsys)
     assert code == 2
-    assert error_lines(err) == [f"error: {Path('samples/spherical/samples.npz')}: images are 16x16, the data's "
+    assert error_lines(err) == [f"error: {Path('samples/spherical/seed0/samples.npz')}: images are 16x16, the data's "
                                 "are 32x32"]
     assert "Traceback" not in err and not (tmp_path / "metrics").exists()
 
@@ -142,13 +142,13 @@ def test_train_classifier_stage_rejects_one_class_data(ws, tmp_path):
 
 
 def test_sample_stage_rejects_a_truncated_model_json(ws, tmp_path):
-    shutil.copytree(ws / "gen", tmp_path / "gen_out" / "spherical" / "model")
-    truncate(tmp_path / "gen_out" / "spherical" / "model" / "model.json")
+    shutil.copytree(ws / "gen", tmp_path / "gen_out" / "spherical" / "seed0" / "model")
+    truncate(tmp_path / "gen_out" / "spherical" / "seed0" / "model" / "model.json")
     stage_params(tmp_path)
     proc = run_stage_subprocess("sample", ["--posterior", "spherical"], tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = error_lines(proc.stderr)
-    assert len(lines) == 1 and lines[0].startswith(f"error: {Path('gen_out/spherical/model/model.json')}: "
+    assert len(lines) == 1 and lines[0].startswith(f"error: {Path('gen_out/spherical/seed0/model/model.json')}: "
                                                    "not valid JSON"), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and not (tmp_path / "samples").exists()
 
@@ -161,20 +161,20 @@ def test_evaluate_runs_on_adm_rgb_samples_of_grey_data(ws, tmp_path, monkeypatch
     from sphereard.eval import save_samples_npz
 
     copy(ws, "data", tmp_path)
-    shutil.copytree(ws / "tok", tmp_path / "tok_out" / "spherical" / "model")
-    shutil.copytree(ws / "gen", tmp_path / "gen_out" / "spherical" / "model")
+    shutil.copytree(ws / "tok", tmp_path / "tok_out" / "spherical" / "seed0" / "model")
+    shutil.copytree(ws / "gen", tmp_path / "gen_out" / "spherical" / "seed0" / "model")
     shutil.copytree(ws / "clf", tmp_path / "clf_out" / "model")
     params = load_params(stage_params(tmp_path, **{
         "evaluation.num_real": 8, "evaluation.kid_subset_size": 4, "evaluation.teacher_forced_images": 4,
         "evaluation.diagnostic_samples": 2, "evaluation.diagnostic_steps": 1, "evaluation.diagnostic_cfg_scales": [1.0],
         "tokenizer.eval_images": 4}))
     grey = np.random.default_rng(0).integers(0, 256, (6, SIZE, SIZE, 1), dtype=np.uint8)
-    save_samples_npz(tmp_path / "samples" / "spherical" / "samples.npz", grey, np.arange(6) % CLASSES)
+    save_samples_npz(tmp_path / "samples" / "spherical" / "seed0" / "samples.npz", grey, np.arange(6) % CLASSES)
     monkeypatch.chdir(tmp_path)
     reference.run(params, SimpleNamespace())
-    evaluate.run(params, SimpleNamespace(posterior="spherical"))
-    metrics = json.loads((tmp_path / "metrics" / "evaluation" / "spherical.json").read_text())
-    info = json.loads((tmp_path / "eval_out" / "spherical" / "info.json").read_text())
+    evaluate.run(params.for_run(0), SimpleNamespace(posterior="spherical", seed=0))  # as stage_main passes run 0
+    metrics = json.loads((tmp_path / "metrics" / "evaluation" / "spherical" / "seed0.json").read_text())
+    info = json.loads((tmp_path / "eval_out" / "spherical" / "seed0" / "info.json").read_text())
     assert info["num_samples"] == 6 and np.isfinite(metrics["fd_classifier"])
     assert all(isinstance(v, float) for v in metrics.values()), "metrics files hold numbers only"
 
@@ -191,3 +191,27 @@ def test_stage_main_prints_any_user_error_on_one_line(tmp_path, monkeypatch, cap
         stage_main("a stage", run)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: outputs/x.npz: first line second line\n"
+
+
+def test_per_run_stage_reads_the_run_of_its_seed_and_rejects_a_seed_not_in_seeds(ws, tmp_path, monkeypatch, capsys):
+    """`--seed k` runs the stage on `Params.for_run(k)` (its files under `seed<k>/`); a seed that is not one
+    of `seeds` is one `error:` line naming `seeds`, exit 2, nothing written."""
+    import pipelines.evaluate as evaluate
+
+    copy(ws, "data", tmp_path)
+    path = stage_params(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["seeds"] = [0, 1]
+    path.write_text(yaml.safe_dump(data))
+    (tmp_path / "samples" / "spherical" / "seed1").mkdir(parents=True)
+    samples(tmp_path / "samples" / "spherical" / "seed1", images=np.zeros((4, 16, 16, 1), np.uint8))
+    monkeypatch.chdir(tmp_path)
+    code, err = run_stage_in_process(evaluate, ["--posterior", "spherical", "--seed", "1"], monkeypatch, capsys)
+    assert code == 2 and error_lines(err) == [
+        f"error: {Path('samples/spherical/seed1/samples.npz')}: images are 16x16, the data's are 32x32"], err
+    code, err = run_stage_in_process(evaluate, ["--posterior", "spherical"], monkeypatch, capsys)  # default: run 0
+    assert code == 2 and error_lines(err) == [
+        f"error: {Path('samples/spherical/seed0/samples.npz')}: ADM .npz file not found"], err
+    code, err = run_stage_in_process(evaluate, ["--posterior", "spherical", "--seed", "2"], monkeypatch, capsys)
+    assert code == 2 and error_lines(err) == ["error: seeds: run seed 2 is not one of [0, 1]"], err
+    assert "Traceback" not in err and not (tmp_path / "metrics").exists() and not (tmp_path / "eval_out").exists()

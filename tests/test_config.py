@@ -355,3 +355,49 @@ def test_kappa_init_is_the_demos_and_the_paper_profiles_keep_the_official_init()
     for name in ("imagenet256-sphereAR-B", "imagenet256-sphereAR-L", "imagenet256-sphereAR-H"):
         train = parse_params(materialise(name)).tokenizer.train
         assert train.kappa_init is None and train.export == "raw", name
+
+
+# --- the seed axis: `seeds`, `Params.for_run` ---------------------------------------------------------------
+
+def test_for_run_sets_the_run_seed_and_offsets_the_sampling_seed():
+    data = with_change("seeds", [0, 3, 5])
+    params = parse_params(with_change("sampling.seed", 11, with_change("seed", 7, data)))
+    run = params.for_run(3)
+    assert (run.seed, run.sampling.seed, run.seeds) == (3, 11 + 3, [0, 3, 5])
+    assert (params.seed, params.sampling.seed) == (7, 11), "for_run leaves the shared params as they are"
+    assert run.model_dump(exclude={"seed", "sampling"}) == params.model_dump(exclude={"seed", "sampling"})
+    assert run.sampling.model_dump(exclude={"seed"}) == params.sampling.model_dump(exclude={"seed"})
+    assert [(r.seed, r.sampling.seed) for r in params.runs()] == [(0, 11), (3, 14), (5, 16)]
+    assert params.for_run(0).sampling.seed == 11, "run 0 samples with sampling.seed itself"
+
+
+def test_for_run_of_a_seed_not_in_seeds_is_a_user_error_naming_seeds():
+    params = parse_params(with_change("seeds", [0, 1]))
+    for seed in (2, 7):
+        with pytest.raises(UserError, match=rf"^seeds: run seed {seed} is not one of \[0, 1\]") as err:
+            params.for_run(seed)
+        assert "\n" not in str(err.value)
+
+
+def test_seeds_must_not_repeat_and_the_default_is_one_run():
+    assert Params().seeds == [0] and [r.seed for r in Params().runs()] == [0]
+    with pytest.raises(UserError) as err:
+        parse_params(with_change("seeds", [0, 1, 0]))
+    assert str(err.value).startswith("seeds=[0, 1, 0]: must not repeat a seed"), str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match=r"^seeds"):
+        parse_params(with_change("seeds", []))  # at least one run
+
+
+def test_sampling_sweep_seeds_must_be_runs_unless_the_sweep_trains():
+    """A sampling trial of seed k reads run k's exported models: `sweep.seeds` within `seeds`, unless the
+    sweep trains its own models (sweep.train: true) or is off."""
+    data = with_change("sweep.seeds", [0, 2], with_change("seeds", [0, 1]))
+    assert data["sweep"]["enabled"] and not data["sweep"]["train"]
+    with pytest.raises(UserError) as err:
+        parse_params(data)
+    assert str(err.value).startswith("sweep.seeds=[0, 2]: must be a subset of seeds [0, 1]"), str(err.value)
+    assert "\n" not in str(err.value)
+    assert parse_params(with_change("sweep.train", True, data)).sweep.seeds == [0, 2]
+    assert parse_params(with_change("sweep.enabled", False, data)).sweep.seeds == [0, 2]
+    assert parse_params(with_change("sweep.seeds", [1, 0], data)).sweep.seeds == [1, 0]  # a subset, any order

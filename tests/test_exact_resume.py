@@ -19,6 +19,7 @@ from sphereard.ar.task import GeneratorTask
 from sphereard.config import absolute_paths, parse_params
 from sphereard.data import prepare_dataset
 from sphereard.latents import LatentCacheWriter, LatentDataset, pick_views
+from sphereard.layout import latent_cache_dir
 from sphereard.profiles import materialise
 from sphereard.tokenizer.task import TokenizerTask
 from sphereard.train import LoopSpec, fit, load_latest
@@ -131,7 +132,7 @@ def write_two_view_cache(out_dir, rows=36, kappa=50.0):
 
 
 def test_generator_resume_is_bit_exact_with_view_picks_flow_noise_and_label_dropout(params, tmp_path):
-    write_two_view_cache(Path(params.encode.out) / "spherical")
+    write_two_view_cache(latent_cache_dir(params, "spherical"))
     p = with_loop(params, "generator")
     assert p.generator.preset == "fmnist-xs"  # label_dropout 0.1: the null class is drawn at random
     split, straight = run_split_and_straight(tmp_path, functools.partial(GeneratorTask, p, "spherical"),
@@ -217,6 +218,6 @@ def test_diverging_stage_exits_with_one_line_and_exports_nothing(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
     assert "training diverged at step 3: recon=nan is not finite" in errors[0]
-    out = tmp_path / "tok" / "spherical"
+    out = tmp_path / "tok" / "spherical" / "seed0"  # run seed0: the default `--seed`
     assert (out / "ckpt" / "latest").read_text().strip() == "step-00000002"
     assert not (out / "model").exists() and not (tmp_path / "metrics").exists()

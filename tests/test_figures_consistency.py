@@ -108,7 +108,7 @@ def test_log_media_logs_the_grid_with_the_manifest_class_names(tmp_path, monkeyp
     run = RecordingRun()
     task.log_media(40, run)
     task.log_media(80, run)
-    assert loaded == [tmp_path / "tok" / "spherical" / "model"], "tokenizer (and class names) read once"
+    assert loaded == [tmp_path / "tok" / "spherical" / "seed0" / "model"], "tokenizer (and class names) read once"
     assert [(name, step) for _, name, step in run.images] == [("generated", 40), ("generated", 80)]
     labels = media_labels(len(NAMES), "cpu")
     assert same(run.images[0][0], expected_grid(fake_images(labels), labels, NAMES))

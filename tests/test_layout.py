@@ -47,17 +47,23 @@ def declared_plots(body: dict) -> list[str]:
 OUT_BLOCKS = ("data", "tokenizer", "encode", "generator", "sampling", "evaluation", "classifier", "sweep")
 
 
+PLACEHOLDER_SEED = 7  # the run `placeholder_params` belong to (not the first of `seeds`, not the shared `seed`)
+
+
 def placeholder_params() -> Params:
-    """Params whose metrics_dir and every block's `out` are placeholders (M, O_<block>)."""
-    params = Params(metrics_dir="M")
+    """Params of run PLACEHOLDER_SEED (`Params.for_run`) whose metrics_dir and every block's `out` are
+    placeholders (M, O_<block>)."""
+    params = Params(metrics_dir="M", seeds=[0, PLACEHOLDER_SEED])
     for name in OUT_BLOCKS:
         params = params.model_copy(update={name: getattr(params, name).model_copy(update={"out": f"O_{name}"})})
-    return params
+    return params.for_run(PLACEHOLDER_SEED)
 
 
 def render_placeholders(path: str) -> str:
-    """dvc.yaml's `${...}` templates with the placeholder values of `placeholder_params` (item: P)."""
-    path = path.replace("${metrics_dir}", "M").replace("${item}", "P")
+    """dvc.yaml's `${...}` templates with the placeholder values of `placeholder_params` (matrix item:
+    posterior P, seed PLACEHOLDER_SEED)."""
+    path = path.replace("${metrics_dir}", "M").replace("${item.posterior}", "P")
+    path = path.replace("${item.seed}", str(PLACEHOLDER_SEED))
     for name in OUT_BLOCKS:
         path = path.replace(f"${{{name}.out}}", f"O_{name}")
     assert "${" not in path, f"unrendered template in {path}"
@@ -122,9 +128,12 @@ def test_per_posterior_paths_live_in_the_posterior_folder():
     for fn in (layout.reconstructions_file, layout.latent_cache_dir, layout.samples_file, layout.grids_dir,
                layout.overview_file):
         assert "P" in fn(params, "P").parts, fn.__name__
+        parts = fn(params, "P").parts  # the run folder sits right under the posterior's
+        assert parts[parts.index("P") + 1] == f"seed{PLACEHOLDER_SEED}", fn.__name__
     for block in layout.TRAINED_BLOCKS:
         for fn in (layout.checkpoint_dir, layout.export_dir):
-            assert fn(params, block, "P").parent == Path(getattr(params, block).out) / "P", fn.__name__
+            run_dir = Path(getattr(params, block).out) / "P" / f"seed{PLACEHOLDER_SEED}"
+            assert fn(params, block, "P").parent == run_dir, fn.__name__
     with pytest.raises(AssertionError, match="block must be one of"):
         layout.export_dir(params, "sampling", "P")
     assert layout.trial_dir(params, "t1") == layout.trials_dir(params) / "t1"
@@ -136,7 +145,7 @@ def test_per_posterior_paths_live_in_the_posterior_folder():
 def test_metrics_folder_is_tracked_by_git_not_ignored():
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("needs a git checkout")
-    for path in ("metrics/evaluation/spherical.json", "metrics/classifier.json", "reports/report.md"):
+    for path in ("metrics/evaluation/spherical/seed0.json", "metrics/classifier.json", "reports/report.md"):
         proc = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO)
         assert proc.returncode == 1, f"{path} is git-ignored: `dvc exp run` would not commit it"
 
@@ -155,8 +164,8 @@ def test_write_results_refuses_settings_in_metrics(tmp_path):
     params = Params(metrics_dir=str(tmp_path / "m"))
     params = params.model_copy(update={"tokenizer": params.tokenizer.model_copy(update={"out": str(tmp_path / "t")})})
     write_results(params, "tokenizer", "spherical", {"psnr": 20.5}, {"precision": "fp32", "eval_images": 10})
-    assert json.loads((tmp_path / "m/tokenizer/spherical.json").read_text()) == {"psnr": 20.5}
-    assert json.loads((tmp_path / "t/spherical/info.json").read_text())["precision"] == "fp32"
+    assert json.loads((tmp_path / "m/tokenizer/spherical/seed0.json").read_text()) == {"psnr": 20.5}
+    assert json.loads((tmp_path / "t/spherical/seed0/info.json").read_text())["precision"] == "fp32"
     for bad in ({"precision": "fp32"}, {"use_ema": True}, {"settings": {"w": 3.0}}):
         with pytest.raises(AssertionError, match="metrics hold numbers only"):
             write_results(params, "tokenizer", "spherical", bad, {})
@@ -164,8 +173,11 @@ def test_write_results_refuses_settings_in_metrics(tmp_path):
 
 def test_every_block_has_one_metrics_file_per_posterior():
     params = Params()
-    assert {metrics_file(params, b, None if b == "classifier" else "p").parent.name for b in METRICS_BLOCKS} == {
+    files = {b: metrics_file(params, b, None if b == "classifier" else "p") for b in METRICS_BLOCKS}
+    assert {f.parent.name if b == "classifier" else f.parent.parent.name for b, f in files.items()} == {
         "tokenizer", "generator", "sampling", "evaluation", "metrics"}
+    assert {b: str(f) for b, f in files.items()} == {
+        b: "metrics/classifier.json" if b == "classifier" else f"metrics/{b}/p/seed0.json" for b in METRICS_BLOCKS}
     with pytest.raises(AssertionError):
         metrics_file(params, "tokenizer")
 
@@ -211,3 +223,70 @@ def test_clean_outputs_lists_every_regenerated_folder_and_refuses_kept_ones(tmp_
     proc = subprocess.run([sys.executable, "-m", "sphereard.layout", "outputs", "--params", str(bad)], cwd=tmp_path,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2 and why in proc.stderr and proc.stdout == "" and len(proc.stderr.splitlines()) == 1
+
+
+RUN_PATHS = {  # every per-run layout function, as (params, posterior) -> path
+    "metrics_file": lambda params, p: metrics_file(params, "evaluation", p),
+    "info_file": lambda params, p: info_file(params, "sampling", p),
+    "trained_dir": lambda params, p: layout.trained_dir(params, "generator", p),
+    "checkpoint_dir": lambda params, p: layout.checkpoint_dir(params, "tokenizer", p),
+    "export_dir": lambda params, p: layout.export_dir(params, "generator", p),
+    "reconstructions_file": layout.reconstructions_file,
+    "history_file": layout.history_file,
+    "latent_cache_dir": layout.latent_cache_dir,
+    "samples_dir": layout.samples_dir,
+    "samples_file": layout.samples_file,
+    "grids_dir": layout.grids_dir,
+    "overview_file": layout.overview_file,
+    "evaluation_dir": layout.evaluation_dir,
+    "evaluation_file": lambda params, p: layout.evaluation_file(params, p, "error_split.csv"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUN_PATHS))
+def test_each_run_of_the_seed_axis_has_its_own_paths(name):
+    """Runs 0 and 1 (`Params.for_run`) of one posterior never share a path: each sits in its run folder
+    `<posterior>/seed<k>` (metrics: `<posterior>/seed<k>.json`)."""
+    fn, params = RUN_PATHS[name], Params(seeds=[0, 1])
+    run0, run1 = fn(params.for_run(0), "spherical"), fn(params.for_run(1), "spherical")
+    assert run0 != run1
+    for path, run in ((run0, "seed0"), (run1, "seed1")):
+        parts = path.parts
+        if name == "metrics_file":
+            assert parts[-2:] == ("spherical", f"{run}.json"), path
+        else:
+            assert parts[parts.index("spherical") + 1] == run, path
+        assert layout.run_name(params.for_run(int(run[-1])), "spherical") == f"spherical/{run}"
+    assert str(run1) == str(run0).replace("seed0", "seed1"), "only the run folder differs"
+    assert fn(params.for_run(0), "spherical") != fn(params.for_run(0), "gaussian")
+
+
+def test_shared_stages_have_no_run_level():
+    """The classifier's metrics and info, its model and the reference statistics are one per repository,
+    whatever the run: no `seed<k>` in their paths, the same for every run's params."""
+    params = Params(seeds=[0, 1])
+    shared = {"classifier metrics": lambda p: metrics_file(p, "classifier"),
+              "classifier info": lambda p: info_file(p, "classifier"),
+              "classifier model": layout.classifier_model_dir,
+              "reference": layout.reference_dir,
+              "reference file": lambda p: layout.reference_file(p, "classifier")}
+    for what, fn in shared.items():
+        paths = {fn(run) for run in (params, *params.runs())}
+        assert len(paths) == 1, what
+        (path,) = paths
+        assert not any(part.startswith("seed") for part in path.parts), (what, path)
+    assert metrics_file(params, "classifier") == Path("metrics/classifier.json")
+    assert layout.reference_dir(params.for_run(1)) == Path(params.evaluation.out) / "reference"
+
+
+PER_RUN_STAGES = ("train_vae", "encode", "train_ar", "sample", "evaluate")
+
+
+def test_per_run_stages_are_a_matrix_over_posterior_and_seed():
+    """dvc.yaml runs each per-run stage once per posterior and entry of `seeds` (`<stage>@<posterior>-<seed>`),
+    handing the run's seed to the stage; the shared stages run once."""
+    for name in PER_RUN_STAGES:
+        assert DVC[name]["matrix"] == {"posterior": "${tokenizer.posteriors}", "seed": "${seeds}"}, name
+        assert DVC[name]["cmd"].endswith(f"-m pipelines.{name} --posterior ${{item.posterior}} --seed ${{item.seed}}")
+    for name in set(DVC) - set(PER_RUN_STAGES):
+        assert "matrix" not in DVC[name] and "foreach" not in DVC[name] and "${item" not in DVC[name]["cmd"], name

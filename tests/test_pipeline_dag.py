@@ -18,8 +18,17 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 POSTERIORS = ("spherical", "gaussian_norm", "gaussian")
+SEED = 0  # the smoke profile's one run (`seeds: [0]`): stages `<stage>@<posterior>-0`, outputs under `seed0/`
+RUN = f"seed{SEED}"
+
+
+def run_stages(stages, posteriors=POSTERIORS) -> set[str]:
+    """The per-run stages' names in DVC's matrix: `<stage>@<posterior>-<seed>`."""
+    return {f"{s}@{p}-{SEED}" for s in stages for p in posteriors}
+
+
 # sampling.cfg_scale: the sweep sets its own CFG scales, so it stays cached
-SAMPLING_DOWNSTREAM = {f"{s}@{p}" for s in ("sample", "evaluate") for p in POSTERIORS} | {"report"}
+SAMPLING_DOWNSTREAM = run_stages(("sample", "evaluate")) | {"report"}
 DAG_TIMEOUT_S = 1500
 NOTEBOOK_TIMEOUT_S = 600
 
@@ -50,20 +59,20 @@ def dag(tmp_path_factory):
 @pytest.mark.slow
 def test_dvc_repro_runs_every_stage_and_writes_outputs(dag):
     clone, _, log = dag
-    for stage in ["prepare", "train_classifier", "reference", "sweep", "report"] + [
-            f"{s}@{p}" for s in ("train_vae", "encode", "train_ar", "sample", "evaluate") for p in POSTERIORS]:
+    for stage in ["prepare", "train_classifier", "reference", "sweep", "report"] + sorted(
+            run_stages(("train_vae", "encode", "train_ar", "sample", "evaluate"))):
         assert f"Running stage '{stage}'" in log, stage
     params = yaml.safe_load((clone / "params.yaml").read_text())
     for p in POSTERIORS:
-        tok = json.loads((clone / "metrics/tokenizer" / f"{p}.json").read_text())
+        tok = json.loads((clone / "metrics/tokenizer" / p / f"{RUN}.json").read_text())
         for decode in ("mode", "sample"):  # decode(posterior mode), decode(posterior sample)
             assert np.isfinite(tok[f"psnr_{decode}"]) and 0 < tok[f"ssim_{decode}"] <= 1
-        ev = json.loads((clone / "metrics/evaluation" / f"{p}.json").read_text())
+        ev = json.loads((clone / "metrics/evaluation" / p / f"{RUN}.json").read_text())
         assert np.isfinite(ev["fd_classifier"]) and "fid_inception" not in ev
         assert all(np.isfinite(ev[f"recon_{k}_{d}"]) for k in ("psnr", "rfd_classifier") for d in ("mode", "sample"))
         assert all(np.isfinite(ev[f"tf_{part}_{kind}"]) for part in ("radial", "tangential")
                    for kind in ("error", "floor", "excess"))
-        with np.load(clone / "outputs/samples" / p / "samples.npz") as npz:
+        with np.load(clone / "outputs/samples" / p / RUN / "samples.npz") as npz:
             n = params["sampling"]["num_per_class"] * 10
             images = npz["arr_0"]  # ADM layout: grey data as 3 equal channels (the ADM evaluator takes RGB)
             assert images.shape == (n, 32, 32, 3) and images.dtype == np.uint8
@@ -134,7 +143,7 @@ def test_code_edit_invalidates_exactly_the_stages_that_run_it(dag):
         changed = changed_stages(run(["dvc", "status", "dvc.yaml", "--json"], clone, env))
     finally:
         sampler.write_text(original)
-    expected = {f"{s}@{p}" for s in ("train_ar", "sample", "evaluate") for p in POSTERIORS} | {"sweep"}
+    expected = run_stages(("train_ar", "sample", "evaluate")) | {"sweep"}
     assert changed == expected, changed ^ expected
 
 
@@ -228,18 +237,18 @@ def test_experiments_compare_with_their_own_metrics(flows):
         data = found[name]
         assert data["params"]["params.yaml"]["data"]["sampling"]["cfg_scale"] == cfg_scale
         for p in POSTERIORS:
-            metrics = data["metrics"][f"metrics/evaluation/{p}.json"]["data"]
+            metrics = data["metrics"][f"metrics/evaluation/{p}/{RUN}.json"]["data"]
             assert np.isfinite(metrics["fd_classifier"]), (name, p)
             assert all(isinstance(v, (int, float)) for v in metrics.values()), "metrics files hold numbers only"
     # each experiment has its own files (the smoke generators barely use the class, so CFG hardly moves
     # their metrics; the sampling run's timings always differ)
-    sampling = {name: found[name]["metrics"]["metrics/sampling/spherical.json"]["data"] for name in EXPERIMENTS}
+    sampling = {name: found[name]["metrics"][f"metrics/sampling/spherical/{RUN}.json"]["data"] for name in EXPERIMENTS}
     assert sampling["cfg-4.5"]["generate_s"] != sampling["cfg-1.5"]["generate_s"]
     changed = next(out for cmd, out in outputs.items() if cmd.startswith("dvc exp show --only-changed"))
     assert "sampling.cfg_scale" in changed.splitlines()[0] and "metrics/sampling/" not in changed
     table = next(out for cmd, out in outputs.items() if cmd.startswith("dvc exp show --drop"))
     header = table.splitlines()[0]
-    assert "sampling.cfg_scale" in header and f"metrics/evaluation/{POSTERIORS[0]}.json:fd_classifier" in header
+    assert "sampling.cfg_scale" in header and f"metrics/evaluation/{POSTERIORS[0]}/{RUN}.json:fd_classifier" in header
     rows = {name: line for line in table.splitlines() for name in EXPERIMENTS if f"[{name}]" in line}
     assert set(rows) == set(EXPERIMENTS) and "!" not in "".join(rows.values()), table
     baseline = next(line for line in table.splitlines() if line.startswith("| main") or line.startswith("| master"))
@@ -255,7 +264,7 @@ def test_one_posterior_without_sweep_reproduces(dag):
     data["sweep"]["enabled"] = False
     params_path.write_text(yaml.safe_dump(data, sort_keys=False))
     log = run(["dvc", "repro"], clone, env)
-    assert "Running stage 'report'" in log and "train_vae@gaussian" not in log
+    assert "Running stage 'report'" in log and "train_vae@gaussian" not in log  # neither gaussian nor gaussian_norm
     # the tokenizer block changed: the persisted checkpoints of the old run are not reused
     assert "removed; training starts from step 0" in log
     assert "Sweep disabled" in (clone / "reports/report.md").read_text()

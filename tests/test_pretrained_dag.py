@@ -26,6 +26,7 @@ VENV_BIN = Path(sys.executable).parent
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 PIPELINE = "pretrained/dvc.yaml"
 STAGES = ("prepare", "import_official", "reference", "sample", "evaluate", "report")
+RUN = "spherical/seed0"  # the pipeline's one run folder (`seeds: [0]` with `official`; pretrained/dvc.yaml)
 TIMEOUT_S = 1500
 
 
@@ -85,18 +86,18 @@ def test_pretrained_dag_imports_samples_evaluates_and_reports(pretrained):
     for stage in STAGES:
         assert f"Running stage '{PIPELINE}:{stage}'" in log, stage
     assert "train_vae" not in log and not (clone / "outputs/tokenizer").exists(), "no training stage runs"
-    gen_dir = clone / "outputs/official/tiny/generator/spherical"
+    gen_dir = clone / "outputs/official/tiny/generator" / RUN
     info = json.loads((gen_dir / "info.json").read_text())
     assert info["imported"] and info["weights"] == "auto" and "'ema'" in info["source"] and len(info["sha256"]) == 64
     assert same_weights(gen_dir, states["ema"]) and not same_weights(gen_dir, states["model"])
-    sampling = json.loads((clone / "outputs/official/tiny/samples/spherical/info.json").read_text())["settings"]
+    sampling = json.loads((clone / "outputs/official/tiny/samples" / RUN / "info.json").read_text())["settings"]
     assert (sampling["cfg_scale"], sampling["cfg_schedule"], sampling["steps"], sampling["cfg_unit_weight"]) == (
         4.5, "linear", 100, "separate")
-    with np.load(clone / "outputs/official/tiny/samples/spherical/samples.npz") as npz:
+    with np.load(clone / "outputs/official/tiny/samples" / RUN / "samples.npz") as npz:
         assert npz["arr_0"].shape == (20, 32, 32, 3)
         norms = np.linalg.norm(npz["latents"], axis=-1)
         assert np.allclose(norms, 4.0, rtol=1e-4), "projection after CFG: every token on the radius-4 sphere"
-    ev = json.loads((clone / "pretrained/metrics/evaluation/spherical.json").read_text())
+    ev = json.loads((clone / "pretrained/metrics/evaluation" / f"{RUN}.json").read_text())
     assert np.isfinite(ev["fd_inception_unverified"]) and "fid_inception" not in ev
     assert ev["fd_inception_unverified"] > 1e-6, "the stand-in Inception's features vary (He-normal convolutions)"
     report = (clone / "pretrained/reports/report.md").read_text()
@@ -117,4 +118,4 @@ def test_pretrained_second_repro_is_a_noop_and_the_entry_switch_reruns_from_the_
     log = run(["dvc", "repro", PIPELINE], clone, env)
     ran = {stage for stage in STAGES if f"Running stage '{PIPELINE}:{stage}'" in log}
     assert ran == {"import_official", "sample", "evaluate", "report"}, ran
-    assert same_weights(clone / "outputs/official/tiny/generator/spherical", states["model"])
+    assert same_weights(clone / "outputs/official/tiny/generator" / RUN, states["model"])

@@ -24,7 +24,18 @@ from pipelines._cli import stage_main
 from sphereard.config import load_params
 from sphereard.data.sources import FASHION_MNIST_CLASSES
 from sphereard.errors import UserError
-from sphereard.layout import history_file, info_file, metrics_file
+from sphereard.latents import meta_path as latent_meta_path
+from sphereard.layout import (
+    evaluation_file,
+    export_dir,
+    history_file,
+    info_file,
+    latent_cache_dir,
+    metrics_file,
+    overview_file,
+    reconstructions_file,
+    sweep_dir,
+)
 from sphereard.profiles import render
 from sphereard.report.build import write_report
 from sphereard.report.compare import REL_TOL, compare, half_width
@@ -97,17 +108,36 @@ def mode_decode(psnr: float, ssim: float, rfd: float) -> tuple[float, float, flo
     return 50.0 - psnr, 1.64 - ssim, 2.5 - rfd
 
 
-def fake_outputs(root: Path, numbers=NUMBERS, sweep=True, optional=True, extra_eval=None) -> None:
-    """Stage outputs under `root` (the default profile's relative paths, `sphereard.layout` files)."""
-    (root / "params.yaml").write_text(render("default"))
-    params = load_params(root / "params.yaml")
-    out = root / "outputs"
+def default_params_text(seeds=(0,)) -> str:
+    """The default profile's params.yaml, with the seed axis `seeds` (the profile's is [0])."""
+    text = render("default")
+    assert text.count("\nseeds:\n- 0\n") == 1, "the default profile's seed axis is [0]"
+    return text.replace("\nseeds:\n- 0\n", "\nseeds:\n" + "".join(f"- {k}\n" for k in seeds), 1)
+
+
+def fake_outputs(root: Path, numbers=NUMBERS, sweep=True, optional=True, extra_eval=None, seeds=(0,),
+                 seed_step=0.0) -> None:
+    """Stage outputs under `root` (the default profile's relative paths, `sphereard.layout` files), one set
+    per run of `seeds` (`Params.for_run`); run k's metrics are the numbers plus `seed_step * k`."""
+    (root / "params.yaml").write_text(default_params_text(seeds))
+    shared = load_params(root / "params.yaml")
+    write_json(root / metrics_file(shared, "classifier"), {"test_accuracy": 0.9125})
+    write_json(root / info_file(shared, "classifier"), {"steps": 600})
+    for params in shared.runs():
+        fake_run_outputs(root, params, numbers, optional, extra_eval, seed_step * params.seed)
+    if optional:
+        write_manifest(root)
+    if sweep:
+        write_sweep_outputs(root / sweep_dir(shared), numbers)
+
+
+def fake_run_outputs(root: Path, params, numbers, optional, extra_eval, shift) -> None:
+    """One run's (`params` from `Params.for_run`) per-posterior outputs; every metric + `shift`."""
 
     def results(block, p, metrics, info):
-        write_json(root / metrics_file(params, block, p), metrics)
+        write_json(root / metrics_file(params, block, p), {k: v + shift for k, v in metrics.items()})
         write_json(root / info_file(params, block, p), info)
 
-    results("classifier", None, {"test_accuracy": 0.9125}, {"steps": 600})
     for p, (psnr, ssim, rfd, fd, cc, drift) in numbers.items():
         psnr_mode, ssim_mode, rfd_mode = mode_decode(psnr, ssim, rfd)
         results("tokenizer", p, {"psnr_mode": psnr_mode, "psnr_sample": psnr, "ssim_mode": ssim_mode,
@@ -137,26 +167,22 @@ def fake_outputs(root: Path, numbers=NUMBERS, sweep=True, optional=True, extra_e
                               "final_step": 0.04, "projection": "none" if p == "gaussian" else "sphere",
                               "radius": RADIUS, "seed": 0, "batch_size": 250, "num_per_class": 100,
                               "use_ema": True}})
-        write_json(root / "data" / "latents" / p / "cache.json", {
+        write_json(latent_meta_path(root / latent_cache_dir(params, p)), {
             "posterior": p, "radius": RADIUS, "num_classes": 10, "train_images": TRAIN_IMAGES, "rows": CACHED,
             "views": 1, "num_tokens": L, "moments_dim": 5, "sha256": "0" * 64})
-        write_json(out / "tokenizer" / p / "model" / "model.json", {"kind": "tokenizer", "posterior": p,
-                                                                    "radius": RADIUS, "step": 800})
-        png(out / "samples" / p / "grids" / "overview.png")
-        png(out / "tokenizer" / p / "reconstructions.png")
+        write_json(root / export_dir(params, "tokenizer", p) / "model.json", {"kind": "tokenizer", "posterior": p,
+                                                                              "radius": RADIUS, "step": 800})
+        png(root / overview_file(params, p))
+        png(root / reconstructions_file(params, p))
         rows = [{"series": f"{proj} cfg={w:g}", "projection": proj, "cfg_scale": w, "position": k,
                  "norm_mean": 2.83 * (1 + (drift if proj == "none" and w == 6 else 0.01) * k / (L - 1)),
                  "norm_q05": 2.7, "norm_q95": 3.0} for proj in ("sphere", "none") for w in (1.0, 6.0) for k in range(L)]
-        pd.DataFrame(rows).to_csv(out / "metrics" / p / "norm_trajectory.csv", index=False)
+        pd.DataFrame(rows).to_csv(root / evaluation_file(params, p, "norm_trajectory.csv"), index=False)
         error_split = pd.DataFrame([{"position": k, "series": series, "error": TF_SUMMARY[p][key]}
                                     for series, key in SPLIT_KEYS.items() for k in range(L)])
-        error_split.to_csv(out / "metrics" / p / "error_split.csv", index=False)
-        png(out / "metrics" / p / "norm_trajectory.png")
-        png(out / "metrics" / p / "error_split.png")
-    if optional:
-        write_manifest(root)
-    if sweep:
-        write_sweep_outputs(out / "sweep", numbers)
+        error_split.to_csv(root / evaluation_file(params, p, "error_split.csv"), index=False)
+        png(root / evaluation_file(params, p, "norm_trajectory.png"))
+        png(root / evaluation_file(params, p, "error_split.png"))
 
 
 RADIUS = 2.8284  # sqrt(8)
@@ -198,12 +224,22 @@ def make_report(root: Path, monkeypatch) -> str:
     return (root / "reports" / "report.md").read_text()
 
 
+CELL_SEPARATOR = re.compile(r"(?<!\\)\|")  # a pipe, unless escaped (`\|` is a literal | inside a cell)
+
+
+def table_cells(line: str) -> list[str]:
+    """The cells of one markdown table row (GitHub rules: a cell's own | must be escaped as \\|)."""
+    inner = line.strip().removeprefix("|")
+    inner = inner[:-1] if inner.endswith("|") and not inner.endswith("\\|") else inner
+    return [c.strip().replace("\\|", "|") for c in CELL_SEPARATOR.split(inner)]
+
+
 def tables(md: str) -> list[list[dict]]:
-    """Every markdown table as a list of {header: cell} rows."""
+    """Every markdown table as a list of {header: cell} rows (a row with more cells than its header fails)."""
     out, block = [], []
     for line in md.splitlines() + [""]:
         if line.startswith("|"):
-            block.append([c.strip() for c in line.strip("|").split("|")])
+            block.append(table_cells(line))
         elif block:
             out.append([dict(zip(block[0], row, strict=True)) for row in block[2:]])
             block = []
@@ -247,8 +283,9 @@ def test_report_tables_numbers_and_figures(root, monkeypatch):
     timing = table_with(md, "tokens/s (sample, AR only)")
     assert timing["spherical"]["tokens/s (sample, AR only)"] == "480"
     assert timing["gaussian"]["train tokens/s (train_ar)"] == "12,345"
-    sweep = table_with(md, "w=4.5")  # first sweep table: fd_classifier, mean ± std over the 2 seeds
-    assert sweep["gaussian"]["w=4.5"] == f"{fmt(6.75 + 2.0 * 3.5 + 0.05)} ± {fmt(np.std([0, 0.1], ddof=1))}"
+    sweep = table_with(md, "w=4.5")  # first sweep table: fd_classifier, mean ± 95% t half-width over the 2 seeds
+    assert sweep["gaussian"]["w=4.5"] == (f"{fmt(6.75 + 2.0 * 3.5 + 0.05)} ± "
+                                          f"{fmt(half_width(np.std([0, 0.1], ddof=1), 2))}")
     assert sweep["spherical"]["w=4.5"].startswith(fmt(3.25 + 0.1 * 3.5 + 0.05)), "stopped trial averaged in"
     assert list(sweep) == list(POSTERIORS) and "1 stopped early and left out" in md
     assert ("Settings per tokenizer: radius 2.828; projection: spherical sphere, gaussian_norm sphere, gaussian none; "
@@ -264,6 +301,19 @@ def test_report_tables_numbers_and_figures(root, monkeypatch):
         for column in table[0] if table else ():
             assert not re.fullmatch(r"(fd|rfd|kid|precision|recall|is|class_consistency)", column)
     assert not [p for p in root.iterdir() if p.name.startswith(".reports.tmp")], "temporary folder left behind"
+
+
+def test_every_table_row_has_as_many_cells_as_its_header(root, monkeypatch):
+    """A | inside a cell (a formula such as |mean - R|) must be escaped, or Markdown splits the cell."""
+    md = make_report(root, monkeypatch)
+    header = None
+    for line in md.splitlines():
+        if not line.startswith("|"):
+            header = None
+        elif header is None:
+            header = table_cells(line)
+        else:
+            assert len(table_cells(line)) == len(header), f"{len(header)} columns {header}, row: {line}"
 
 
 def test_fid_only_with_fid_inception(tmp_path, monkeypatch):
@@ -338,13 +388,16 @@ def test_missing_sweep_and_optional_pieces_are_reported(tmp_path, monkeypatch):
     fake_outputs(tmp_path, sweep=False, optional=False)
     md = make_report(tmp_path, monkeypatch)
     assert "**No sweep outputs**" in md and "nothing is claimed about metric vs CFG scale" in md
-    assert "Single seed (seed=0" in md and "The sweep has" not in md
+    assert ("Single seed (run seed 0, sampling.seed 0) and one training run per tokenizer for the main tables" in md
+            and "The sweep has" not in md)
     absent = md.split("## Absent optional inputs")[1]
-    for name in ("outputs/samples/gaussian/info.json", "metrics/sampling/gaussian.json", "data/shards/manifest.json",
-                 "data/latents/spherical/cache.json", "outputs/metrics/spherical/error_split.csv"):
+    for name in ("outputs/samples/gaussian/seed0/info.json", "metrics/sampling/gaussian/seed0.json",
+                 "data/shards/manifest.json", "data/latents/spherical/seed0/cache.json",
+                 "outputs/metrics/spherical/seed0/error_split.csv"):
         assert f"- `{name}`" in absent
     assert "Data manifest absent: images per class unknown." in md
-    assert "cache meta absent (`data/latents/<posterior>/cache.json`): no count; setting `encode.max_images`" in md
+    assert ("cache meta absent (`data/latents/<posterior>/seed<k>/cache.json`): no count; setting "
+            "`encode.max_images`") in md
     assert "(sampling info absent: no counts)" in md
     assert table_with(md, "images/s (sample)")["spherical"]["images/s (sample)"] == "n/a"
     assert "(absent)" in md and not (tmp_path / "reports" / "figures" / "norm_trajectories.png").exists()
@@ -353,16 +406,17 @@ def test_missing_sweep_and_optional_pieces_are_reported(tmp_path, monkeypatch):
 def test_malformed_optional_csv_is_left_out_and_named(tmp_path, monkeypatch):
     fake_outputs(tmp_path, sweep=False)
     root = tmp_path
-    (root / "outputs/metrics/gaussian/norm_trajectory.csv").write_text("position,norm\n0,1.0\n")
+    (root / "outputs/metrics/gaussian/seed0/norm_trajectory.csv").write_text("position,norm\n0,1.0\n")
     md = make_report(root, monkeypatch)
     absent = md.split("## Absent optional inputs")[1]
-    assert ("outputs/metrics/gaussian/norm_trajectory.csv (unreadable: series, projection, cfg_scale, norm_mean)"
+    assert ("outputs/metrics/gaussian/seed0/norm_trajectory.csv (unreadable: series, projection, cfg_scale, norm_mean)"
             in absent)
     assert (root / "reports" / "figures" / "norm_trajectories.png").is_file()  # the other two tokenizers
 
 
-@pytest.mark.parametrize("missing", ["metrics/tokenizer/gaussian_norm.json", "metrics/generator/spherical.json",
-                                     "metrics/evaluation/gaussian.json"])
+@pytest.mark.parametrize("missing", ["metrics/tokenizer/gaussian_norm/seed0.json",
+                                     "metrics/generator/spherical/seed0.json",
+                                     "metrics/evaluation/gaussian/seed0.json"])
 def test_missing_required_metrics_is_a_user_error_naming_it(root, monkeypatch, missing):
     old = root / "reports" / "report.md"
     old.parent.mkdir()
@@ -374,13 +428,13 @@ def test_missing_required_metrics_is_a_user_error_naming_it(root, monkeypatch, m
 
 
 def test_stage_entry_point_exits_2_naming_the_file(root, monkeypatch, capsys):
-    (root / "metrics/evaluation/gaussian.json").write_text("{not json")
+    (root / "metrics/evaluation/gaussian/seed0.json").write_text("{not json")
     monkeypatch.chdir(root)
     monkeypatch.setattr(sys, "argv", ["pipelines.report", "--params", "params.yaml"])
     with pytest.raises(SystemExit) as exit_info:
         stage_main(report.__doc__, report.run, report.add_args)
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.startswith("error: metrics/evaluation/gaussian.json: not valid JSON")
+    assert capsys.readouterr().err.startswith("error: metrics/evaluation/gaussian/seed0.json: not valid JSON")
 
 
 def test_sweep_summary_csv_fallback(tmp_path):
@@ -444,6 +498,7 @@ def test_notebook_runs_headless_on_constructed_outputs(root, monkeypatch):
 # ---- issue 12: the report says only what the numbers support ----
 
 ROW_KEYS = {"tokenizer", "item", "value", "tokenizer / setting", "class", "name"}  # row labels, not quantities
+TEXT_COLUMNS = {"claim", "verdict", "evidence"}  # the Verdicts table's words (sphereard/report/verdicts.py)
 SWEEP_OR_NORM_COLUMN = re.compile(r"^((none|sphere) )?w=[0-9.]+$")
 
 
@@ -512,7 +567,8 @@ def test_every_quantity_in_the_tables_is_defined(root, monkeypatch):
     md = make_report(root, monkeypatch)
     defined = definitions_of(md)
     names = {h for t in tables(md) if t for h in t[0]} | set(re.findall(r"^### (\S+)$", md, re.M))
-    quantities = {h for h in names if h not in ROW_KEYS and not SWEEP_OR_NORM_COLUMN.match(h)}
+    assert TEXT_COLUMNS <= names, "the Verdicts table is in the report"
+    quantities = {h for h in names if h not in ROW_KEYS | TEXT_COLUMNS and not SWEEP_OR_NORM_COLUMN.match(h)}
     assert {"fd_classifier", "kid_classifier", "precision_classifier", "recall_classifier", "is_classifier",
             "class_consistency_classifier", "rfd_classifier_mode", "rfd_classifier_sample", "psnr_mode",
             "psnr_sample", "ssim_sample", "tf_radial_error", "tf_radial_floor", "tf_radial_excess",
@@ -623,9 +679,10 @@ def test_one_colour_per_tokenizer_in_every_figure_and_R_lines(tmp_path, monkeypa
     plot_sweep(summary, "fd_classifier", tmp_path / "c.png")
     (tmp_path / "root").mkdir()
     fake_outputs(tmp_path / "root", sweep=False)
-    frame = pd.read_csv(tmp_path / "root" / "outputs" / "metrics" / "spherical" / "norm_trajectory.csv")
+    run = load_params(tmp_path / "root" / "params.yaml").for_run(0)
+    frame = pd.read_csv(tmp_path / "root" / evaluation_file(run, "spherical", "norm_trajectory.csv"))
     report_figures.plot_norm_overview({"spherical": frame}, {"spherical": RADIUS}, tmp_path / "d.png")
-    split = pd.read_csv(tmp_path / "root" / "outputs" / "metrics" / "spherical" / "error_split.csv")
+    split = pd.read_csv(tmp_path / "root" / evaluation_file(run, "spherical", "error_split.csv"))
     report_figures.plot_split_overview({"spherical": split}, tmp_path / "e.png")
     spherical = [colour for label, colour in lines if label.startswith(("spherical", "sphere cfg", "none cfg"))]
     assert len(spherical) == 4 + 4 + 4 + 1 + 4 + 4  # every plot function drew its spherical lines (+ floors)
@@ -698,3 +755,133 @@ def test_fd_against_an_adm_batch_names_its_own_statistics(root, monkeypatch):
     md = make_report(root, monkeypatch)
     assert "real reference images, the `reference` stage's count" in md  # fd_classifier: fitted on images
     assert "against the ADM reference batch's whole-dataset statistics (FD)" in md
+
+
+# ---- issue 15: the seed axis; every metric is a mean over the runs of `seeds` with its t-interval ----
+
+def t_half(values) -> float:
+    """The 95% Student t-interval half-width of the mean of `values`, straight from scipy."""
+    from scipy import stats
+
+    n = len(values)
+    return float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / np.sqrt(n))
+
+
+def test_estimate_is_the_mean_with_its_t_interval():
+    from sphereard.utils.stats import Estimate, estimate
+
+    e = estimate([1.0, 2.0, 4.0])
+    assert isinstance(e, Estimate) and isinstance(e, float)
+    assert float(e) == pytest.approx(7 / 3) and e.n == 3
+    assert e.half == pytest.approx(4.303 * np.std([1.0, 2.0, 4.0], ddof=1) / np.sqrt(3), rel=1e-3)  # t(0.975, 2)
+    assert e.half == pytest.approx(t_half([1.0, 2.0, 4.0]), rel=1e-12)
+    assert e + 1 == pytest.approx(10 / 3) and not hasattr(e + 1, "half"), "arithmetic gives a plain float"
+    one = estimate([5.5])
+    assert (float(one), one.half, one.n) == (5.5, 0.0, 1)
+    mixed = estimate([1.0, float("nan"), 2.0, float("inf"), None, 4.0, float("-inf")])  # only finite values count
+    assert (float(mixed), mixed.half, mixed.n) == (float(e), e.half, 3)
+    assert estimate([float("nan"), None]) is None and estimate([]) is None
+    assert np.int64(3) == estimate([np.int64(3), np.float32(3.0)]) and estimate([np.int64(3), 3.0]).n == 2
+
+
+def test_mean_over_seeds_averages_each_key_over_the_seeds():
+    from sphereard.utils.stats import mean_over_seeds
+
+    frame = pd.DataFrame({"series": ["a", "a", "b", "b"] * 2 + ["a", "a"],
+                          "position": [0, 1, 0, 1] * 2 + [0, 1],
+                          "seed": [0] * 4 + [1] * 4 + [2] * 2,
+                          "norm_mean": [1.0, 2.0, 5.0, 6.0, 3.0, 2.0, 7.0, 6.0, 8.0, 2.0]})
+    out = mean_over_seeds(frame, ["series", "position"], ["norm_mean"]).set_index(["series", "position"])
+    expected = {("a", 0): [1.0, 3.0, 8.0], ("a", 1): [2.0, 2.0, 2.0], ("b", 0): [5.0, 7.0], ("b", 1): [6.0, 6.0]}
+    assert sorted(out.index) == sorted(expected) and list(out.index) == list(expected), "first-appearance order"
+    for key, values in expected.items():
+        assert out.loc[key, "norm_mean"] == pytest.approx(np.mean(values))
+        assert out.loc[key, "norm_mean_half"] == pytest.approx(t_half(values), abs=1e-12)
+        assert out.loc[key, "n"] == len(values)
+    single = mean_over_seeds(frame.drop(columns="seed"), ["series", "position"], ["norm_mean"])
+    assert (single["n"] == 1).all() and (single["norm_mean_half"] == 0.0).all()
+    assert single["norm_mean"].tolist() == frame["norm_mean"].tolist(), "no seed column: the rows as they are"
+
+
+SEED_STEP = 0.5  # run k's metrics are the single-run numbers + SEED_STEP * k
+
+
+def test_load_inputs_averages_every_metric_over_the_runs(tmp_path):
+    """Two runs (seeds 0 and 1) written by hand: each metric is an Estimate over both, the CSV frames
+    are stacked with their seed, and a metric only one run has averages that one."""
+    from sphereard.utils.stats import Estimate
+
+    fake_outputs(tmp_path, sweep=False, seeds=(0, 1), seed_step=SEED_STEP)
+    params = load_params(tmp_path / "params.yaml")
+    assert params.seeds == [0, 1]
+    run1 = params.for_run(1)
+    path = tmp_path / metrics_file(run1, "evaluation", "gaussian")
+    assert path == tmp_path / "metrics/evaluation/gaussian/seed1.json"
+    metrics = json.loads(path.read_text())
+    del metrics["kid_classifier"]  # run 1 lacks one metric
+    write_json(path, metrics)
+    inp = load_inputs(params, tmp_path)
+    assert inp.seeds == [0, 1] and inp.absent == []
+    for p, (psnr, _, _, fd, _, _) in NUMBERS.items():
+        for block, name, value in (("evaluation", "fd_classifier", fd), ("tokenizer", "psnr_sample", psnr),
+                                   ("generator", "ema_loss", 0.42), ("sampling", "images_per_s", 7.5)):
+            got = inp.metrics[block][p][name]
+            runs = [value, value + SEED_STEP]
+            assert isinstance(got, Estimate) and got.n == 2, (block, p, name)
+            assert float(got) == pytest.approx(np.mean(runs)) and got.half == pytest.approx(t_half(runs))
+    kid = inp.metrics["evaluation"]["gaussian"]["kid_classifier"]
+    assert (float(kid), kid.half, kid.n) == (pytest.approx(6.75 / 100), 0.0, 1), "only run 0 has it"
+    assert inp.metrics["evaluation"]["spherical"]["kid_classifier"].n == 2
+    norms = inp.frames["norm_csv"]["spherical"]
+    assert sorted(norms["seed"].unique()) == [0, 1] and len(norms) == 2 * 2 * 2 * L
+    assert inp.classifier == {"test_accuracy": 0.9125}, "the shared classifier: one file, not per run"
+
+
+def test_load_inputs_requires_every_run_and_names_the_missing_one(tmp_path):
+    fake_outputs(tmp_path, sweep=False, optional=False, seeds=(0, 1))
+    params = load_params(tmp_path / "params.yaml")
+    (tmp_path / metrics_file(params.for_run(1), "tokenizer", "gaussian_norm")).unlink()
+    missing = tmp_path / "metrics/tokenizer/gaussian_norm/seed1.json"
+    with pytest.raises(UserError, match=f"^{re.escape(str(missing))}: required metrics file missing .*"
+                                         r"train_vae@gaussian_norm-1"):
+        load_inputs(params, tmp_path)
+    inp = load_inputs(params, tmp_path, required=False)
+    assert str(missing) in inp.absent
+    psnr = inp.metrics["tokenizer"]["gaussian_norm"]["psnr_sample"]
+    assert (float(psnr), psnr.n) == (25.25, 1), "the run that has it"
+
+
+def test_fmt_shows_the_interval_of_a_mean_over_runs():
+    from sphereard.utils.stats import Estimate, estimate
+
+    assert fmt(Estimate(3.25, half=0.5, n=2)) == "3.25 ± 0.5"
+    assert fmt(Estimate(12345.678, half=0.01234, n=3)) == f"{fmt(12345.678)} ± {fmt(0.01234)}"
+    assert fmt(Estimate(3.25, half=0.0, n=1)) == fmt(3.25) == "3.25", "one run: the number alone"
+    e = estimate([1.0, 2.0, 4.0])
+    assert fmt(e) == f"{fmt(7 / 3)} ± {fmt(t_half([1.0, 2.0, 4.0]))}" and " ± " in fmt(e)
+
+
+def test_compare_ties_estimates_whose_intervals_overlap():
+    from sphereard.utils.stats import Estimate, estimate
+
+    a, b = Estimate(10.0, half=0.3, n=3), Estimate(10.5, half=0.3, n=3)  # 5% apart, intervals overlap
+    assert abs(10.5 - 10.0) > REL_TOL * 10.5
+    assert compare(10.0, 10.5) == -1 and compare(10.5, 10.0) == 1, "plain floats: beyond the tolerance"
+    assert compare(a, b) == 0 and compare(b, a) == 0, "means over runs: the intervals decide"
+    assert compare(a, 10.5) == -1 and compare(10.0, b) == -1, "one interval alone (0.3) does not cover the gap"
+    assert compare(Estimate(10.0, half=0.6, n=3), 10.5) == 0, "but a wider one does"
+    narrow = Estimate(10.0, half=0.1, n=3), Estimate(10.5, half=0.1, n=3)  # 0.2 < 0.5: a difference
+    assert compare(*narrow) == -1 and compare(*narrow[::-1]) == 1
+    wide = estimate([9.0, 10.0, 11.0]), estimate([9.5, 10.5, 11.5])
+    assert compare(*wide) == 0 and compare(float(wide[0]), float(wide[1])) == -1
+
+
+def test_report_tables_show_means_over_runs_with_their_intervals(tmp_path, monkeypatch):
+    fake_outputs(tmp_path, sweep=False, seeds=(0, 1), seed_step=SEED_STEP)
+    md = make_report(tmp_path, monkeypatch)
+    gen, recon = table_with(md, "fd_classifier"), table_with(md, "rfd_classifier_sample")
+    for p, (psnr, _, _, fd, _, _) in NUMBERS.items():
+        for cell, value in ((gen[p]["fd_classifier"], fd), (recon[p]["psnr_sample"], psnr)):
+            runs = [value, value + SEED_STEP]
+            assert cell == f"{fmt(np.mean(runs))} ± {fmt(t_half(runs))}", (p, cell)
+    assert "The main tables average 2 runs per tokenizer (seeds 0, 1;" in md and "Single seed" not in md

@@ -116,3 +116,52 @@ def test_lazy_package_exports_resolve(package):
     module = importlib.import_module(f"sphereard.{package}")
     for name in module.__all__:
         assert getattr(module, name) is not None, f"sphereard.{package}.{name}"
+
+
+# --- the study pipeline: study/dvc.yaml is derived from dvc.yaml -------------------------------------------
+
+def script_yaml() -> YAML:
+    """A ruamel YAML configured as `stage_deps.main` configures it (the pipeline files' own style)."""
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    return yaml
+
+
+def test_study_pipeline_is_the_derivation_of_dvc_yaml_and_the_check_passes(capsys):
+    """The committed files pass the script's check (both pipelines' deps and the study derivation)."""
+    assert stage_deps.main([]) == 0, capsys.readouterr().out
+    want = stage_deps.derive_study((REPO / "dvc.yaml").read_text(), script_yaml())
+    assert (REPO / stage_deps.STUDY_FILE).read_text() == want
+    study = YAML().load(want)
+    assert list(study["stages"]) == list(dvc_yaml()["stages"]), "every stage of dvc.yaml, in order"
+    for name, stage in study["stages"].items():
+        assert stage["wdir"] == "..", name
+        assert f"--params {stage_deps.STUDY_PARAMS}" in stage["cmd"], name
+        if "params" in stage:
+            assert list(stage["params"][0]) == [stage_deps.STUDY_PARAMS], name
+    assert study["stages"]["train_vae"]["matrix"] == {"posterior": "${tokenizer.posteriors}", "seed": "${seeds}"}
+    assert study["stages"]["report"]["outs"] == [{stage_deps.STUDY_REPORTS: {"cache": False}}]
+
+
+def test_study_check_fails_when_study_dvc_yaml_differs_from_its_derivation(tmp_path, monkeypatch, capsys):
+    committed = (REPO / stage_deps.STUDY_FILE).read_text()
+    edited = committed.replace("--params study/params.yaml", "--params params.yaml", 1)
+    assert edited != committed
+    for name, text in (("edited", edited), ("stale", committed + "# an edit\n")):
+        study = tmp_path / name / "dvc.yaml"
+        study.parent.mkdir()
+        study.write_text(text)
+        monkeypatch.setattr(stage_deps, "STUDY_FILE", str(study))  # absolute: REPO / STUDY_FILE is this copy
+        assert stage_deps.main([]) == 1
+        out = capsys.readouterr().out
+        assert f"{study}: differs from its derivation from dvc.yaml" in out and "--write" in out, out
+        assert study.read_text() == text, "the check writes nothing"
+    monkeypatch.setattr(stage_deps, "STUDY_FILE", str(tmp_path / "missing" / "dvc.yaml"))
+    assert stage_deps.main([]) == 1 and "differs from its derivation" in capsys.readouterr().out
+    # an edit of dvc.yaml without `--write` leaves the committed study file behind its derivation
+    dvc_text = (REPO / "dvc.yaml").read_text()
+    changed = dvc_text.replace("pipelines.report\n", "pipelines.report --verbose\n", 1)
+    assert changed != dvc_text
+    assert stage_deps.derive_study(changed, script_yaml()) != committed

@@ -203,7 +203,13 @@ def smoke_data(root: Path) -> dict:
 
 
 def stage(module, data: dict, **args) -> None:
-    module.run(parse_params(data), argparse.Namespace(stop_after=None, **args))
+    """`module`'s stage in-process, as `pipelines._cli.stage_main` runs it: a per-run stage (`posterior`)
+    gets the params of run `seed` (default: the first of `seeds`)."""
+    params = parse_params(data)
+    if "posterior" in args:
+        args.setdefault("seed", params.seeds[0])
+        params = params.for_run(args["seed"])
+    module.run(params, argparse.Namespace(stop_after=None, **args))
 
 
 @pytest.fixture(scope="module")
@@ -310,10 +316,10 @@ def test_training_trial_radius_ablation_under_asha(eval_inputs, monkeypatch):
     assert np.isfinite(row["fd_classifier"]) and np.isfinite(row["ar_loss"])
     trial = Path(params.sweep.out) / "trials" / row["trial"]
     steps = round(params.generator.train.steps * 0.5)
-    tok_meta = json.loads((trial / "tokenizer/spherical/model/model.json").read_text())
-    gen_meta = json.loads((trial / "generator/spherical/model/model.json").read_text())
+    tok_meta = json.loads((trial / "tokenizer/spherical/seed0/model/model.json").read_text())  # the trial's seed 0
+    gen_meta = json.loads((trial / "generator/spherical/seed0/model/model.json").read_text())
     assert tok_meta["radius"] == 2.0 and gen_meta["radius"] == 2.0 and gen_meta["step"] == steps
-    assert json.loads((trial / "latents/spherical/cache.json").read_text())["radius"] == 2.0
+    assert json.loads((trial / "latents/spherical/seed0/cache.json").read_text())["radius"] == 2.0
     reports = json.loads((trial / "ar_reports.json").read_text())
     assert sorted(map(int, reports)) == segment_ends(steps, 2) and all(np.isfinite(list(reports.values())))
     # Tune saw one intermediate report per segment before the last, then the final one

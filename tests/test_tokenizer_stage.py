@@ -72,6 +72,7 @@ def test_two_ray_workers_lower_the_loss_and_resume_at_the_saved_step(smoke_param
 
 
 def test_encode_round_trip_reproduces_encoder_output(smoke_params):
+    from sphereard.layout import export_dir
     from sphereard.layout import latent_cache_dir as latent_dir
     from sphereard.tokenizer.encode import encode_split, subset_indices
 
@@ -80,7 +81,7 @@ def test_encode_round_trip_reproduces_encoder_output(smoke_params):
             update=dict(hflip=hflip, max_images=max_images))})
         torch.manual_seed(1)
         vae = create_tokenizer(smoke_params.tokenizer.preset, posterior=posterior).eval()
-        model_dir = f"{smoke_params.tokenizer.out}/{posterior}/model"
+        model_dir = export_dir(smoke_params, "tokenizer", posterior)  # <tokenizer.out>/<posterior>/seed0/model
         export_model(model_dir, vae, tokenizer_meta(smoke_params, posterior, vae.radius))
         meta = encode_split(smoke_params, posterior, torch.device("cpu"))
         params, labels, read_meta = read_latent_cache(latent_dir(smoke_params, posterior))

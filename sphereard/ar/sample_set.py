@@ -1,12 +1,12 @@
 """A class-balanced sample set of a trained generator, decoded by its tokenizer: DVC stage
-`sample@{posterior}` (`sample_set`), also the sweep trials' sampler (`generate_all`).
+`sample@{posterior}-{seed}` (`sample_set`), also the sweep trials' sampler (`generate_all`).
 
 `sampling.num_per_class` images of every class, generated in batches of `sampling.batch_size`
 with CFG on the velocity and the projection after CFG (SphereAR Sec. 3.3; `auto` projection:
 `sphere` for spherical / gaussian_norm latents, `none` for gaussian). One torch.Generator seeded
 with `sampling.seed` feeds all batches, so a rerun with the same batch size is identical.
 
-Outputs under `sampling.out/<posterior>/` (sphereard/layout.py):
+Outputs under `sampling.out/<posterior>/seed<k>/` (sphereard/layout.py):
   samples.npz        ADM layout (`arr_0` uint8 (N, H, W, 3), grey data as 3 equal channels since the ADM
                      evaluator's network takes RGB; `arr_1` int64 labels (N,)) plus
                      `latents` float32 (N, L, d) (the generated tokens, after projection) and
@@ -14,7 +14,7 @@ Outputs under `sampling.out/<posterior>/` (sphereard/layout.py):
   grids/             class_XX.png (the first CLASS_GRID_MAX samples of each class) and
                      overview.png (one row per class, at most OVERVIEW_MAX_CLASSES rows)
   info.json          device, precision, N, classes, tokens per image, generator step, resolved settings
-The metrics file `<metrics_dir>/sampling/<posterior>.json` holds images/s (generation + decoding),
+The metrics file `<metrics_dir>/sampling/<posterior>/seed<k>.json` holds images/s (generation + decoding),
 tokens/s (AR generation only), timings (s) and token-norm statistics.
 """
 
@@ -33,7 +33,7 @@ from sphereard.ar.sampler import sampling_kwargs
 from sphereard.config import Params
 from sphereard.eval import figures
 from sphereard.eval.adm import save_samples_npz
-from sphereard.layout import OVERVIEW_FILE, grids_dir, samples_file, write_results
+from sphereard.layout import OVERVIEW_FILE, grids_dir, mlflow_run, samples_file, write_results
 from sphereard.tokenizer.inference import model_to_uint8
 from sphereard.tracking import start_run
 from sphereard.utils.device import default_device
@@ -127,10 +127,10 @@ def sample_set(params: Params, posterior: str) -> None:
     labels = class_balanced_labels(num_classes, cfg.num_per_class)
     settings = {**kwargs, "seed": cfg.seed, "batch_size": cfg.batch_size, "num_per_class": cfg.num_per_class,
                 "use_ema": cfg.use_ema}
-    tags = {"stage": "sample", "posterior": posterior, "profile": params.profile}
+    name, tags = mlflow_run(params, "sample", posterior, "sample")
     # resolved settings at the top level, under the sweep trials' names (cfg_scale, projection, radius, ...)
     logged = {"posterior": posterior, **settings, "sampling": cfg.model_dump(), "generator": meta}
-    with start_run(params.tracking, ".", f"sample-{posterior}", params=logged, tags=tags) as run:
+    with start_run(params.tracking, ".", name, params=logged, tags=tags) as run:
         log.info("sampling %d images (%d classes x %d) on %s: %s", len(labels), num_classes, cfg.num_per_class,
                  device, settings)
         res = generate_all(model, vae, labels, cfg.batch_size, kwargs, cfg.seed, device)

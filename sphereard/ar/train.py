@@ -1,9 +1,9 @@
 """Train the SphereAR generator on one tokenizer's latent cache with Ray Train, export its EMA weights
-and write a small, honest metrics file: DVC stage `train_ar@{posterior}`.
+and write a small, honest metrics file: DVC stage `train_ar@{posterior}-{seed}`.
 
-Outputs (sphereard/layout.py) under `generator.out/<posterior>/`: `ckpt/` (resumable checkpoints;
+Outputs (sphereard/layout.py) under `generator.out/<posterior>/seed<k>/`: `ckpt/` (resumable checkpoints;
 DVC `persist: true`), `model/` (EMA weights + model.json) and `info.json` (params, steps,
-tokens_seen = steps * batch_size * L, world_size); the metrics file `<metrics_dir>/generator/<posterior>.json`:
+tokens_seen = steps * batch_size * L, world_size); the metrics file `<metrics_dir>/generator/<posterior>/seed<k>.json`:
   ema_loss             flow loss of the exported EMA model on LOSS_EVAL_BATCHES random batches of
                        the training latent cache (there is no held-out latent set; un-flipped
                        images): fresh posterior samples, fixed seed, eval mode (no label dropout), fp32
@@ -31,7 +31,7 @@ from sphereard.data import manifest_path
 from sphereard.errors import UserError, error_detail
 from sphereard.export import META_FILE
 from sphereard.latents import LATENTS_FILE, decode_column, moment_columns, read_latent_meta
-from sphereard.layout import checkpoint_dir, export_dir, latent_cache_dir, write_results
+from sphereard.layout import checkpoint_dir, export_dir, latent_cache_dir, mlflow_run, write_results
 from sphereard.tokenizer.posterior import sample_from_moments
 from sphereard.tracking import start_run
 from sphereard.train import LoopSpec, fit, load_latest
@@ -109,11 +109,10 @@ def train_and_export(params: Params, posterior: str, stop_after: int | None = No
     arch, cache_meta = generator_arch_for_cache(params, posterior)  # fail fast, before Ray starts
     tok_dir = export_dir(params, "tokenizer", posterior)
     if not (tok_dir / META_FILE).is_file():
-        raise UserError(f"{tok_dir / META_FILE}: exported tokenizer missing (run train_vae@{posterior})")
+        raise UserError(f"{tok_dir / META_FILE}: exported tokenizer missing (run train_vae@{posterior}-{params.seed})")
     radius = float(cache_meta["radius"])
     ckpt_dir, model_dir = checkpoint_dir(params, "generator", posterior), export_dir(params, "generator", posterior)
-    name = f"ar-{posterior}"
-    tags = {"stage": "train_ar", "posterior": posterior, "profile": params.profile}
+    name, tags = mlflow_run(params, "ar", posterior, "train_ar")
     logged = {"posterior": posterior, "generator": params.generator.model_dump(),
               "latents": {k: cache_meta[k] for k in ("rows", "num_tokens", "latent_dim", "radius", "sha256")}}
     with start_run(params.tracking, ".", name, params=logged, tags=tags, system_metrics=True,

@@ -26,7 +26,9 @@ POSTERIOR = "spherical"  # the released S-VAE's posterior
 def import_to_layout(params: Params) -> dict:
     """Import `params.official` into the DAG's export folders and write both blocks' info files.
     Returns the importer's summary. Raises UserError (one line naming the key or file) on bad input;
-    nothing is written then (the exports are renamed into place only when complete)."""
+    nothing is written then (the exports are renamed into place only when complete). The exports go to
+    the first (only) run of `seeds`, where train_vae@spherical-0 / train_ar@spherical-0 would write."""
+    params = params.for_run(params.seeds[0])
     official = params.official
     files = required_files(params)
     vae = require_file(files["official.vae"], "official.vae")

@@ -1,12 +1,12 @@
 """Generation + reconstruction metrics and latent-geometry diagnostics of one posterior's models and
-samples: DVC stage `evaluate@{posterior}` (`evaluate_posterior`).
+samples: DVC stage `evaluate@{posterior}-{seed}` (`evaluate_posterior`).
 
-Writes `<metrics_dir>/evaluation/<posterior>.json` (sphereard/layout.py): generation metrics named by
+Writes `<metrics_dir>/evaluation/<posterior>/seed<k>.json` (sphereard/layout.py): generation metrics named by
 extractor (fd_classifier, kid_classifier, ...), reconstruction metrics of decode(posterior mode) and
 decode(posterior sample, seeded by `seed`) (recon_psnr_mode, recon_psnr_sample, recon_ssim_*,
 recon_rfd_<extractor>_*, ...) and diagnostic summaries (norm drift; teacher-forced radial/tangential
 error on posterior samples, its floor and the excess over it: tf_radial_error, tf_radial_floor,
-tf_radial_excess, ...); and under `evaluation.out/<posterior>/`:
+tf_radial_excess, ...); and under `evaluation.out/<posterior>/seed<k>/`:
   info.json             number of samples evaluated
   norm_trajectory.png   token norm vs sequence position, projection sphere vs none, at several CFG scales
   norm_trajectory.csv   the same numbers (DVC plots)
@@ -50,7 +50,7 @@ from sphereard.eval.metrics import generation_metrics
 from sphereard.eval.reconstruction import reconstruction_metrics_by_decode
 from sphereard.eval.setup import build_extractors, load_references
 from sphereard.export import META_FILE
-from sphereard.layout import classifier_model_dir, evaluation_file, samples_file, write_results
+from sphereard.layout import classifier_model_dir, evaluation_file, mlflow_run, samples_file, write_results
 from sphereard.tokenizer.inference import encode_moments, reconstruct_decodes
 from sphereard.tokenizer.losses import load_lpips
 from sphereard.tracking import start_run
@@ -197,12 +197,12 @@ def evaluate_posterior(params: Params, posterior: str) -> dict[str, float]:
                                      "reference_sources": {tag: ref.source for tag, ref in references.items()},
                                      "recon_images": int(len(real)), "teacher_forced_images": int(len(held_out[0]))})
 
-    tags = {"stage": "evaluate", "posterior": posterior, "profile": params.profile,
-            "sphereard.evaluates_run": gen_meta.get("mlflow_run_id") or ""}
+    name, tags = mlflow_run(params, "eval", posterior, "evaluate")
+    tags["sphereard.evaluates_run"] = gen_meta.get("mlflow_run_id") or ""
     # the settings of the samples evaluated, under the sweep trials' names (cfg_scale, projection, radius, ...)
     logged = {"posterior": posterior, **sampling_kwargs(params.sampling, posterior, vae.radius),
               "num_samples": int(len(fake))}
-    with start_run(params.tracking, ".", f"eval-{posterior}", params=logged, tags=tags,
+    with start_run(params.tracking, ".", name, params=logged, tags=tags,
                    parent_run_id=gen_meta.get("mlflow_run_id"), data_manifest=manifest_path(params.data.out),
                    data_context="evaluation") as mlrun:
         mlrun.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)}, step=gen_meta.get("step", 0))

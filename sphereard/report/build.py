@@ -24,6 +24,7 @@ from sphereard.report.sections import (
     section_sweep,
     section_timing,
 )
+from sphereard.report.verdicts import section_verdicts
 from sphereard.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ def report_text(params: Params, inp: Inputs, fig_dir: Path) -> str:
             "from the stage outputs named in the text (a value from `params.yaml` is called a setting).", ""]
     first = section_run(params, inp) + [""] + section_data(inp, fig_dir.parent) + [""]
     body = []
-    for section in (section_convergence(params, inp, fig_dir), section_recon(inp), section_generation(params, inp),
+    for section in (section_verdicts(inp, params.sampling.cfg_scale),
+                    section_convergence(params, inp, fig_dir), section_recon(inp), section_generation(params, inp),
                     section_sweep(inp, fig_dir), section_norms(inp, fig_dir), section_grids(inp), section_timing(inp),
                     section_findings(params, inp)):
         body += section + [""] if section else []

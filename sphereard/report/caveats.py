@@ -12,6 +12,19 @@ PAPER_BEST = "1.34 for SphereAR-H on ImageNet 256x256"
 IMAGENET = "imagenet_tar"
 
 
+def seeds_caveat(params: Params, inp) -> str:
+    """How many runs the main tables average, and what a difference in them is worth."""
+    if len(inp.seeds) == 1:
+        return (f"Single seed (run seed {inp.seeds[0]}, sampling.seed {params.sampling.seed + inp.seeds[0]}) and one "
+                f"{'imported model' if inp.any_imported() else 'training run'} per tokenizer for the main tables: a "
+                f"difference beyond the {REL_TOL:.0%} tolerance may still be noise.")
+    return (f"The main tables average {len(inp.seeds)} runs per tokenizer (seeds {', '.join(map(str, inp.seeds))}; "
+            "each trains its own tokenizer and generator, encodes, samples and evaluates with its seed): cells are "
+            f"mean ± the {CONFIDENCE:.0%} Student t-interval half-width over the runs, and a difference counts only "
+            "beyond both the tolerance and the intervals. Figures of single runs (grids, per-run plots) show the "
+            f"first run, seed {inp.seeds[0]}.")
+
+
 def caveats(params: Params, inp) -> list[str]:
     tok, gen, ev = params.tokenizer.train, params.generator.train, inp.metrics["evaluation"]
     has_fid = any(finite(m.get("fid_inception")) for m in ev.values())
@@ -49,9 +62,7 @@ def caveats(params: Params, inp) -> list[str]:
     out += [f"Sample sizes: generation metrics from {', '.join(map(fmt, samples)) or MISSING_COUNT} samples per "
             f"tokenizer against {reals}; Frechet distances "
             "are biased upward at small N, so compare only numbers computed with the same N.",
-            f"Single seed (seed={params.seed}, sampling.seed={params.sampling.seed}) and one "
-            f"{'imported model' if inp.any_imported() else 'training run'} per tokenizer for the main tables: a "
-            f"difference beyond the {REL_TOL:.0%} tolerance may still be noise."]
+            seeds_caveat(params, inp)]
     if "classifier" in params.evaluation.extractors:
         out.append("`is_classifier` is an Inception-Score analogue on the in-project classifier's logits, not the IS.")
     if inp.classes is not None and len(inp.classes) and inp.classes["train"].min() > 0 and \

@@ -10,7 +10,7 @@ decided by `compare`.
 from __future__ import annotations
 
 from sphereard.eval.diagnostics import DRIFT_TOL
-from sphereard.utils.stats import CONFIDENCE, finite, half_width  # noqa: F401 (the report's interval)
+from sphereard.utils.stats import CONFIDENCE, finite, half_of, half_width  # noqa: F401 (the report's interval)
 
 REL_TOL = 0.02  # two numbers closer than 2% of the larger magnitude are a tie
 TIE = "no difference beyond the tolerance"
@@ -22,13 +22,16 @@ COMPARISON_RULE = (
     "\"no difference beyond the tolerance\". `kid_*` and `is_*` must also differ by more than the sum of the "
     "stds the evaluate stage reports with them (`kid_std_*` over KID subsets, `is_std_*` over IS splits). A "
     "change with CFG must hold at every consecutive diagnostic scale (else \"not monotone\"), and for norm "
-    "deviations exceed 0.5 percentage points. The main tables come from one seed per tokenizer, so only the "
-    f"{REL_TOL:.0%} tolerance applies there: a difference beyond it is not yet evidence beyond run-to-run noise.")
+    "deviations exceed 0.5 percentage points. Main-table cells that average n > 1 runs "
+    f"(`seeds`) carry their intervals the same way; with one run only the {REL_TOL:.0%} tolerance applies, and a "
+    "difference beyond it is not yet evidence beyond run-to-run noise.")
 
 
 def compare(a: float, b: float, a_half: float = 0.0, b_half: float = 0.0, rel_tol: float = REL_TOL) -> int:
     """+1 if a > b, -1 if a < b, 0 (a tie) unless |a - b| exceeds both rel_tol * max(|a|, |b|) and the
-    summed interval half-widths a_half + b_half (module docstring)."""
+    summed interval half-widths a_half + b_half (module docstring); a mean over seeds (`Estimate`) brings
+    its own half-width."""
+    a_half, b_half = max(a_half, half_of(a)), max(b_half, half_of(b))  # means over seeds carry their own
     gap = float(a) - float(b)
     if abs(gap) <= rel_tol * max(abs(a), abs(b)) or abs(gap) <= a_half + b_half:
         return 0
@@ -59,8 +62,8 @@ def tie_groups(values: dict[str, float], lower_better: bool, halves: dict[str, f
     (`compare` == 0) with the group's last (nearest) member, so no tie is ever split across two groups; any
     two consecutive groups differ beyond the tolerance at every pair of neighbours."""
     halves = halves or {}
-    order = sorted(((p, float(v)) for p, v in values.items() if finite(v)),
-                   key=lambda item: item[1] if lower_better else -item[1])
+    order = sorted(((p, v) for p, v in values.items() if finite(v)),  # v kept: an Estimate brings its interval
+                   key=lambda item: float(item[1]) if lower_better else -float(item[1]))
     groups: list[list[tuple[str, float]]] = []
     for p, v in order:
         if groups and compare(v, groups[-1][-1][1], halves.get(p, 0.0), halves.get(groups[-1][-1][0], 0.0)) == 0:

@@ -32,7 +32,7 @@ DECODE = rf"(?P<D>{'|'.join(DECODES)})"
 PART = r"(?P<P>radial|tangential)"
 DECODE_TEXT = {"mode": "on decode(posterior mode): the decoder applied to the posterior's mode (deterministic)",
                "sample": "on decode(posterior sample): the decoder applied to one posterior sample per token, drawn "
-                         "from `seed` = {seed} (the latents the generator learns; the findings rank on it)"}
+                         "from the run's seed ({seed}) (the latents the generator learns; the findings rank on it)"}
 SPACE = "in the feature space of {ext} ({layer})"
 DEFINITION_PATTERNS = (  # (name regex, text); {T} {ext} {layer}: the extractor; {decode}: DECODE_TEXT; {part}: PART;
     # other fields: `definition_context`
@@ -74,6 +74,9 @@ DEFINITION_PATTERNS = (  # (name regex, text); {T} {ext} {layer}: the extractor;
                                        "of training, s = the training curve (window means every `log_every` "
                                        "steps) smoothed by a trailing moving average over 10% of its points, "
                                        "T = the last step; below {plateau} counts as a plateau."),
+    (r"recon_loglog_slope", "least-squares slope of log(recon) on log(step) over the second half of each run's "
+                            "`history.csv`, averaged over the runs (the report computes it); a power law step^-a has "
+                            "slope -a and a second-half change of 2^a - 1 at every training length."),
     (r"kl_final", "KL divergence of the posterior to the prior in nats per token (averaged over tokens, summed "
                   "over dimensions), smoothed training value at the last step."),
     (r"recon_final", "reconstruction loss (`tokenizer.train.recon_loss`, on [-1, 1] pixels) of posterior-sample "
@@ -98,7 +101,7 @@ DEFINITION_PATTERNS = (  # (name regex, text); {T} {ext} {layer}: the extractor;
     (r"tf_radial_error", "teacher-forced error on {tf} held-out test images (evaluation info), measured as training "
                          "sees it: the generator predicts token k from a posterior sample of the tokens < k ({dsteps} "
                          "sampler steps, no CFG) and is scored against an independent posterior sample z of token k "
-                         "(samples drawn from `seed` = {seed}); error e = prediction - z; radial part "
+                         "(samples drawn from the run's seed, {seed}); error e = prediction - z; radial part "
                          "|<e, z/||z||>|, mean over images and positions (latent units)."),
     (r"tf_tangential_error", "the part of the teacher-forced error e orthogonal to the target sample z, "
                              "||e - <e, z/||z||> z/||z|| ||, mean over images and positions."),
@@ -147,7 +150,8 @@ def definition_context(params, eval_infos: dict) -> dict:
                              "stage's count",
             "fd_refs": {tag: ADM_REF_TEXT for tag in adm},
             "k": fmt(ev.pr_neighbours), "ds": fmt(ev.diagnostic_samples), "dsteps": fmt(ev.diagnostic_steps),
-            "tf": counted(eval_infos, "teacher_forced_images"), "drift": f"{DRIFT_TOL:.0%}", "seed": params.seed,
+            "tf": counted(eval_infos, "teacher_forced_images"), "drift": f"{DRIFT_TOL:.0%}",
+            "seed": "seeds " + ", ".join(map(str, params.seeds)),
             "plateau": f"{PLATEAU_TOL:.0%}"}
 
 

@@ -64,7 +64,7 @@ def cache_text(params: Params, inp: Inputs) -> str:
         return f"{fmt(rows)} images{of}, {flips}"
 
     if not any(inp.latents.values()):
-        return (f"cache meta absent (`{params.encode.out}/<posterior>/{LATENT_META}`): no count; setting "
+        return (f"cache meta absent (`{params.encode.out}/<posterior>/seed<k>/{LATENT_META}`): no count; setting "
                 f"`encode.max_images` = {fmt(params.encode.max_images)}")
     return collapse({p: m for p, m in inp.latents.items()}, show=lambda m: one(m)) + " (latent cache meta)"
 
@@ -84,7 +84,7 @@ def sampling_text(params: Params, inp: Inputs) -> str:
     return (f"{field_('num_images', False)} images = {field_('num_classes', False)} classes x "
             f"{field_('num_per_class')}, cfg_scale {field_('cfg_scale')} ({field_('cfg_schedule')}), "
             f"{field_('sampler')} {field_('steps')} steps, projection {field_('projection')}, seed {field_('seed')} "
-            "(sampling info)")
+            "(sampling info of the first run; run k samples with sampling.seed + k)")
 
 
 def section_run(params: Params, inp: Inputs) -> list[str]:
@@ -93,7 +93,10 @@ def section_run(params: Params, inp: Inputs) -> list[str]:
     gen_steps = collapse({p: (i or {}).get("steps") for p, i in inp.info["generator"].items()})
     tokens = collapse({p: (i or {}).get("tokens_seen") for p, i in inp.info["generator"].items()})
     classifier_steps = (inp.classifier_info or {}).get("steps")
-    rows = [("profile", params.profile), ("seed", params.seed),
+    runs = ", ".join(map(str, params.seeds))
+    rows = [("profile", params.profile),
+            ("seeds", f"{runs}: one run per seed (tokenizer, latents, generator, samples, evaluation; sampling seed "
+                      f"= sampling.seed {params.sampling.seed} + run seed); shared stages seed {params.seed}"),
             ("data", data_text(params, inp)),
             ("tokenizers", f"preset {tok.preset}, posteriors {', '.join(inp.posteriors)}, trained {steps} steps "
                            f"(export meta) at batch {tok.train.batch_size}"),
@@ -178,7 +181,7 @@ def section_sweep(inp: Inputs, fig_dir: Path) -> list[str]:
         return out + [inp.sweep_note]
     fixed = fixed_settings(inp.sweep)
     out += [inp.sweep_note + (f" Settings per tokenizer: {fixed}." if fixed else "") +
-            f" Table cells: mean ± sample std over the n seeds; figure error bars: the {CONFIDENCE:.0%} "
+            f" Table cells and figure bands: mean ± the {CONFIDENCE:.0%} "
             "t-interval of the mean (none for n = 1).", ""]
     for metric in sweep_metrics(inp.sweep):
         name = f"sweep_{metric}_vs_cfg.png"

@@ -16,7 +16,7 @@ import pandas as pd
 
 from sphereard.eval.names import is_metric
 from sphereard.layout import SWEEP_PLOTS_DIR, SWEEP_RESULTS_FILE, SWEEP_SUMMARY_FILE
-from sphereard.report.compare import finite
+from sphereard.report.compare import finite, half_width
 from sphereard.report.tables import MISSING, fmt, md_table
 from sphereard.sweep.results import DONE, LINE_SETTINGS, parse_summary, posterior_rank, summarise_results, sweep_lines
 
@@ -42,7 +42,7 @@ def load_sweep(out: Path) -> tuple[pd.DataFrame | None, str]:
     seeds = f"{int(n.min())}-{int(n.max())}" if len(n) and n.min() != n.max() else fmt(n.iloc[0]) if len(n) else "?"
     stopped = int((raw["status"] != DONE).sum()) if "status" in raw else 0
     what = (f"{len(raw)} trials" + (f", {stopped} stopped early and left out" if stopped else "") +
-            "; mean (± std when n > 1) over seeds" if source == results else "read as summarised")
+            "; mean (± 95% t-interval half-width when n > 1) over seeds" if source == results else "read as summarised")
     return frame, (f"From `{source}` ({what}); trials per point n = {seeds}. The sweep stage's own plots are in "
                    f"`{out / SWEEP_PLOTS_DIR}`.")
 
@@ -67,12 +67,14 @@ def fixed_settings(summary: pd.DataFrame) -> str:
 
 
 def _cell(row, metric: str) -> str:
+    """`mean ± h` with h the 95% t-interval half-width over the point's n seeds; the mean alone for n = 1."""
     mean, std = row[f"{metric}_mean"], row.get(f"{metric}_std", np.nan)
-    return f"{fmt(mean)} ± {fmt(std)}" if row["n"] > 1 and finite(std) else fmt(mean)
+    return f"{fmt(mean)} ± {fmt(half_width(std, row['n']))}" if row["n"] > 1 and finite(std) else fmt(mean)
 
 
 def sweep_table(summary: pd.DataFrame, metric: str) -> str:
-    """Markdown table of `metric` per sweep line (rows) and CFG scale (columns): mean ± std over seeds."""
+    """Markdown table of `metric` per sweep line (rows) and CFG scale (columns): mean ± 95% t-interval
+    half-width over seeds."""
     cfgs = sorted(summary["cfg_scale"].unique())
     rows = []
     for label, line in sweep_lines(summary).items():

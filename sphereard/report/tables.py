@@ -10,6 +10,7 @@ import pandas as pd
 
 from sphereard.eval.diagnostics import DRIFT_TOL
 from sphereard.report.keys import norm_key
+from sphereard.utils.stats import Estimate, estimate
 
 MISSING = "n/a"
 MISSING_COUNT = "an unrecorded number of"
@@ -18,7 +19,10 @@ CLASS_TABLE_MAX = 30  # classes listed in the report; more: the largest and smal
 
 
 def fmt(v) -> str:
-    """Table cell: strings as is, ints exact, floats to 4 significant digits, None / NaN as n/a."""
+    """Table cell: strings as is, ints exact, floats to 4 significant digits, None / NaN as n/a; a mean over
+    n > 1 seeds (an Estimate) as `mean ± half-width` of its 95% t-interval."""
+    if isinstance(v, Estimate) and v.n > 1:
+        return f"{fmt(float(v))} ± {fmt(v.half)}"
     if v is None:
         return MISSING
     if isinstance(v, (str, bool)):
@@ -35,9 +39,14 @@ def pct(v: float) -> str:
     return f"{v:.1%}"
 
 
+def cell(v) -> str:
+    """`fmt(v)` with `|` escaped, so a cell's text never splits the markdown row."""
+    return fmt(v).replace("|", "\\|")
+
+
 def md_table(header, rows) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows])
+    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
 
 
 def collapse(values: dict[str, object], show=fmt) -> str:
@@ -75,14 +84,22 @@ def drift_table(frames: dict[str, pd.DataFrame], radii: dict[str, float | None],
                 evaluation: dict[str, dict | None]) -> pd.DataFrame:
     """Per posterior and norm series of evaluate's `norm_trajectory.csv`: the relative deviation of the mean
     norm from R with the definition of `norm_rel_dev_<projection>_cfg<w>` (max over positions k of
-    |mean_n ||z_nk|| - R| / R; NaN without R), whether it is beyond DRIFT_TOL, and the value evaluate wrote."""
+    |mean_n ||z_nk|| - R| / R; NaN without R), computed per run (`seed` column) and averaged over the runs
+    (an Estimate, as evaluate's value is in the report), whether it is beyond DRIFT_TOL, and evaluate's value."""
     rows = []
     for p, frame in frames.items():
         radius = radii.get(p)
-        for _, series in frame.groupby("series", sort=False):
-            projection, cfg = str(series["projection"].iloc[0]), float(series["cfg_scale"].iloc[0])
-            dev = float((series["norm_mean"] - radius).abs().max() / radius) if radius else float("nan")
-            rows.append({"posterior": p, "projection": projection, "cfg_scale": cfg, "R": radius, "norm_rel_dev": dev,
-                         f"drift (> {DRIFT_TOL:.0%})": dev > DRIFT_TOL,
+        runs = frame.groupby("seed", sort=False) if "seed" in frame else [(None, frame)]
+        devs: dict[tuple[str, float], list[float]] = {}
+        for _, run in runs:
+            for _, series in run.groupby("series", sort=False):
+                key = (str(series["projection"].iloc[0]), float(series["cfg_scale"].iloc[0]))
+                dev = float((series["norm_mean"] - radius).abs().max() / radius) if radius else float("nan")
+                devs.setdefault(key, []).append(dev)
+        for (projection, cfg), values in devs.items():
+            dev = estimate(values)
+            rows.append({"posterior": p, "projection": projection, "cfg_scale": cfg, "R": radius,
+                         "norm_rel_dev": float("nan") if dev is None else dev,
+                         f"drift (> {DRIFT_TOL:.0%})": dev is not None and dev > DRIFT_TOL,
                          "evaluate's value": (evaluation.get(p) or {}).get(norm_key(projection, cfg), float("nan"))})
     return pd.DataFrame(rows).set_index(["posterior", "projection", "cfg_scale"]) if rows else pd.DataFrame()

@@ -94,7 +94,8 @@ def resolve_radius(sweep: SweepConfig, posterior: str, radius: float | None, tra
         return r, True
     if trained is None:
         raise UserError(f"sweep.posteriors: no exported {posterior} tokenizer/generator to sample from "
-                        f"(run train_vae@{posterior} and train_ar@{posterior} first, or set sweep.train: true)")
+                        f"(run train_vae@{posterior}-<seed> and train_ar@{posterior}-<seed> for every sweep "
+                        "seed first, or set sweep.train: true)")
     return r, False
 
 

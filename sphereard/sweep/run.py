@@ -49,12 +49,14 @@ TUNE_KEYS = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "shou
 
 
 def trained_radii(params: Params) -> dict[str, float | None]:
-    """R of the DAG's exported tokenizer per swept posterior; None unless tokenizer and generator exist."""
+    """R of the DAG's exported tokenizer per swept posterior (its first run's); None unless tokenizer and
+    generator exist in the run of every `sweep.seeds` entry (a sampling trial of seed k reads run k)."""
+    runs = [params.for_run(seed) for seed in params.sweep.seeds if seed in params.seeds]
     out = {}
     for p in params.sweep.posteriors:
-        tok, gen = export_dir(params, "tokenizer", p), export_dir(params, "generator", p)
-        have = (tok / META_FILE).is_file() and (gen / META_FILE).is_file()
-        out[p] = float(read_export(tok)[1]["radius"]) if have else None
+        dirs = [(export_dir(run, "tokenizer", p), export_dir(run, "generator", p)) for run in runs]
+        have = bool(dirs) and all((tok / META_FILE).is_file() and (gen / META_FILE).is_file() for tok, gen in dirs)
+        out[p] = float(read_export(dirs[0][0])[1]["radius"]) if have else None
     return out
 
 

@@ -255,6 +255,8 @@ def run_trial(config: dict, context: SweepContext) -> None:
         ar_loss = None
         if t.train:
             params, ar_loss = train_models(params, t, out, context, run, device)
+        else:  # the DAG's run of this seed (config: sweep.seeds within seeds)
+            params = params.for_run(t.seed)
         metrics = sample_and_evaluate(params, t, device)
         if t.train:
             metrics[ASHA_METRIC] = _nan_if_none(ar_loss)

@@ -1,6 +1,6 @@
 """Encode the train split into the latent cache: the posterior parameters of every train image (and of
 its horizontal flip with `encode.hflip`), so AR training draws a fresh posterior sample at every step
-(SphereAR Sec. 4.1). DVC stage `encode@{posterior}`; the cache format is sphereard/latents.py.
+(SphereAR Sec. 4.1). DVC stage `encode@{posterior}-{seed}`; the cache format is sphereard/latents.py.
 """
 
 from __future__ import annotations

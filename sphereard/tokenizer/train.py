@@ -1,8 +1,8 @@
 """Train one tokenizer with Ray Train, export its EMA weights and measure reconstruction (PSNR, SSIM,
-LPIPS when its weights are local) on the held-out split: DVC stage `train_vae@{posterior}`.
+LPIPS when its weights are local) on the held-out split: DVC stage `train_vae@{posterior}-{seed}`.
 
-Outputs (sphereard/layout.py): `tokenizer.out/<posterior>/` ckpt/, model/, info.json,
-reconstructions.png; the metrics file `<metrics_dir>/tokenizer/<posterior>.json`.
+Outputs (sphereard/layout.py): `tokenizer.out/<posterior>/seed<k>/` ckpt/, model/, info.json,
+reconstructions.png; the metrics file `<metrics_dir>/tokenizer/<posterior>/seed<k>.json`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sphereard.config import Params, absolute_paths
 from sphereard.data import images_as_uint8, manifest_path
 from sphereard.eval.reconstruction import reconstruction_metrics_by_decode
 from sphereard.export import read_meta
-from sphereard.layout import checkpoint_dir, export_dir, history_file, reconstructions_file, write_results
+from sphereard.layout import checkpoint_dir, export_dir, history_file, mlflow_run, reconstructions_file, write_results
 from sphereard.tokenizer.inference import reconstruct_decodes
 from sphereard.tokenizer.losses import load_lpips
 from sphereard.tokenizer.task import TokenizerTask, tokenizer_meta
@@ -109,8 +109,7 @@ def train_and_export(params: Params, posterior: str, stop_after: int | None = No
 
     With `stop_after` the loop ends after that many steps (checkpointed) and nothing is exported."""
     ckpt_dir = checkpoint_dir(params, "tokenizer", posterior)
-    name = f"vae-{posterior}"
-    tags = {"stage": "train_vae", "posterior": posterior, "profile": params.profile}
+    name, tags = mlflow_run(params, "vae", posterior, "train_vae")
     logged = {"posterior": posterior, "data": params.data.model_dump(), "tokenizer": params.tokenizer.model_dump(),
               "lpips_weights_path": params.lpips_weights_path}  # the LPIPS loss: part of the training config
     with start_run(params.tracking, ".", name, params=logged, tags=tags, system_metrics=True,

@@ -109,7 +109,7 @@ def check_local_capacity(ray_cfg: RayConfig) -> None:
 
 
 def unique_run_name(run_name: str) -> str:
-    """`train_vae@spherical` -> `train_vae@spherical-20250101-120000-1a2b3c` (Ray needs one per run)."""
+    """`vae-spherical-seed0` -> `vae-spherical-seed0-20250101-120000-1a2b3c` (Ray needs one per run)."""
     return f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
