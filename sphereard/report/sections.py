@@ -96,7 +96,10 @@ def section_run(params: Params, inp: Inputs) -> list[str]:
     runs = ", ".join(map(str, params.seeds))
     rows = [("profile", params.profile),
             ("seeds", f"{runs}: one run per seed (tokenizer, latents, generator, samples, evaluation; sampling seed "
-                      f"= sampling.seed {params.sampling.seed} + run seed); shared stages seed {params.seed}"),
+                      f"= sampling.seed {params.sampling.seed} + run seed); shared stages seed {params.seed}" +
+             (f". Every per-tokenizer number below is the mean over these n = {len(params.seeds)} runs ± the "
+              "half-width of its 95% Student t-interval (t(0.975, n - 1) * std / sqrt(n))"
+              if len(params.seeds) > 1 else "")),
             ("data", data_text(params, inp)),
             ("tokenizers", f"preset {tok.preset}, posteriors {', '.join(inp.posteriors)}, trained {steps} steps "
                            f"(export meta) at batch {tok.train.batch_size}"),
