@@ -153,6 +153,8 @@ NOT_RUN = {  # documented command (substring) -> why this test cannot run it; ev
                                    "(tests/test_pretrained_dag.py runs the same DAG on a synthetic checkpoint)",
     "dvc repro pretrained/dvc.yaml": "flow 7, as above",
     "dvc metrics show pretrained/": "flow 7, as above",
+    "make study": "flow 8 is the ~1-hour multi-seed study; study/dvc.yaml is dvc.yaml's stages on other params "
+                  "(tests/test_stage_deps.py checks the derivation; this test runs those stages on smoke)",
 }
 EXPERIMENTS = {"cfg-4.5": 4.5, "cfg-1.5": 1.5}  # the README's two experiments
 

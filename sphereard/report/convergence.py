@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from sphereard.config import Params
 from sphereard.eval.diagnostics import FIG_DPI
@@ -60,6 +61,9 @@ def plot_training_curves(frames: dict[str, pd.DataFrame], path: Path) -> None:
         ax.axvspan(last / 2, last, color="0.9", zorder=0)
         ax.set(xlabel="step", ylabel=curve, title=f"train_vae: {curve} (shaded: judged half)", xscale="log",
                yscale="log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 20, 50, 100, 200, 500
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 100, not 10^2
+        ax.xaxis.set_minor_formatter(NullFormatter())  # no crowded minor labels
         ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=FIG_DPI)
