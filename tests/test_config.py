@@ -389,6 +389,19 @@ def test_seeds_must_not_repeat_and_the_default_is_one_run():
         parse_params(with_change("seeds", []))  # at least one run
 
 
+def test_run_sampling_seeds_must_fit_below_the_largest_seed():
+    """Run k samples with sampling.seed + k: a sum beyond MAX_SEED would be clamped into a seed another run
+    also uses, so it is rejected naming `sampling.seed`; the largest sum that fits is accepted."""
+    from sphereard.config import MAX_SEED
+
+    data = with_change("sampling.seed", MAX_SEED, with_change("seeds", [0, 1]))
+    with pytest.raises(UserError) as err:
+        parse_params(data)
+    assert str(err.value).startswith(f"sampling.seed={MAX_SEED}: plus the largest of `seeds` (1)"), str(err.value)
+    params = parse_params(with_change("sampling.seed", MAX_SEED - 1, with_change("seeds", [0, 1])))
+    assert [r.sampling.seed for r in params.runs()] == [MAX_SEED - 1, MAX_SEED]
+
+
 def test_sampling_sweep_seeds_must_be_runs_unless_the_sweep_trains():
     """A sampling trial of seed k reads run k's exported models: `sweep.seeds` within `seeds`, unless the
     sweep trains its own models (sweep.train: true) or is off."""
