@@ -1,4 +1,5 @@
-"""DVC stage `sweep`: Ray Tune over CFG scale, radius R, posterior, projection, sampler steps and seeds.
+"""DVC stage `sweep`: Ray Tune over CFG scale, radius R, posterior, projection, sampler (steps), head flow and
+magnitude, and seeds, plus the extra grids of `sweep.arms`.
 
     python -m pipelines.sweep [--params FILE] [--list]
 

@@ -37,6 +37,22 @@ def _not_bool(value: Any) -> Any:
 
 Posterior = Literal["spherical", "gaussian_norm", "gaussian"]
 Projection = Literal["auto", "sphere", "none"]
+Flow = Literal["euclidean", "riemannian"]  # the diffusion head's flow (sphereard/ar/flow.py, ar/riemannian.py)
+Magnitude = Literal["none", "predict"]  # a separate token-norm head (sphereard/ar/magnitude.py)
+Sampler = Literal["euler", "euler_maruyama"]
+SPHERE_POSTERIORS: tuple[str, ...] = ("spherical", "gaussian_norm")  # latents of constant norm R
+
+
+def head_conflict(flow: str, magnitude: str, posterior: str, sampler: str) -> tuple[str, str] | None:
+    """(key, reason) when a generator head with this flow / magnitude cannot model `posterior`'s latents or
+    sample with `sampler`; None when they fit. key: `flow`, `magnitude` or `sampler` (callers add the block)."""
+    if flow == "riemannian" and posterior not in SPHERE_POSTERIORS:
+        return "flow", f"needs latents on the sphere (spherical, gaussian_norm); {posterior} latents are not"
+    if flow == "riemannian" and sampler != "euler":
+        return "sampler", "the riemannian head samples with exponential-map euler steps only (set euler)"
+    if magnitude == "predict" and posterior in SPHERE_POSTERIORS:
+        return "magnitude", f"predict needs latents of varying norm (gaussian); {posterior} latents have norm R"
+    return None
 Channels = Annotated[Literal[1, 3], BeforeValidator(_not_bool)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="numpy and torch seeds")]
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -186,6 +202,12 @@ class GeneratorConfig(StrictModel):
 
     preset: str = "fmnist-s"
     overrides: Overrides = Field(default_factory=dict, description="GeneratorArch fields replacing the preset's")
+    flow: Flow = Field("euclidean", description=(
+        "the head's flow: euclidean = rectified flow in R^d (paper); riemannian = geodesic flow matching on the "
+        "radius-R sphere (spherical / gaussian_norm tokenizers, sampler euler)"))
+    magnitude: Magnitude = Field("none", description=(
+        "none = the head models whole tokens (paper); predict = the head models directions on the sqrt(d) "
+        "sphere and a Gaussian head the log-norm (the two-head check; gaussian tokenizer only)"))
     out: str = "outputs/generator"
     train: TrainLoopConfig = Field(default_factory=lambda: TrainLoopConfig(
         steps=500, batch_size=32, sample_every=250, ckpt_every=250,
@@ -199,7 +221,7 @@ class SamplingConfig(StrictModel):
     batch_size: int = Field(250, gt=0)
     cfg_scale: float = Field(3.0, ge=0, description="1 = no guidance")
     cfg_schedule: Literal["constant", "linear"] = "linear"
-    sampler: Literal["euler", "euler_maruyama"] = "euler_maruyama"
+    sampler: Sampler = "euler_maruyama"
     steps: int = Field(50, gt=0)
     final_step: float = Field(0.04, ge=0, lt=1)
     cfg_unit_weight: Literal["shared", "separate"] = Field("shared", description=(
@@ -247,6 +269,20 @@ class EvaluationConfig(StrictModel):
         return self
 
 
+class SweepArm(StrictModel):
+    """An extra grid of the sweep: each axis given replaces the main grid's (null: the main grid's);
+    seeds, scheduler and budgets are the main grid's (sphereard/sweep/grid.py)."""
+
+    cfg_scales: list[Annotated[float, Field(ge=0)]] | None = Field(None, min_length=1)
+    radii: list[Annotated[float, Field(gt=0)] | None] | None = Field(None, min_length=1)
+    posteriors: list[Posterior] | None = Field(None, min_length=1)
+    projections: list[Projection] | None = Field(None, min_length=1)
+    sampler_steps: list[PositiveInt] | None = Field(None, min_length=1)
+    flows: list[Flow | None] | None = Field(None, min_length=1)
+    magnitudes: list[Magnitude | None] | None = Field(None, min_length=1)
+    samplers: list[Sampler | None] | None = Field(None, min_length=1)
+
+
 class SweepConfig(StrictModel):
     """Ray Tune ablation grid (`sweep` stage). `enabled: false` runs no trial (the stage writes empty
     tables, the report says the sweep is off). Without `train`, posteriors that the DAG does not
@@ -258,6 +294,14 @@ class SweepConfig(StrictModel):
     posteriors: list[Posterior] = Field(default_factory=lambda: list(POSTERIORS), min_length=1)
     projections: list[Projection] = Field(default_factory=lambda: ["auto"], min_length=1)
     sampler_steps: list[PositiveInt] = Field(default_factory=lambda: [25], min_length=1)
+    flows: list[Flow | None] = Field(default_factory=lambda: [None], min_length=1, description=(
+        "the head's flow per trial (null: generator.flow); another flow trains a generator in the trial"))
+    magnitudes: list[Magnitude | None] = Field(default_factory=lambda: [None], min_length=1, description=(
+        "the magnitude option per trial (null: generator.magnitude); another one trains a generator in the trial"))
+    samplers: list[Sampler | None] = Field(default_factory=lambda: [None], min_length=1, description=(
+        "the sampler per trial (null: sampling.sampler)"))
+    arms: list[SweepArm] = Field(default_factory=list, description=(
+        "extra grids, each replacing some axes of this one (e.g. a radius arm at one CFG scale)"))
     seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     scheduler: Literal["grid", "asha"] = "grid"
     num_per_class: int = Field(20, gt=0)
@@ -395,6 +439,13 @@ def validate_cross_block(params: Params) -> None:
           f"grid_size {gen.grid_size} must equal the tokenizer grid {grid}")
     check(gen.token_dim == tok.latent_dim, "generator.preset", params.generator.preset,
           f"token_dim {gen.token_dim} must equal the tokenizer latent_dim {tok.latent_dim}")
+    g = params.generator
+    for posterior in params.tokenizer.posteriors:
+        conflict = head_conflict(g.flow, g.magnitude, posterior, params.sampling.sampler)
+        if conflict is not None:
+            key, why = conflict
+            block = "sampling" if key == "sampler" else "generator"
+            check(False, f"{block}.{key}", getattr(params.sampling if key == "sampler" else g, key), why)
     sweep = params.sweep
     if sweep.enabled and not sweep.train:  # a sampling trial of seed k reads run k's exported models
         check(set(sweep.seeds) <= set(params.seeds), "sweep.seeds", sweep.seeds,
@@ -408,6 +459,9 @@ def validate_official(params: Params) -> None:
     (no classifier, no sweep), and the export is what `sampling.use_ema: true` reads."""
     check(params.tokenizer.posteriors == ["spherical"], "tokenizer.posteriors", params.tokenizer.posteriors,
           "must be [spherical] when `official` imports the released S-VAE")
+    for key, default in (("flow", "euclidean"), ("magnitude", "none")):
+        check(getattr(params.generator, key) == default, f"generator.{key}", getattr(params.generator, key),
+              f"must be {default} when `official` is set (the released model)")
     check(params.seeds == [0], "seeds", params.seeds,
           "must be [0] when `official` is set (one imported model; pretrained/dvc.yaml reads run seed0)")
     check("classifier" not in params.evaluation.extractors, "evaluation.extractors", params.evaluation.extractors,

@@ -8,7 +8,7 @@ unknown key names itself and the allowed ones. Rules spanning fields (`model_val
 from __future__ import annotations
 
 import math
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
@@ -76,6 +76,17 @@ def _rule(err: dict) -> str:
     return err["msg"]
 
 
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside an annotation (`Block`, `list[Block]`, `Block | None`); else itself."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if isinstance(found, type) and issubclass(found, BaseModel):
+            return found
+    return annotation
+
+
 def user_error(error: ValidationError, model: type[BaseModel], prefix: str = "") -> UserError:
     """The first error of `model.model_validate(...)` as one line; keys start with `prefix`."""
     err = error.errors(include_url=False)[0]
@@ -86,8 +97,9 @@ def user_error(error: ValidationError, model: type[BaseModel], prefix: str = "")
         key = _join(key, str(part) if key_error and i == len(loc) - 1 else part)  # a key, not a list index
     if err["type"] in ("extra_forbidden", "invalid_key"):  # invalid_key: a non-string key in a block
         owner = model
-        for part in loc[:-1]:  # the block the unknown key is in
-            owner = owner.model_fields[part].annotation
+        for part in loc[:-1]:  # the block the unknown key is in (list indices step into the item model)
+            if not isinstance(part, int):
+                owner = _model_in(owner.model_fields[part].annotation)
         return UserError(f"{key}: unknown key (allowed: {', '.join(sorted(owner.model_fields))})")
     if DICT_KEY in err["loc"]:
         return UserError(f"{key}: keys must be strings")

@@ -18,9 +18,10 @@ Large outputs stay under each block's `out`, one folder per run (`<block.out>/<r
   sampling    samples.npz, grids/ (class_XX.png, overview.png)
   evaluation  EVALUATION_FILES (plots and their CSVs); reference/<extractor>.npz (not per posterior)
   classifier  model/ (not per posterior)
-  sweep       results.csv, summary.csv, fd_vs_cfg.csv, plots/ and trials/<trial name>/ (not per
-              posterior; a trial's TRIAL_FILES and, for a training trial, its own stage outputs
-              under TRIAL_OUTPUTS and TRIAL_METRICS_DIR inside it)
+  sweep       results.csv, summary.csv, fd_vs_cfg.csv, plots/, trials/<trial name>/ (a trial's
+              TRIAL_FILES) and models/<model name>/ (not per posterior; what training trials train:
+              stage outputs under TRIAL_OUTPUTS and TRIAL_METRICS_DIR, MODEL_FILES, shared by the
+              trials that differ only in sampling settings)
 Stages, the sweep and the library ask these functions instead of joining paths.
 """
 
@@ -40,12 +41,13 @@ SAMPLES_FILE, GRIDS_DIR, OVERVIEW_FILE = "samples.npz", "grids", "overview.png"
 RECONSTRUCTIONS_FILE = "reconstructions.png"
 HISTORY_FILE = "history.csv"
 EVALUATION_FILES = ("norm_trajectory.png", "norm_trajectory.csv", "error_split.png", "error_split.csv")
-REFERENCE_DIR, TRIALS_DIR = "reference", "trials"
+REFERENCE_DIR, TRIALS_DIR, SWEEP_MODELS_DIR = "reference", "trials", "models"
 SWEEP_RESULTS_FILE, SWEEP_SUMMARY_FILE, SWEEP_FD_PLOT_FILE = "results.csv", "summary.csv", "fd_vs_cfg.csv"
 SWEEP_PLOTS_DIR = "plots"
-# a trial's own files: its metrics, its sample grid, its AR segment reports (asha), its training settings
-TRIAL_FILES = {"metrics": "metrics.json", "grid": "samples.png", "reports": "ar_reports.json",
-               "train_config": "train_config.json"}
+# a trial's own files: its metrics, its sample grid
+TRIAL_FILES = {"metrics": "metrics.json", "grid": "samples.png"}
+# a sweep model's own files: its AR segment reports (asha), its training settings
+MODEL_FILES = {"reports": "ar_reports.json", "train_config": "train_config.json"}
 # a training trial runs the stages with each block's `out` (and metrics_dir) moved into its trial dir
 TRIAL_OUTPUTS = {"tokenizer": "tokenizer", "encode": "latents", "generator": "generator"}
 TRIAL_METRICS_DIR = "metrics"
@@ -185,8 +187,7 @@ def write_results(params: Params, block: str, posterior: str | None, metrics: di
 
 
 def trial_dir(params: Params, trial: str) -> Path:
-    """One sweep trial's folder: TRIAL_FILES and, for training trials, its own tokenizer/, latents/
-    and generator/ outputs (sphereard/sweep/trial.py)."""
+    """One sweep trial's folder: TRIAL_FILES (sphereard/sweep/trial.py)."""
     return trials_dir(params) / trial
 
 
@@ -194,6 +195,23 @@ def trial_file(params: Params, trial: str, name: str) -> Path:
     """One of a trial's own files (`name` a key of TRIAL_FILES)."""
     assert name in TRIAL_FILES, f"name must be one of {sorted(TRIAL_FILES)}, got {name!r}"
     return trial_dir(params, trial) / TRIAL_FILES[name]
+
+
+def sweep_models_dir(params: Params) -> Path:
+    """The models training trials train (`models/<model name>/`; DVC `persist: true`)."""
+    return Path(params.sweep.out) / SWEEP_MODELS_DIR
+
+
+def sweep_model_dir(params: Params, model: str) -> Path:
+    """One model training trials train (`sphereard.sweep.grid.model_name`): TRIAL_OUTPUTS, TRIAL_METRICS_DIR
+    and MODEL_FILES."""
+    return sweep_models_dir(params) / model
+
+
+def sweep_model_file(params: Params, model: str, name: str) -> Path:
+    """One of a sweep model's own files (`name` a key of MODEL_FILES)."""
+    assert name in MODEL_FILES, f"name must be one of {sorted(MODEL_FILES)}, got {name!r}"
+    return sweep_model_dir(params, model) / MODEL_FILES[name]
 
 
 def sweep_dir(params: Params) -> Path:

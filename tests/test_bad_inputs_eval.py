@@ -69,22 +69,22 @@ def _ref_stats_case(**arrays):
 
 def _case_sweep_marker_truncated(ws, tmp):
     from sphereard.config import Params
-    from sphereard.layout import trial_file
+    from sphereard.layout import sweep_model_dir, sweep_model_file
     from sphereard.sweep.trial import _fresh_or_resumable
 
     params = Params().model_copy(update={"sweep": Params().sweep.model_copy(update={"out": str(tmp)})})
-    trial_file(params, "trial", "train_config").parent.mkdir(parents=True)
-    trial_file(params, "trial", "train_config").write_text('{"sha256": "ab')
-    return _fresh_or_resumable(params, "trial", {"settings": {}})
+    sweep_model_dir(params, "model").mkdir(parents=True)
+    sweep_model_file(params, "model", "train_config").write_text('{"sha256": "ab')
+    return _fresh_or_resumable(sweep_model_dir(params, "model"), {"settings": {}})
 
 
 def _sweep_reports(text):
     def run(ws, tmp):
-        from sphereard.layout import TRIAL_FILES
+        from sphereard.layout import MODEL_FILES
         from sphereard.sweep.trial import read_reports
 
-        (tmp / TRIAL_FILES["reports"]).write_text(text)
-        return read_reports(tmp / TRIAL_FILES["reports"])
+        (tmp / MODEL_FILES["reports"]).write_text(text)
+        return read_reports(tmp / MODEL_FILES["reports"])
     return run
 
 

@@ -98,9 +98,10 @@ def layout_outputs(params: Params, p: str = "P") -> dict[str, set[str]]:
         "sample": [layout.samples_file(params, p), layout.grids_dir(params, p), info_file(params, "sampling", p)],
         "evaluate": [info_file(params, "evaluation", p),
                      *(layout.evaluation_file(params, p, name) for name in layout.EVALUATION_FILES)],
-        "sweep": [layout.trials_dir(params), *(layout.sweep_dir(params) / name for name in (
-                  layout.SWEEP_RESULTS_FILE, layout.SWEEP_SUMMARY_FILE, layout.SWEEP_FD_PLOT_FILE,
-                  layout.SWEEP_PLOTS_DIR))],
+        "sweep": [layout.trials_dir(params), layout.sweep_models_dir(params),
+                  *(layout.sweep_dir(params) / name for name in (
+                      layout.SWEEP_RESULTS_FILE, layout.SWEEP_SUMMARY_FILE, layout.SWEEP_FD_PLOT_FILE,
+                      layout.SWEEP_PLOTS_DIR))],
     }
     return {stage: {str(path) for path in stage_paths} for stage, stage_paths in paths.items()}
 

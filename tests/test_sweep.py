@@ -2,6 +2,7 @@
 smoke-size outputs (sample/evaluate trials over the DAG's models; a training trial under ASHA)."""
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -24,7 +25,7 @@ from sphereard.sweep import (
     segment_ends,
     write_outputs,
 )
-from sphereard.sweep.grid import settings_of
+from sphereard.sweep.grid import model_name, settings_of
 from sphereard.sweep.results import fd_plot_frame
 from sphereard.sweep.trial import norm_deviation
 from sphereard.utils.io import sha256_file
@@ -70,6 +71,42 @@ def test_grid_training_and_missing_models():
     with pytest.raises(UserError, match="too close"):
         expand_grid(SweepConfig(radii=[2.00001, 2.00002], posteriors=["spherical"], cfg_scales=[1.0]),
                     {"spherical": 4.0}, default_r=4.0)
+
+
+def test_grid_arms_head_axes_and_conflicts():
+    """Arms replace axes of the main grid; a head that differs from the DAG's trains a generator on the DAG
+    tokenizer (reuse_tokenizer), a radius ablation trains both; combinations a head cannot model are left
+    out, and a swept value that fits nothing is refused naming its key."""
+    arms = [{"posteriors": ["spherical"], "flows": ["riemannian"], "samplers": ["euler"], "cfg_scales": [3.0]},
+            {"posteriors": ["gaussian", "spherical"], "magnitudes": [None, "predict"], "cfg_scales": [3.0]},
+            {"posteriors": ["spherical"], "radii": [2.0, 8.0], "cfg_scales": [3.0]}]
+    sweep = validated(SweepConfig, {"cfg_scales": [1.0, 3.0], "posteriors": ["spherical", "gaussian"],
+                                    "seeds": [0, 1], "arms": arms})
+    trials = expand_grid(sweep, {"spherical": 4.0, "gaussian": 4.0}, default_r=4.0)
+    main = [t for t in trials if not t.train]
+    assert len(main) == 2 * 2 * 2  # posteriors x cfg x seeds; arm 2's `none` trials repeat them: run once
+    riem = [t for t in trials if t.flow == "riemannian"]
+    assert len(riem) == 2 and all(t.train and t.reuse_tokenizer and t.sampler == "euler" for t in riem)
+    assert riem[0].name == "ar-spherical-R4-cfg3.0-proj_sphere-s25-flow_riemannian-euler-seed0-train"
+    pred = [t for t in trials if t.magnitude == "predict"]  # spherical x predict left out (constant norm)
+    assert {t.posterior for t in pred} == {"gaussian"} and all(t.reuse_tokenizer for t in pred)
+    radius = [t for t in trials if t.radius != 4.0]
+    assert {(t.radius, t.train, t.reuse_tokenizer) for t in radius} == {(2.0, True, False), (8.0, True, False)}
+    assert len(trials) == len(main) + len(riem) + len(pred) + len(radius) == 8 + 2 + 2 + 4
+    assert model_name(riem[0]) == model_name(dataclasses.replace(riem[0], cfg_scale=6.0, sampler="euler"))
+    assert model_name(riem[0]) == "spherical-R4-flow_riemannian-seed0"
+    # the DAG's own head is riemannian: a null flow means riemannian, `euclidean` then trains
+    heads = {"flow": "riemannian", "magnitude": "none", "sampler": "euler"}
+    (t,) = expand_grid(SweepConfig(posteriors=["spherical"], cfg_scales=[3.0], flows=[None]), {"spherical": 4.0},
+                       4.0, heads)
+    assert (t.flow, t.train) == ("riemannian", False)
+    with pytest.raises(UserError, match=r"^sweep\.flows=\['riemannian'\]: fits no swept posterior"):
+        expand_grid(SweepConfig(posteriors=["spherical"], flows=["riemannian"]), {"spherical": 4.0}, 4.0)
+    with pytest.raises(UserError, match=r"^sweep\.arms\[0\]\.magnitudes=\['predict'\]"):
+        expand_grid(validated(SweepConfig, {"posteriors": ["spherical"], "arms": [{"magnitudes": ["predict"]}]}),
+                    {"spherical": 4.0}, 4.0)
+    with pytest.raises(UserError, match=r"^sweep\.arms\[0\]\.flow: "):
+        validated(SweepConfig, {"arms": [{"flow": ["riemannian"]}]}, "sweep")  # a typo in an arm's key
 
 
 def test_sweep_config_validation():
@@ -314,7 +351,7 @@ def test_training_trial_radius_ablation_under_asha(eval_inputs, monkeypatch):
     (row,) = pd.read_csv(Path(params.sweep.out) / "results.csv").to_dict("records")
     assert row["trial"] == "ar-spherical-R2-cfg3.0-proj_sphere-s8-seed0-train" and row["status"] == "done"
     assert np.isfinite(row["fd_classifier"]) and np.isfinite(row["ar_loss"])
-    trial = Path(params.sweep.out) / "trials" / row["trial"]
+    trial = Path(params.sweep.out) / "models" / "spherical-R2-seed0"  # what the trial trained
     steps = round(params.generator.train.steps * 0.5)
     tok_meta = json.loads((trial / "tokenizer/spherical/seed0/model/model.json").read_text())  # the trial's seed 0
     gen_meta = json.loads((trial / "generator/spherical/seed0/model/model.json").read_text())
@@ -336,6 +373,47 @@ def test_training_trial_radius_ablation_under_asha(eval_inputs, monkeypatch):
     for run in nested:
         (data_input,) = run.inputs.dataset_inputs
         assert {t.key: t.value for t in data_input.tags}["mlflow.data.context"] == "training"
+
+
+@pytest.mark.slow
+def test_head_arms_train_generators_on_the_dag_tokenizers(dag_models, monkeypatch):
+    """Issue 16 through the sweep: a riemannian-head arm (sampler euler) on the spherical tokenizer and a
+    magnitude-predict arm on the gaussian one, each at two CFG scales. Each arm trains one generator on the
+    DAG's tokenizer and latents (shared by its two trials), samples on the sphere (riemannian) and records
+    the tokenizer's reconstruction metrics."""
+    root, data = dag_models
+    db = root / "arms_sweep.db"
+    arms = [{"posteriors": ["spherical"], "flows": ["riemannian"], "samplers": ["euler"]},
+            {"posteriors": ["gaussian"], "magnitudes": ["predict"]}]
+    params = run_sweep(data, monkeypatch, db, cfg_scales=[1.0, 3.0], posteriors=["spherical"], seeds=[0],
+                       sampler_steps=[8], num_per_class=4, arms=arms)
+    out = Path(params.sweep.out)
+    results = pd.read_csv(out / "results.csv").set_index("trial")
+    assert set(results.index) == {
+        "ar-spherical-R2.828-cfg1.0-proj_sphere-s8-seed0", "ar-spherical-R2.828-cfg3.0-proj_sphere-s8-seed0",
+        "ar-spherical-R2.828-cfg1.0-proj_sphere-s8-flow_riemannian-euler-seed0-train",
+        "ar-spherical-R2.828-cfg3.0-proj_sphere-s8-flow_riemannian-euler-seed0-train",
+        "ar-gaussian-R2.828-cfg1.0-proj_none-s8-mag_predict-seed0-train",
+        "ar-gaussian-R2.828-cfg3.0-proj_none-s8-mag_predict-seed0-train"}
+    riem = results[results["flow"] == "riemannian"]
+    assert riem["reuse_tokenizer"].all() and set(riem["sampler"]) == {"euler"}
+    assert (riem["norm_rel_dev_max"] < 1e-5).all()  # exponential-map steps never leave the sphere, CFG included
+    assert set(results[results["magnitude"] == "predict"]["posterior"]) == {"gaussian"}
+    assert results["recon_psnr_sample"].notna().all()  # the DAG tokenizer's own numbers
+    dag_tok = json.loads((Path(params.metrics_dir) / "tokenizer/spherical/seed0.json").read_text())
+    assert riem["recon_psnr_sample"].tolist() == pytest.approx([dag_tok["psnr_sample"]] * 2)
+    models = sorted(p.name for p in (out / "models").iterdir() if p.is_dir())
+    assert models == ["gaussian-R2.828-mag_predict-seed0", "spherical-R2.828-flow_riemannian-seed0"]
+    for name, flow, magnitude in (("spherical-R2.828-flow_riemannian-seed0", "riemannian", "none"),
+                                  ("gaussian-R2.828-mag_predict-seed0", "euclidean", "predict")):
+        posterior = name.split("-")[0]
+        assert not (out / "models" / name / "tokenizer").exists()  # the DAG's tokenizer, not retrained
+        meta = json.loads((out / "models" / name / f"generator/{posterior}/seed0/model/model.json").read_text())
+        assert (meta["flow"], meta["magnitude"], meta["step"]) == (flow, magnitude, params.generator.train.steps)
+        assert meta["tokenizer_dir"].endswith(f"tokenizer/{posterior}/seed0/model")
+    client, runs = mlflow_runs(db)
+    trained = sorted(r.info.run_name for r in runs if r.data.tags.get("stage") == "sweep_train")
+    assert trained == ["train_ar-gaussian-R2.828-mag_predict-seed0", "train_ar-spherical-R2.828-flow_riemannian-seed0"]
 
 
 def test_summary_over_seeds_with_a_default_radius():

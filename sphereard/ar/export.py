@@ -24,7 +24,8 @@ def load_generator(model_dir: str | Path, device: str | torch.device = "cpu", po
     state, meta = read_export(model_dir, device, kind="generator")
     check_posterior(meta, model_dir, posterior)
     with torch.device(device):
-        model = build_from_meta(model_dir / META_FILE, lambda: create_generator(meta["preset"], **meta["overrides"]))
+        model = build_from_meta(model_dir / META_FILE, lambda: create_generator(
+            meta["preset"], meta.get("flow", "euclidean"), meta.get("magnitude", "none"), **meta["overrides"]))
     load_state_strict(model, state, model_dir / WEIGHTS_FILE)
     return model.eval(), meta
 

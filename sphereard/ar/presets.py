@@ -22,8 +22,11 @@ from torch import nn
 from sphereard.ar.arch import GeneratorArch, resolve_generator_arch
 from sphereard.ar.diffusion_head import DiffusionHead
 from sphereard.ar.flow import flow_loss
+from sphereard.ar.magnitude import MAGNITUDES, MagnitudeHead, direction_targets, log_norm_nll
+from sphereard.ar.riemannian import FLOWS, riemannian_flow_loss
 from sphereard.ar.sampler import generate
 from sphereard.ar.transformer import ARTransformer
+from sphereard.errors import UserError
 
 # AdamW no-decay rule (paper Sec. 4.1): embeddings, the input projection and 1-D params
 # (1-D params are excluded by `sphereard.train.optim.is_no_decay` itself).
@@ -31,32 +34,49 @@ NO_DECAY_PATTERNS = (r"^transformer\.class_embed\.", r"^transformer\.proj_in\.",
 
 
 class SphereARModel(nn.Module):
-    """Causal transformer + per-token diffusion head; `loss` for training, `sample` for generation."""
+    """Causal transformer + per-token diffusion head; `loss` for training, `sample` for generation.
 
-    def __init__(self, arch: GeneratorArch):
+    flow: `euclidean` (rectified flow, paper) | `riemannian` (geodesic flow on the sphere, `riemannian.py`);
+    magnitude: `none` | `predict` (directions + a log-norm head, `magnitude.py`)."""
+
+    def __init__(self, arch: GeneratorArch, flow: str = "euclidean", magnitude: str = "none"):
         super().__init__()
-        self.arch = arch
+        assert flow in FLOWS, f"flow must be one of {FLOWS}"
+        assert magnitude in MAGNITUDES, f"magnitude must be one of {MAGNITUDES}"
+        self.arch, self.flow, self.magnitude = arch, flow, magnitude
         self.transformer = ARTransformer(
             arch.token_dim, arch.dim, arch.depth, arch.heads, arch.num_classes, arch.num_class_tokens,
             arch.grid_size, arch.label_dropout, arch.mlp_hidden, arch.rope_patch_offset)
         self.head = DiffusionHead(arch.token_dim, arch.dim, arch.head_width, arch.head_blocks,
                                   arch.adaln_groups, arch.num_tokens, arch.head_mlp_ratio)
+        self.magnitude_head = MagnitudeHead(arch.dim, arch.head_width) if magnitude == "predict" else None
 
     def loss(self, z: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Rectified-flow loss of next-token prediction: z (B, L, d) tokens, labels (B,) -> scalar."""
-        return flow_loss(self.head, z, self.transformer(z, labels), self.arch.diff_batch_mul, generator)
+        """Flow loss of next-token prediction (+ the log-norm NLL with `magnitude: predict`): z (B, L, d)
+        tokens, labels (B,) -> scalar. The transformer always reads the whole tokens z."""
+        cond = self.transformer(z, labels)  # (B, L, D)
+        loss_fn = riemannian_flow_loss if self.flow == "riemannian" else flow_loss
+        if self.magnitude_head is None:
+            return loss_fn(self.head, z, cond, self.arch.diff_batch_mul, generator)
+        nll = log_norm_nll(*self.magnitude_head(cond.reshape(-1, cond.shape[-1])), z.reshape(-1, z.shape[-1]))
+        return loss_fn(self.head, direction_targets(z), cond, self.arch.diff_batch_mul, generator) + nll
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.loss(z, labels)
 
     def sample(self, labels: torch.Tensor, **kwargs):
         """`sphereard.ar.sampler.generate` with this model's transformer and head."""
-        return generate(self.transformer, self.head, labels, **kwargs)
+        return generate(self.transformer, self.head, labels, flow=self.flow, magnitude_head=self.magnitude_head,
+                        **kwargs)
 
 
-def create_generator(name: str, **overrides) -> SphereARModel:
-    """Build preset `name` (+ arch overrides); wrap in `with torch.device("meta")` to count for free."""
-    return SphereARModel(resolve_generator_arch(name, overrides))
+def create_generator(name: str, flow: str = "euclidean", magnitude: str = "none", **overrides) -> SphereARModel:
+    """Build preset `name` (+ arch overrides) with the head's flow and magnitude option; wrap in
+    `with torch.device("meta")` to count for free. UserError for an unknown flow or magnitude."""
+    for key, value, known in (("flow", flow, FLOWS), ("magnitude", magnitude, MAGNITUDES)):
+        if value not in known:
+            raise UserError(f"{key}={value!r}: must be one of {', '.join(known)}")
+    return SphereARModel(resolve_generator_arch(name, overrides), flow, magnitude)
 
 
 def count_params(module: nn.Module) -> int:

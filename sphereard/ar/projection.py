@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from sphereard.config import SPHERE_POSTERIORS
 from sphereard.errors import UserError
 from sphereard.geometry import project_to_sphere
 
 PROJECTIONS: tuple[str, ...] = ("sphere", "none")
-SPHERE_POSTERIORS: tuple[str, ...] = ("spherical", "gaussian_norm")
 FREE_POSTERIORS: tuple[str, ...] = ("gaussian",)
 
 

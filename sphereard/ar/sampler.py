@@ -11,6 +11,12 @@ skipped altogether, which is exactly plain conditional sampling.
 streams; `separate` integrates both streams unguided with independent noise (2B draws) and each stream
 keeps its own token as context, so the null stream holds an unconditional sample from then on, as the
 official code does (SphereAR `sampling.py:50-57`, `model.py:253-268`; docs/official-checkpoints.md).
+
+`flow` picks the head's noise and integrator (`draw_tokens`): `euclidean` integrates from N(0, I)
+in R^d; `riemannian` from uniform noise on the radius-R sphere with exponential-map Euler steps
+(`ar/riemannian.py`), so tokens never leave the sphere. A `magnitude_head` (`ar/magnitude.py`)
+gives each token its norm: the head's output after CFG is then a direction, scaled by a norm drawn
+from the conditional stream's magnitude head (after the flow's draws of that token).
 """
 
 from __future__ import annotations
@@ -22,14 +28,16 @@ import torch
 from sphereard.ar.cfg import CFG_SCHEDULES, CFG_UNIT_WEIGHTS, cfg_combine, cfg_scale_at
 from sphereard.ar.diffusion_head import DiffusionHead
 from sphereard.ar.flow import PAPER_FINAL_STEP, SAMPLERS, VelocityFn, integrate
+from sphereard.ar.magnitude import MagnitudeHead, compose, sample_norm
 from sphereard.ar.projection import PROJECTIONS, default_projection, project_tokens
+from sphereard.ar.riemannian import FLOWS, exp_euler, uniform_sphere
 from sphereard.ar.transformer import ARTransformer
 from sphereard.config import SamplingConfig
 from sphereard.errors import UserError
 
 
 def _check_args(transformer: ARTransformer, labels, num_tokens, cfg_scale, cfg_schedule, sampler,
-                steps, final_step, projection, cfg_unit_weight) -> None:
+                steps, final_step, projection, cfg_unit_weight, flow) -> None:
     if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
         raise UserError(f"labels: expected a 1-D integer tensor, got {tuple(labels.shape)} {labels.dtype}")
     if labels.numel() and not bool(((labels >= 0) & (labels <= transformer.null_class)).all()):
@@ -51,6 +59,26 @@ def _check_args(transformer: ARTransformer, labels, num_tokens, cfg_scale, cfg_s
         raise UserError(f"projection={projection!r}: must be one of {', '.join(PROJECTIONS)}")
     if cfg_unit_weight not in CFG_UNIT_WEIGHTS:
         raise UserError(f"cfg_unit_weight={cfg_unit_weight!r}: must be one of {', '.join(CFG_UNIT_WEIGHTS)}")
+    if flow not in FLOWS:
+        raise UserError(f"flow={flow!r}: must be one of {', '.join(FLOWS)}")
+    if flow == "riemannian" and sampler != "euler":
+        raise UserError(f"sampler={sampler!r}: the riemannian head samples with exponential-map euler steps only")
+
+
+def draw_tokens(flow: str, sampler: str, v_fn: VelocityFn, n: int, d: int, steps: int, final_step: float,
+                radius: float, device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n tokens (n, d) from the head's flow: its noise, then its integrator (module docstring).
+
+    euclidean: x0 ~ N(0, I), `flow.integrate(sampler, ...)`; riemannian: x0 ~ Uniform(S_R),
+    `riemannian.exp_euler` (sampler must be `euler`, final_step unused). UserError for other names."""
+    if flow == "riemannian":
+        if sampler != "euler":
+            raise UserError(f"sampler={sampler!r}: the riemannian head samples with exponential-map euler steps only")
+        return exp_euler(v_fn, uniform_sphere((n, d), radius, device, generator), steps, radius)
+    if flow != "euclidean":
+        raise UserError(f"flow={flow!r}: must be one of {', '.join(FLOWS)}")
+    x0 = torch.randn(n, d, device=device, generator=generator)
+    return integrate(sampler, v_fn, x0, steps, final_step, generator)
 
 
 def guided_velocity(head: DiffusionHead, c_emb: torch.Tensor, w: float, guided: bool) -> VelocityFn:
@@ -86,6 +114,8 @@ def generate(
     seed: int | None = None,
     return_norms: bool = False,
     cfg_unit_weight: str = "shared",
+    flow: str = "euclidean",
+    magnitude_head: MagnitudeHead | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sample token sequences z (B, L, d) for class labels (B,) on labels.device.
 
@@ -94,11 +124,12 @@ def generate(
     return_norms: also return ||z_k|| (B, L) of each token after CFG, before projection.
     The linear schedule ramps over the full grid length N: w_k = 1 + (w - 1) k / N.
     cfg_unit_weight: `shared` | `separate`, a guided token of weight 1 (see the module docstring).
+    flow: `euclidean` | `riemannian`; magnitude_head: draws each token's norm (module docstring).
     """
     N = transformer.num_tokens
     L = N if num_tokens is None else num_tokens
     _check_args(transformer, labels, L, cfg_scale, cfg_schedule, sampler, steps, final_step, projection,
-                cfg_unit_weight)
+                cfg_unit_weight, flow)
     labels = labels.long()
     device, B, d = labels.device, labels.shape[0], transformer.token_dim
     R = math.sqrt(d) if radius is None else radius
@@ -114,9 +145,11 @@ def generate(
         w_k = cfg_scale_at(k, N, cfg_scale, cfg_schedule)
         separate = guided and cfg_unit_weight == "separate" and w_k == 1.0
         v_fn = guided_velocity(head, c_emb, w_k, guided and not separate)
-        x0 = torch.randn(2 * B if separate else B, d, device=device, generator=generator)
-        z_k = integrate(sampler, v_fn, x0, steps, final_step, generator)  # (B, d) after CFG; (2B, d) if separate
+        n = 2 * B if separate else B
+        z_k = draw_tokens(flow, sampler, v_fn, n, d, steps, final_step, R, device, generator)  # (n, d) after CFG
         norms.append(z_k[:B].norm(dim=-1))
+        if magnitude_head is not None:  # the conditional stream's condition predicts the norm (rows 0..n-1)
+            z_k = compose(z_k, sample_norm(*magnitude_head(cond[:n]), generator))
         z_k = project_tokens(z_k, projection, R)
         tokens.append(z_k[:B])
         if k + 1 < L:

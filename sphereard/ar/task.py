@@ -63,8 +63,8 @@ def generator_arch_for_cache(params: Params, posterior: str) -> tuple[GeneratorA
 def generator_meta(params: Params, posterior: str, radius: float, tokenizer_dir: str | Path) -> dict:
     """What `sphereard.ar.export.load_generator` and the sampling stage need."""
     gen = params.generator
-    return {"kind": "generator", "preset": gen.preset, "overrides": gen.overrides, "posterior": posterior,
-            "radius": radius, "tokenizer_dir": str(tokenizer_dir)}
+    return {"kind": "generator", "preset": gen.preset, "overrides": gen.overrides, "flow": gen.flow,
+            "magnitude": gen.magnitude, "posterior": posterior, "radius": radius, "tokenizer_dir": str(tokenizer_dir)}
 
 
 def build_training(model: SphereARModel, cfg: OptimConfig, total_steps: int):
@@ -122,7 +122,7 @@ class GeneratorTask(TrainTask):
         gen = self.params.generator
         self.ctx = ctx
         with torch.device(ctx.device):
-            self.gen = create_generator(gen.preset, **gen.overrides)
+            self.gen = create_generator(gen.preset, gen.flow, gen.magnitude, **gen.overrides)
         self.model = ctx.prepare_model(self.gen)
         self.opt, self.sched, self.ema = build_training(self.gen, ctx.optim, ctx.total_steps)
 
@@ -155,7 +155,8 @@ class GeneratorTask(TrainTask):
 
             self.tokenizer, _ = load_tokenizer(export_dir(self.params, "tokenizer", self.posterior), self.ctx.device)
             self.class_names = read_class_names(self.params.data.out, self.arch.num_classes)
-        cfg = SamplingConfig()  # fixed defaults: training does not depend on the `sampling` block
+        # fixed defaults (training does not depend on the `sampling` block); a riemannian head samples with euler
+        cfg = SamplingConfig(sampler="euler" if self.gen.flow == "riemannian" else "euler_maruyama")
         ema: nn.Module = self.ema.module.eval()
         labels = media_labels(self.arch.num_classes, self.ctx.device)
         kwargs = sampling_kwargs(cfg, self.posterior, self.radius, min(cfg.steps, MEDIA_MAX_SAMPLER_STEPS))

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from sphereard.ar.flow import integrate
+from sphereard.ar.magnitude import compose, sample_norm
 from sphereard.ar.presets import SphereARModel
+from sphereard.ar.sampler import draw_tokens
 
 
 @torch.no_grad()
@@ -21,7 +22,8 @@ def teacher_forced_predictions(model: SphereARModel, z: torch.Tensor, labels: to
     """Sample token k from the head conditioned on the true z_<k, for all k in parallel.
 
     z (B, L, d) context tokens (the evaluate stage passes posterior samples, as in training), labels (B,)
-    -> predictions (B, L, d), before any projection; no CFG."""
+    -> predictions (B, L, d), before any projection; no CFG. The model's own flow draws them (a riemannian
+    head on the sphere of the context tokens' mean norm); a magnitude head gives each its sampled norm."""
     B, L, d = z.shape
     cond = model.transformer(z, labels)  # (B, L, D): position k conditions token k
     positions = torch.arange(L, device=z.device).repeat(B)  # (B*L,)
@@ -30,5 +32,8 @@ def teacher_forced_predictions(model: SphereARModel, z: torch.Tensor, labels: to
     def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
         return model.head.velocity(x, torch.full((x.shape[0],), t, device=x.device), c_emb).float()
 
-    x0 = torch.randn(B * L, d, device=z.device, generator=generator)
-    return integrate(sampler, velocity, x0, steps, final_step, generator).reshape(B, L, d)
+    radius = float(z.norm(dim=-1).mean())
+    pred = draw_tokens(model.flow, sampler, velocity, B * L, d, steps, final_step, radius, z.device, generator)
+    if model.magnitude_head is not None:
+        pred = compose(pred, sample_norm(*model.magnitude_head(cond.reshape(B * L, -1)), generator))
+    return pred.reshape(B, L, d)

@@ -56,7 +56,7 @@ def export_generator(params: Params, posterior: str, radius: float, run_id: str 
                 "params": count_params(model), "mlflow_run_id": run_id}
 
     return export_ema(checkpoint_dir(params, "generator", posterior), export_dir(params, "generator", posterior),
-                      lambda: create_generator(gen.preset, **gen.overrides), meta)
+                      lambda: create_generator(gen.preset, gen.flow, gen.magnitude, **gen.overrides), meta)
 
 
 def eval_batches(cache_dir: Path, num_batches: int, batch: int, seed: int):

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from sphereard.config import Params
+from sphereard.report.beyond import section_beyond
 from sphereard.report.convergence import section_convergence
 from sphereard.report.definitions import definition_context, section_definitions
 from sphereard.report.findings import section_findings
@@ -42,6 +43,12 @@ def copy_figures(inp: Inputs, fig_dir: Path) -> None:
                 shutil.copyfile(found[key], fig_dir / f"{prefix}_{p}.png")
 
 
+def dag_heads(params: Params) -> dict[str, str]:
+    """The DAG's generator head settings: what the sweep's main grid samples with (its null head axes)."""
+    return {"flow": params.generator.flow, "magnitude": params.generator.magnitude,
+            "sampler": params.sampling.sampler}
+
+
 def report_text(params: Params, inp: Inputs, fig_dir: Path) -> str:
     """report.md's text; writes the figures into `fig_dir` and the class counts next to it."""
     copy_figures(inp, fig_dir)
@@ -50,7 +57,9 @@ def report_text(params: Params, inp: Inputs, fig_dir: Path) -> str:
             "from the stage outputs named in the text (a value from `params.yaml` is called a setting).", ""]
     first = section_run(params, inp) + [""] + section_data(inp, fig_dir.parent) + [""]
     body = []
-    for section in (section_verdicts(inp, params.sampling.cfg_scale),
+    heads = dag_heads(params)
+    for section in (section_verdicts(inp, params.sampling.cfg_scale, heads),
+                    section_beyond(inp.sweep_results, heads, inp.radii()),
                     section_convergence(params, inp, fig_dir), section_recon(inp), section_generation(params, inp),
                     section_sweep(inp, fig_dir), section_norms(inp, fig_dir), section_grids(inp), section_timing(inp),
                     section_findings(params, inp)):

@@ -112,11 +112,13 @@ def claim_quality(inp) -> Verdict:
     return Verdict("a", combine(parts), f"{head}. Paired differences: {'; '.join(texts)}.")
 
 
-def default_rows(results: pd.DataFrame, p: str, radius: float | None) -> pd.DataFrame:
+def default_rows(results: pd.DataFrame, p: str, radius: float | None,
+                 heads: dict[str, str] | None = None) -> pd.DataFrame:
     """The finished sampling trials of tokenizer p at its default projection (sphere for on-sphere
-    tokenizers, none for the plain Gaussian) and, when several were swept, the DAG's radius."""
+    tokenizers, none for the plain Gaussian), with the DAG's head settings `heads` (flow, magnitude,
+    sampler; the sweep's arms vary them) and, when several were swept, the DAG's radius."""
     rows = results[(results["posterior"] == p) & (results["projection"] == default_projection(p))]
-    for column, keep in (("status", DONE), ("train", False)):
+    for column, keep in (("status", DONE), ("train", False), *(heads or {}).items()):
         if column in rows:
             rows = rows[rows[column] == keep]
     if "radius" in rows and rows["radius"].nunique() > 1 and finite(radius):
@@ -138,11 +140,12 @@ def reference_scale(scales: list[float], cfg_scale: float) -> float:
     return min(scales, key=lambda w: (abs(w - cfg_scale), w))
 
 
-def claim_cfg(inp, cfg_scale: float) -> Verdict:
+def claim_cfg(inp, cfg_scale: float, heads: dict[str, str] | None = None) -> Verdict:
     """(b): per-seed relative FD rise from w_ref (nearest `cfg_scale`) to the highest common swept scale."""
     results = inp.sweep_results
     key = main_fd(results.columns) if results is not None else None
-    rows = {p: default_rows(results, p, inp.radius(p)) for p in ORDER if key and p in set(results["posterior"])}
+    rows = {p: default_rows(results, p, inp.radius(p), heads) for p in ORDER
+            if key and p in set(results["posterior"])}
     rows = {p: r for p, r in rows.items() if len(r)}
     common = sorted(set.intersection(*(set(r["cfg_scale"].astype(float)) for r in rows.values()))) if rows else []
     if "gaussian" not in rows or not any(p in rows for p in SPHERE_POSTERIORS) or len(common) < 2:
@@ -200,14 +203,16 @@ def claim_norms(inp) -> Verdict:
     return Verdict("c", combine(parts), head + ".")
 
 
-def verdicts(inp, cfg_scale: float) -> list[Verdict]:
-    """The three claims' verdicts; `cfg_scale`: the DAG's sampling.cfg_scale, (b)'s reference scale."""
-    return [claim_quality(inp), claim_cfg(inp, cfg_scale), claim_norms(inp)]
+def verdicts(inp, cfg_scale: float, heads: dict[str, str] | None = None) -> list[Verdict]:
+    """The three claims' verdicts; `cfg_scale`: the DAG's sampling.cfg_scale, (b)'s reference scale;
+    `heads`: the DAG's flow / magnitude / sampler, the sweep trials (b) reads."""
+    return [claim_quality(inp), claim_cfg(inp, cfg_scale, heads), claim_norms(inp)]
 
 
-def section_verdicts(inp, cfg_scale: float) -> list[str]:
+def section_verdicts(inp, cfg_scale: float, heads: dict[str, str] | None = None) -> list[str]:
     """The report's "Verdicts on the paper's claims" section (markdown lines)."""
-    rows = [[f"({v.claim}) {CLAIMS[v.claim]}", f"**{v.verdict}**", v.evidence] for v in verdicts(inp, cfg_scale)]
+    rows = [[f"({v.claim}) {CLAIMS[v.claim]}", f"**{v.verdict}**", v.evidence]
+            for v in verdicts(inp, cfg_scale, heads)]
     return ["## Verdicts on the paper's claims", "",
             f"Each claim of SphereAR judged at this scale over the runs of `seeds` ({', '.join(map(str, inp.seeds))})"
             f". Runs are paired by seed; a difference or level counts when its whole {CONFIDENCE:.0%} Student "

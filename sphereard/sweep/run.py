@@ -1,4 +1,5 @@
-"""Ray Tune over CFG scale, radius R, posterior, projection, sampler steps and seeds: DVC stage `sweep`
+"""Ray Tune over CFG scale, radius R, posterior, head flow / magnitude, sampler (steps), projection and seeds
+(+ `sweep.arms`): DVC stage `sweep`
 (`run_sweep`).
 
 Grid search by default (every trial runs); `sweep.scheduler: asha` stops training trials early on
@@ -33,7 +34,15 @@ from sphereard.data import manifest_path
 from sphereard.errors import UserError, first_lines
 from sphereard.export import META_FILE, read_export
 from sphereard.layout import classifier_model_dir, export_dir, reference_file, sweep_dir, trials_dir
-from sphereard.sweep.grid import SETTING_COLUMNS, TrialSettings, expand_grid, search_space, settings_of, tune_trial_name
+from sphereard.sweep.grid import (
+    SETTING_COLUMNS,
+    TrialSettings,
+    expand_grid,
+    grids,
+    search_space,
+    settings_of,
+    tune_trial_name,
+)
 from sphereard.sweep.outputs import write_outputs
 from sphereard.sweep.results import ID_COLUMNS, aggregate_over_seeds, results_frame
 from sphereard.sweep.trial import ASHA_METRIC, DONE_KEY, SweepContext, run_trial
@@ -53,7 +62,7 @@ def trained_radii(params: Params) -> dict[str, float | None]:
     generator exist in the run of every `sweep.seeds` entry (a sampling trial of seed k reads run k)."""
     runs = [params.for_run(seed) for seed in params.sweep.seeds if seed in params.seeds]
     out = {}
-    for p in params.sweep.posteriors:
+    for p in dict.fromkeys(p for _, grid in grids(params.sweep) for p in grid.posteriors):  # main grid + arms
         dirs = [(export_dir(run, "tokenizer", p), export_dir(run, "generator", p)) for run in runs]
         have = bool(dirs) and all((tok / META_FILE).is_file() and (gen / META_FILE).is_file() for tok, gen in dirs)
         out[p] = float(read_export(dirs[0][0])[1]["radius"]) if have else None
@@ -184,7 +193,9 @@ def run_sweep(params: Params, list_only: bool = False) -> None:
         return
     params = dag_posteriors_only(params)
     sweep, repo_root = params.sweep, str(Path(".").resolve())
-    trials = expand_grid(sweep, trained_radii(params), default_train_radius(params))
+    heads = {"flow": params.generator.flow, "magnitude": params.generator.magnitude,
+             "sampler": params.sampling.sampler}
+    trials = expand_grid(sweep, trained_radii(params), default_train_radius(params), heads)
     log.info("sweep: %d trials (%s): %s", len(trials), sweep.scheduler, ", ".join(t.name for t in trials))
     if list_only:
         return

@@ -3,8 +3,12 @@
 Sample trials reuse the DAG's exported models of their posterior; training trials run the DAG's own
 code path inside the trial: tokenizer and generator through the stages' own `fit_tokenizer` /
 `fit_generator` (a Ray Train TorchTrainer: Train V2 runs a trainer inside a Tune trial function),
-encode between them, each exported, all under
-`sweep.out/trials/<trial name>/`. Then `sweep.num_per_class` class-balanced samples per class with the
+encode between them, each exported, all under `sweep.out/models/<model name>/` (`grid.model_name`:
+trained once, under a file lock, and shared by the trials that differ only in sampling settings); a
+head arm (`reuse_tokenizer`: another flow or magnitude option) trains only the generator, on the DAG's
+tokenizer and latents of its seed. A trained tokenizer is measured like train_vae's (reconstruction
+of the held-out split), and every trial records its tokenizer's numbers as `recon_<metric>`. Then
+`sweep.num_per_class` class-balanced samples per class with the
 trial's CFG scale / projection / steps / seed, decoded and scored against the cached reference
 statistics, plus the token-norm deviation from R (SphereAR Sec. 3.3, the drift argument):
   norm_rel_dev_mean   mean over samples and positions of | ||z_k|| - R | / R   (norms after CFG,
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from ray import tune
 
 from sphereard.ar.export import load_pair
@@ -39,10 +44,31 @@ from sphereard.errors import UserError
 from sphereard.eval import detect_norm_drift, generation_metrics
 from sphereard.eval.figures import read_class_names, save_class_grid
 from sphereard.eval.setup import build_extractors, load_references
-from sphereard.layout import TRIAL_METRICS_DIR, TRIAL_OUTPUTS, checkpoint_dir, trial_dir, trial_file
-from sphereard.sweep.grid import TrialSettings, scaled_steps, segment_ends, settings_of, training_run_name
+from sphereard.export import META_FILE, read_export
+from sphereard.latents import meta_path
+from sphereard.layout import (
+    MODEL_FILES,
+    TRIAL_METRICS_DIR,
+    TRIAL_OUTPUTS,
+    checkpoint_dir,
+    export_dir,
+    latent_cache_dir,
+    metrics_file,
+    sweep_model_dir,
+    trial_dir,
+    trial_file,
+    write_results,
+)
+from sphereard.sweep.grid import (
+    TrialSettings,
+    model_name,
+    scaled_steps,
+    segment_ends,
+    settings_of,
+    training_run_name,
+)
 from sphereard.tokenizer.encode import encode_split
-from sphereard.tokenizer.train import export_tokenizer, fit_tokenizer
+from sphereard.tokenizer.train import evaluate_reconstruction, export_tokenizer, fit_tokenizer
 from sphereard.tracking import TRACKING_URI_ENV, Run, start_run
 from sphereard.train.checkpoint import STEP_DIR_RE, latest_step_dir
 from sphereard.utils.device import default_device
@@ -59,6 +85,7 @@ ASHA_CURVE_METRIC = "asha/ar_loss"  # the trial run's metric: each report's ASHA
 # num_per_class itself, see trial_sampling): the sweep stage's only `sampling` params in dvc.yaml.
 INHERITED_SAMPLING_KEYS = ("cfg_schedule", "sampler", "final_step", "use_ema", "batch_size", "cfg_unit_weight")
 DONE_KEY = "num_images"  # present only in a trial's final (evaluated) report
+RECON_PREFIXES = ("psnr_", "ssim_", "lpips_")  # the tokenizer's reconstruction metrics a trial records
 
 
 @dataclass(frozen=True)
@@ -85,7 +112,8 @@ def norm_deviation(norms: np.ndarray, radius: float) -> dict[str, float]:
 def trial_sampling(params: Params, t: TrialSettings):
     """The `sampling` block of this trial: its CFG scale, projection, steps and seed."""
     return params.sampling.model_copy(update=dict(cfg_scale=t.cfg_scale, projection=t.projection, steps=t.sampler_steps,
-                                                  seed=t.seed, num_per_class=params.sweep.num_per_class))
+                                                  sampler=t.sampler, seed=t.seed,
+                                                  num_per_class=params.sweep.num_per_class))
 
 
 def overview_grid(images: np.ndarray, labels: np.ndarray, path: Path,
@@ -107,12 +135,25 @@ def sample_and_evaluate(params: Params, t: TrialSettings, device: torch.device) 
                                  kid_subset_size=ev.kid_subset_size, pr_neighbours=ev.pr_neighbours,
                                  batch_size=ev.batch_size, seed=t.seed)
     metrics.update(norm_deviation(res["norms"], t.radius))
+    metrics.update(tokenizer_metrics(params, t.posterior))
     total_s = res["generate_s"] + res["decode_s"]
     metrics.update({DONE_KEY: len(labels), "images_per_s": len(labels) / total_s, "sample_s": total_s,
                     "generator_step": meta.get("step", 0)})
     class_names = read_class_names(params.data.out, model.arch.num_classes)
     overview_grid(res["images"], labels, trial_file(params, t.name, "grid"), class_names)
     return metrics
+
+
+def tokenizer_metrics(params: Params, posterior: str) -> dict[str, float]:
+    """The reconstruction metrics of the tokenizer `params` point at (its train_vae metrics file, or a
+    training trial's), as `recon_<metric>` (psnr / ssim / lpips of decode(mode) and decode(sample)); {}
+    when the file is absent."""
+    path = metrics_file(params, "tokenizer", posterior)
+    if not path.is_file():
+        return {}
+    found = read_json_object(path, "tokenizer metrics")
+    return {f"recon_{k}": float(v) for k, v in found.items()
+            if k.startswith(RECON_PREFIXES) and isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def _scaled_loop(loop, fraction: float, ray_storage: str, **extra):
@@ -124,31 +165,39 @@ def _scaled_loop(loop, fraction: float, ray_storage: str, **extra):
 
 
 def training_params(params: Params, t: TrialSettings, out: Path) -> Params:
-    """The DAG's params redirected into the trial dir, with the trial's R, seed and scaled steps."""
+    """The DAG's params redirected into the model dir `out`, with the trial's R, seed, flow, magnitude and
+    scaled steps. With `reuse_tokenizer` the tokenizer and latents stay the DAG's run of the trial's seed
+    (`Params.for_run`): only the generator trains (its steps unscaled, like the DAG generator it is
+    compared with)."""
     f, tok, gen = params.sweep.train_steps_fraction, params.tokenizer, params.generator
     storage = str(Path(gen.train.ray.storage).resolve())
+    gen_fraction = 1.0 if t.reuse_tokenizer else f
+    generator = gen.model_copy(update=dict(out=str(out / TRIAL_OUTPUTS["generator"]), flow=t.flow,
+                                           magnitude=t.magnitude, train=_scaled_loop(gen.train, gen_fraction, storage)))
+    if t.reuse_tokenizer:
+        return params.for_run(t.seed).model_copy(update=dict(generator=generator))  # its metrics: the DAG's
     tok_train = _scaled_loop(tok.train, f, storage, disc_start=round(tok.train.disc_start * f))
     return params.model_copy(update=dict(
         seed=t.seed, metrics_dir=str(out / TRIAL_METRICS_DIR),
         tokenizer=tok.model_copy(update=dict(radius=t.radius, posteriors=[t.posterior],
                                              out=str(out / TRIAL_OUTPUTS["tokenizer"]), train=tok_train)),
         encode=params.encode.model_copy(update={"out": str(out / TRIAL_OUTPUTS["encode"])}),
-        generator=gen.model_copy(update=dict(out=str(out / TRIAL_OUTPUTS["generator"]),
-                                             train=_scaled_loop(gen.train, f, storage)))))
+        generator=generator))
 
 
-def _fresh_or_resumable(params: Params, trial: str, config: dict) -> None:
-    """Keep an interrupted trial's checkpoints only if it trained with exactly this config.
+def _fresh_or_resumable(out: Path, config: dict) -> None:
+    """Keep a sweep model's checkpoints (an interrupted or earlier training) only if they were trained with
+    exactly this config; else delete its outputs and reports.
 
     Raises UserError naming train_config.json when it is not a JSON object (truncated, corrupt):
     whether the checkpoints beside it may be resumed is then unknown."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
-    out, marker = trial_dir(params, trial), trial_file(params, trial, "train_config")
+    marker = out / MODEL_FILES["train_config"]
     if marker.is_file() and _read_marker(marker).get("sha256") != digest:
         log.info("%s: trained with another config; starting over", out)
-        for sub in TRIAL_OUTPUTS.values():
+        for sub in (*TRIAL_OUTPUTS.values(), TRIAL_METRICS_DIR):
             shutil.rmtree(out / sub, ignore_errors=True)
-        trial_file(params, trial, "reports").unlink(missing_ok=True)
+        (out / MODEL_FILES["reports"]).unlink(missing_ok=True)
     atomic_write_text(marker, json.dumps({"sha256": digest, "config": config}, indent=2, default=str))
 
 
@@ -157,7 +206,7 @@ def _read_marker(marker: Path) -> dict:
     try:
         return read_json_object(marker, "trial training marker")
     except UserError as err:
-        raise UserError(f"{err}; delete it (or the trial dir {marker.parent}) to retrain the trial") from None
+        raise UserError(f"{err}; delete it (or the model dir {marker.parent}) to retrain the model") from None
 
 
 def read_reports(path: Path) -> dict[str, float | None]:
@@ -189,46 +238,79 @@ def report_segment(trial_run: Run, end: int, loss: float | None, final: bool) ->
         tune.report({ASHA_METRIC: _nan_if_none(loss), "ar_step": end, "mlflow_run_id": trial_run.run_id})
 
 
-def train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext, trial_run: Run,
+MODEL_SETTINGS = ("posterior", "radius", "flow", "magnitude", "seed", "reuse_tokenizer")  # what a model depends on
+
+
+def train_models(params: Params, t: TrialSettings, ctx: SweepContext, trial_run: Run,
                  device: torch.device) -> tuple[Params, float | None]:
-    """Tokenizer -> encode -> generator inside the trial; returns the trial's params and final AR loss.
+    """(Tokenizer -> encode ->) generator of the trial's `model_name` under `sweep.out/models/`, trained
+    once and shared by the trials that sample from it (a file lock serialises concurrent trials);
+    returns the params pointing at it and its final AR loss.
 
     With `ctx.report_segments` the generator trains in `sweep.train_reports` resumable segments,
     each reported to Tune (ASHA may stop the trial between them)."""
-    tp = training_params(params, t, out)
-    p = t.posterior
-    _fresh_or_resumable(params, t.name, {"settings": t.as_dict(), "tokenizer": tp.tokenizer.model_dump(),
-                                         "generator": tp.generator.model_dump(), "encode": tp.encode.model_dump(),
-                                         "lpips_weights_path": tp.lpips_weights_path,
-                                         "data_manifest": ctx.manifest_sha256})
+    out = sweep_model_dir(params, model_name(t))
+    out.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{out}.lock"):
+        return _train_models(params, t, out, ctx, trial_run, device)
+
+
+def _train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext, trial_run: Run,
+                  device: torch.device) -> tuple[Params, float | None]:
+    tp, p = training_params(params, t, out), t.posterior
+    settings = {k: v for k, v in t.as_dict().items() if k in MODEL_SETTINGS}
+    _fresh_or_resumable(out, {"settings": settings, "tokenizer": tp.tokenizer.model_dump(),
+                              "generator": tp.generator.model_dump(), "encode": tp.encode.model_dump(),
+                              "lpips_weights_path": tp.lpips_weights_path, "data_manifest": ctx.manifest_sha256})
     tags = {**ctx.tags, "stage": "sweep_train", "posterior": p}
-    tok_ckpt, gen_ckpt = checkpoint_dir(tp, "tokenizer", p), checkpoint_dir(tp, "generator", p)
-    vae_name, ar_name = training_run_name(t, "train_vae"), training_run_name(t, "train_ar")
     training = {"tags": tags, "parent_run_id": trial_run.run_id, "system_metrics": True,
                 "data_manifest": manifest_path(tp.data.out)}
-    with start_run(tp.tracking, ctx.repo_root, vae_name, params={"tokenizer": tp.tokenizer.model_dump(),
-                                                           "lpips_weights_path": tp.lpips_weights_path},
-                   **training) as run:
-        if _latest_step(tok_ckpt) < tp.tokenizer.train.steps:  # else resumed after it finished
-            fit_tokenizer(tp, p, run, f"sweep-{vae_name}")  # tp.seed is the trial's seed
-        vae = export_tokenizer(tp, p, run.run_id)
-    encode_split(tp, p, device)
-    reports_path = trial_file(params, t.name, "reports")
+    if t.reuse_tokenizer:  # the DAG's run of this seed (config: sweep.seeds within seeds)
+        radius = float(read_export(export_dir(tp, "tokenizer", p))[1]["radius"])
+    else:
+        radius = _train_tokenizer(tp, t, ctx, training, device)
+    reports_path = out / MODEL_FILES["reports"]
     reports = read_reports(reports_path)
     total = tp.generator.train.steps
     ends = segment_ends(total, tp.sweep.train_reports) if ctx.report_segments else [total]
-    with start_run(tp.tracking, ctx.repo_root, ar_name, params={"generator": tp.generator.model_dump()},
-                   **training) as run:
+    gen_ckpt, ar_name = checkpoint_dir(tp, "generator", p), training_run_name(t, "train_ar")
+    if _latest_step(gen_ckpt) < total or not (export_dir(tp, "generator", p) / META_FILE).is_file():
+        with start_run(tp.tracking, ctx.repo_root, ar_name, params={"generator": tp.generator.model_dump()},
+                       **training) as run:
+            for end in ends:
+                done = _latest_step(gen_ckpt)
+                if done < end:
+                    result = fit_generator(tp, p, run, f"sweep-{ar_name}", stop_after=end - done)
+                    reports[str(end)] = (result.metrics or {}).get("train/loss")
+                    atomic_write_text(reports_path, json.dumps(reports, indent=2))
+                if ctx.report_segments:
+                    report_segment(trial_run, end, reports.get(str(end)), final=end == total)
+            export_generator(tp, p, radius, run.run_id)
+    elif ctx.report_segments:  # trained by an earlier trial: its reports
         for end in ends:
-            done = _latest_step(gen_ckpt)
-            if done < end:
-                result = fit_generator(tp, p, run, f"sweep-{ar_name}", stop_after=end - done)
-                reports[str(end)] = (result.metrics or {}).get("train/loss")
-                atomic_write_text(reports_path, json.dumps(reports, indent=2))
-            if ctx.report_segments:
-                report_segment(trial_run, end, reports.get(str(end)), final=end == total)
-        export_generator(tp, p, vae.radius, run.run_id)
+            report_segment(trial_run, end, reports.get(str(end)), final=end == total)
     return tp, reports.get(str(total))
+
+
+def _train_tokenizer(tp: Params, t: TrialSettings, ctx: SweepContext, training: dict, device: torch.device) -> float:
+    """Train (or resume), export and measure the model's tokenizer, then encode its latents; each step
+    skipped when its output exists. Returns the tokenizer's R."""
+    p = t.posterior
+    tok_ckpt, vae_name = checkpoint_dir(tp, "tokenizer", p), training_run_name(t, "train_vae")
+    cache_done = meta_path(latent_cache_dir(tp, p)).is_file()
+    if _latest_step(tok_ckpt) < tp.tokenizer.train.steps or not metrics_file(tp, "tokenizer", p).is_file():
+        with start_run(tp.tracking, ctx.repo_root, vae_name, params={"tokenizer": tp.tokenizer.model_dump(),
+                                                               "lpips_weights_path": tp.lpips_weights_path},
+                       **training) as run:
+            if _latest_step(tok_ckpt) < tp.tokenizer.train.steps:  # else resumed after it finished
+                fit_tokenizer(tp, p, run, f"sweep-{vae_name}")  # tp.seed is the trial's seed
+            vae = export_tokenizer(tp, p, run.run_id)
+            metrics, images = evaluate_reconstruction(tp, vae, p, run)
+            write_results(tp, "tokenizer", p, metrics, {"posterior": p, "eval_images": images})
+        cache_done = False  # a new export: encode again
+    if not cache_done:
+        encode_split(tp, p, device)
+    return float(read_export(export_dir(tp, "tokenizer", p))[1]["radius"])
 
 
 def _nan_if_none(value) -> float:
@@ -254,7 +336,7 @@ def run_trial(config: dict, context: SweepContext) -> None:
                    data_context="evaluation") as run:
         ar_loss = None
         if t.train:
-            params, ar_loss = train_models(params, t, out, context, run, device)
+            params, ar_loss = train_models(params, t, context, run, device)
         else:  # the DAG's run of this seed (config: sweep.seeds within seeds)
             params = params.for_run(t.seed)
         metrics = sample_and_evaluate(params, t, device)
