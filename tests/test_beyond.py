@@ -4,7 +4,17 @@ intervals, and the outcome words (sphereard/report/beyond.py)."""
 import pandas as pd
 import pytest
 
-from sphereard.report.beyond import BETTER, INCONCLUSIVE, MIXED, NO_DIFF, WORSE, outcome, section_beyond
+from sphereard.report.beyond import (
+    BETTER,
+    INCONCLUSIVE,
+    MIXED,
+    NO_DIFF,
+    SOME_BETTER,
+    SOME_WORSE,
+    WORSE,
+    outcome,
+    section_beyond,
+)
 from sphereard.utils.stats import Estimate
 
 HEADS = {"flow": "euclidean", "magnitude": "none", "sampler": "euler_maruyama"}
@@ -38,21 +48,34 @@ def test_outcome_words():
     below, above, straddle = Estimate(-1.0, 0.5, 3), Estimate(1.0, 0.5, 3), Estimate(0.1, 0.5, 3)
     assert outcome([below, below]) == BETTER and outcome([above]) == WORSE
     assert outcome([below, above]) == MIXED and outcome([straddle, straddle]) == NO_DIFF
-    assert outcome([below, straddle]) == INCONCLUSIVE and outcome([]) == INCONCLUSIVE
+    assert outcome([below, straddle]) == SOME_BETTER and outcome([straddle, above]) == SOME_WORSE
+    assert outcome([]) == INCONCLUSIVE and outcome([below, None]) == INCONCLUSIVE
     assert outcome([Estimate(-1.0, 0.0, 1)]) == INCONCLUSIVE  # one run: no interval
 
 
 def test_section_matches_baselines_by_setting_and_seed():
     text = "\n".join(section_beyond(results(), HEADS, {"spherical": 4.0, "gaussian": 4.0}))
     lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
-    flow = lines["riemannian head vs euclidean (spherical tokenizer): flow riemannian vs euclidean (sampler euler)"]
+    context = "projection sphere, sampler_steps 25"
+    flow = lines[f"head flow: spherical: flow riemannian vs euclidean (sampler euler, {context})"]
     # baseline = the euler trials (12 + jitter), not the main grid's euler_maruyama ones: -3 + 0.01 s per seed
     assert f"**{BETTER}**" in flow and "w=1 -2.99 ± 0.02484 (n=3)" in flow
-    mag = lines["magnitude predict vs none (gaussian tokenizer): magnitude predict vs none (sampler euler_maruyama)"]
+    mag = lines["magnitude head: gaussian: magnitude predict vs none (sampler euler_maruyama, projection none, "
+                "sampler_steps 25)"]
     assert f"**{MIXED}**" in mag  # +0.5 at w=1, -0.5 at w=3, each with a tight interval
-    radius = lines["radius R vs sqrt(d) (spherical tokenizer): radius 2 vs 4 (sampler euler_maruyama)"]
+    radius = lines[f"radius R: spherical: radius 2 vs 4 (the DAG's) (sampler euler_maruyama, {context})"]
     assert f"**{NO_DIFF}**" in radius and "R=2 19 ± 2.484, R=4 20" in radius
     assert "w=3 0.06667 ±" in radius  # mean of (0.3, -0.2, 0.1), only w=3 was swept for R=2
+
+
+def test_baseline_needs_the_same_training_length():
+    """A radius trial trained at fewer generator steps (sweep.train_steps_fraction < 1) has no baseline:
+    the DAG's full-length model differs in more than R."""
+    frame = results().assign(generator_step=500)
+    frame.loc[frame["radius"] == 2.0, "generator_step"] = 250
+    text = "\n".join(section_beyond(frame, HEADS, {"spherical": 4.0, "gaussian": 4.0}))
+    (line,) = [x for x in text.splitlines() if x.startswith("| radius R: spherical: radius 2")]
+    assert f"**{INCONCLUSIVE}**" in line and "no common scale" in line
 
 
 def test_no_arms_no_section():

@@ -105,6 +105,14 @@ def test_grid_arms_head_axes_and_conflicts():
     with pytest.raises(UserError, match=r"^sweep\.arms\[0\]\.magnitudes=\['predict'\]"):
         expand_grid(validated(SweepConfig, {"posteriors": ["spherical"], "arms": [{"magnitudes": ["predict"]}]}),
                     {"spherical": 4.0}, 4.0)
+    with pytest.raises(UserError, match=r"^sweep\.scheduler='asha': ranks trials by their AR training loss"):
+        expand_grid(validated(SweepConfig, {"posteriors": ["spherical"], "train": True, "scheduler": "asha",
+                                            "flows": [None, "riemannian"], "samplers": ["euler"]}),
+                    {"spherical": 4.0}, 4.0)
+    with pytest.raises(UserError, match=r"^sweep\.arms\[0\]\.posteriors: no exported gaussian tokenizer"):
+        expand_grid(validated(SweepConfig, {"posteriors": ["spherical"],
+                                            "arms": [{"posteriors": ["gaussian"], "magnitudes": ["predict"]}]}),
+                    {"spherical": 4.0, "gaussian": None}, 4.0)
     with pytest.raises(UserError, match=r"^sweep\.arms\[0\]\.flow: "):
         validated(SweepConfig, {"arms": [{"flow": ["riemannian"]}]}, "sweep")  # a typo in an arm's key
 

@@ -105,8 +105,9 @@ def claim_quality(inp) -> Verdict:
     parts, texts = [], []
     for better, worse in zip(ORDER, ORDER[1:], strict=False):
         diff = paired(inp.run_values("evaluation", better, key), inp.run_values("evaluation", worse, key))
-        parts.append(-side(diff) if diff is not None and diff.n >= MIN_SEEDS else 0)
-        texts.append(f"{NAMES[better]} - {NAMES[worse]} per seed {show(diff)}: {SIDE_WORDS[side(diff)]} 0")
+        where = side(diff)
+        parts.append(-where if diff is not None and diff.n >= MIN_SEEDS else 0)
+        texts.append(f"{NAMES[better]} - {NAMES[worse]} per seed {show(diff)}: {SIDE_WORDS[where]} 0")
     if min(ev[p][key].n for p in ORDER) < MIN_SEEDS:
         return Verdict("a", INCONCLUSIVE, f"{head}; one run has no interval")
     return Verdict("a", combine(parts), f"{head}. Paired differences: {'; '.join(texts)}.")
@@ -167,10 +168,11 @@ def claim_cfg(inp, cfg_scale: float, heads: dict[str, str] | None = None) -> Ver
     parts = [g_side]
     texts = [f"Gaussian {SIDE_WORDS[g_side]} {STABLE_TOL:.0%}"]
     for p in (q for q in SPHERE_POSTERIORS if q in est):
-        own, vs = side(est[p], STABLE_TOL), side(paired(per[p], per["gaussian"]))
+        minus_gaussian = paired(per[p], per["gaussian"])
+        own, vs = side(est[p], STABLE_TOL), side(minus_gaussian)
         parts.append(-1 if own > 0 or vs > 0 else 1 if own < 0 and vs < 0 else 0)
         texts.append(f"{NAMES[p]} {SIDE_WORDS[own]} {STABLE_TOL:.0%}, minus the Gaussian's per seed "
-                     f"{show(paired(per[p], per['gaussian']), True)} ({SIDE_WORDS[vs]} 0)")
+                     f"{show(minus_gaussian, True)} ({SIDE_WORDS[vs]} 0)")
     return Verdict("b", combine(parts), f"{head}. {'; '.join(texts)}.")
 
 

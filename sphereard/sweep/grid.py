@@ -108,12 +108,13 @@ def on_sphere(posterior: str) -> bool:
 
 
 def resolve_radius(sweep: SweepConfig, posterior: str, radius: float | None, trained: float | None,
-                   default_r: float, new_head: bool = False) -> tuple[float, bool]:
+                   default_r: float, new_head: bool = False, key: str = "sweep") -> tuple[float, bool]:
     """(R, train the tokenizer) for one posterior and `sweep.radii` entry.
 
     `trained`: R of the DAG's exported tokenizer of this posterior (None: not exported).
     `default_r`: the R a trial trains with when the entry is null (tokenizer.radius or sqrt(d)).
-    `new_head`: the trial trains its own generator (on the DAG's tokenizer, which must then exist)."""
+    `new_head`: the trial trains its own generator (on the DAG's tokenizer, which must then exist).
+    `key`: the grid's key (`sweep`, `sweep.arms[i]`) the error names."""
     if radius is None:
         r = trained if (trained is not None and not sweep.train) else default_r
     else:
@@ -123,7 +124,7 @@ def resolve_radius(sweep: SweepConfig, posterior: str, radius: float | None, tra
     if sweep.train or ablation:
         return r, True
     if trained is None:
-        raise UserError(f"sweep.posteriors: no exported {posterior} tokenizer/generator to "
+        raise UserError(f"{key}.posteriors: no exported {posterior} tokenizer/generator to "
                         f"{'train a generator on' if new_head else 'sample from'} "
                         f"(run train_vae@{posterior}-<seed> and train_ar@{posterior}-<seed> for every sweep "
                         "seed first, or set sweep.train: true)")
@@ -155,6 +156,9 @@ def expand_grid(sweep: SweepConfig, trained_radii: dict[str, float | None], defa
                 log.info("sweep: %s listed twice (e.g. auto projection / null radius / an arm); run once", t.name)
             trials.setdefault(t, None)
     out = list(trials)
+    if sweep.scheduler == "asha" and any(t.flow != heads["flow"] or t.magnitude != heads["magnitude"] for t in out):
+        raise UserError("sweep.scheduler='asha': ranks trials by their AR training loss, which another flow or "
+                        "magnitude head measures differently (tangent MSE, + log-norm NLL); use grid")
     names = [t.name for t in out]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
@@ -181,7 +185,7 @@ def _expand_one(key: str, grid: SweepConfig, trained_radii: dict[str, float | No
             new_head = head["flow"] != heads["flow"] or head["magnitude"] != heads["magnitude"]
             for radius in grid.radii:
                 r, train_tok = resolve_radius(grid, posterior, radius, trained_radii.get(posterior), default_r,
-                                              new_head)
+                                              new_head, key)
                 for projection in grid.projections:
                     proj = default_projection(posterior) if projection == "auto" else projection
                     for steps in grid.sampler_steps:

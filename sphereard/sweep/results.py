@@ -122,11 +122,12 @@ def main_metrics(frame: pd.DataFrame) -> list[str]:
 
 
 def series_labels(summary: pd.DataFrame) -> pd.Series:
-    """`spherical` or, when those vary in the sweep, `spherical R4 proj_none s25 trained`."""
+    """`spherical` or, when those vary in the sweep, `spherical R4 flow_riemannian euler proj_none s25 trained`."""
     parts = {"posterior": lambda v: str(v), "radius": lambda v: f"R{radius_label(v)}",
+             "flow": lambda v: f"flow_{v}", "magnitude": lambda v: f"mag_{v}", "sampler": lambda v: str(v),
              "projection": lambda v: f"proj_{v}", "sampler_steps": lambda v: f"s{v}",
              "train": lambda v: "trained" if v else "dag"}
-    varying = [c for c in parts if c == "posterior" or summary[c].nunique() > 1]
+    varying = [c for c in parts if c == "posterior" or (c in summary and summary[c].nunique() > 1)]
     return summary.apply(lambda r: " ".join(parts[c](r[c]) for c in varying), axis=1)
 
 

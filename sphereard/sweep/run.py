@@ -33,7 +33,7 @@ from sphereard.config import Params, absolute_paths
 from sphereard.data import manifest_path
 from sphereard.errors import UserError, first_lines
 from sphereard.export import META_FILE, read_export
-from sphereard.layout import classifier_model_dir, export_dir, reference_file, sweep_dir, trials_dir
+from sphereard.layout import classifier_model_dir, export_dir, reference_file, sweep_dir, sweep_models_dir, trials_dir
 from sphereard.sweep.grid import (
     SETTING_COLUMNS,
     TrialSettings,
@@ -177,6 +177,7 @@ def dag_posteriors_only(params: Params) -> Params:
 def write_disabled(params: Params) -> None:
     """`sweep.enabled: false`: the stage's outputs exist (DVC needs them) and hold no trial."""
     trials_dir(params).mkdir(parents=True, exist_ok=True)
+    sweep_models_dir(params).mkdir(parents=True, exist_ok=True)
     write_outputs(sweep_dir(params), pd.DataFrame(columns=list(ID_COLUMNS)),
                   pd.DataFrame(columns=[*SETTING_COLUMNS, "num_seeds", "seeds"]))
 
@@ -200,6 +201,7 @@ def run_sweep(params: Params, list_only: bool = False) -> None:
     if list_only:
         return
     manifest_sha = preflight(params)
+    sweep_models_dir(params).mkdir(parents=True, exist_ok=True)  # a DVC out, also when no trial trains
     tags = {"stage": "sweep", "profile": params.profile}
     name = f"sweep-{params.profile}-{len(trials)}trials"
     logged = {"sweep": sweep.model_dump(), "num_trials": len(trials)}

@@ -45,7 +45,7 @@ from sphereard.eval import detect_norm_drift, generation_metrics
 from sphereard.eval.figures import read_class_names, save_class_grid
 from sphereard.eval.setup import build_extractors, load_references
 from sphereard.export import META_FILE, read_export
-from sphereard.latents import meta_path
+from sphereard.latents import meta_path, read_latent_meta
 from sphereard.layout import (
     MODEL_FILES,
     TRIAL_METRICS_DIR,
@@ -71,6 +71,7 @@ from sphereard.tokenizer.encode import encode_split
 from sphereard.tokenizer.train import evaluate_reconstruction, export_tokenizer, fit_tokenizer
 from sphereard.tracking import TRACKING_URI_ENV, Run, start_run
 from sphereard.train.checkpoint import STEP_DIR_RE, latest_step_dir
+from sphereard.train.fingerprint import code_fingerprint
 from sphereard.utils.device import default_device
 from sphereard.utils.io import atomic_write_text, read_json_object, require_fields
 from sphereard.utils.logs import configure_logging
@@ -187,7 +188,8 @@ def training_params(params: Params, t: TrialSettings, out: Path) -> Params:
 
 def _fresh_or_resumable(out: Path, config: dict) -> None:
     """Keep a sweep model's checkpoints (an interrupted or earlier training) only if they were trained with
-    exactly this config; else delete its outputs and reports.
+    exactly this config (settings, blocks, data manifest, code fingerprint, and for a head arm the DAG
+    latents' sha256); else delete its outputs and reports.
 
     Raises UserError naming train_config.json when it is not a JSON object (truncated, corrupt):
     whether the checkpoints beside it may be resumed is then unknown."""
@@ -239,6 +241,7 @@ def report_segment(trial_run: Run, end: int, loss: float | None, final: bool) ->
 
 
 MODEL_SETTINGS = ("posterior", "radius", "flow", "magnitude", "seed", "reuse_tokenizer")  # what a model depends on
+TRAINING_MODULE = __name__  # its code closure: the stages' training, encoding and export code (fingerprinted)
 
 
 def train_models(params: Params, t: TrialSettings, ctx: SweepContext, trial_run: Run,
@@ -259,9 +262,12 @@ def _train_models(params: Params, t: TrialSettings, out: Path, ctx: SweepContext
                   device: torch.device) -> tuple[Params, float | None]:
     tp, p = training_params(params, t, out), t.posterior
     settings = {k: v for k, v in t.as_dict().items() if k in MODEL_SETTINGS}
+    inputs = {"data_manifest": ctx.manifest_sha256, "code": code_fingerprint([TRAINING_MODULE])}
+    if t.reuse_tokenizer:  # trained on the DAG's latents: retrain when they change
+        inputs["latents"] = read_latent_meta(latent_cache_dir(tp, p), verify=False)["sha256"]
     _fresh_or_resumable(out, {"settings": settings, "tokenizer": tp.tokenizer.model_dump(),
                               "generator": tp.generator.model_dump(), "encode": tp.encode.model_dump(),
-                              "lpips_weights_path": tp.lpips_weights_path, "data_manifest": ctx.manifest_sha256})
+                              "lpips_weights_path": tp.lpips_weights_path, **inputs})
     tags = {**ctx.tags, "stage": "sweep_train", "posterior": p}
     training = {"tags": tags, "parent_run_id": trial_run.run_id, "system_metrics": True,
                 "data_manifest": manifest_path(tp.data.out)}
