@@ -113,8 +113,33 @@ def test_grid_arms_head_axes_and_conflicts():
         expand_grid(validated(SweepConfig, {"posteriors": ["spherical"],
                                             "arms": [{"posteriors": ["gaussian"], "magnitudes": ["predict"]}]}),
                     {"spherical": 4.0, "gaussian": None}, 4.0)
+    with pytest.raises(UserError, match=r"^sweep\.arms\[0\]: sets no axis"):
+        expand_grid(validated(SweepConfig, {"posteriors": ["spherical"], "arms": [{}]}), {"spherical": 4.0}, 4.0)
+    with pytest.raises(UserError, match=r"^sweep\.arms\[0\]\.radii / \.cfg_scales: values too close .*3\.05"):
+        expand_grid(validated(SweepConfig, {"posteriors": ["spherical"], "arms": [{"cfg_scales": [3.05, 3.0500001]}]}),
+                    {"spherical": 4.0}, 4.0)
     with pytest.raises(UserError, match=r"^sweep\.arms\[0\]\.flow: "):
         validated(SweepConfig, {"arms": [{"flow": ["riemannian"]}]}, "sweep")  # a typo in an arm's key
+
+
+def test_arm_posteriors_the_dag_does_not_train_are_left_out(tmp_path, caplog):
+    """Without sweep.train an arm, like the main grid, only uses posteriors the DAG trains (else it would
+    read stale exports); an arm left with none is refused naming its key; `--list` of a disabled sweep
+    writes nothing."""
+    from sphereard.sweep.run import dag_posteriors_only, run_sweep
+
+    data = materialise("default")
+    data["tokenizer"]["posteriors"] = ["spherical"]
+    data["sweep"].update(posteriors=["spherical", "gaussian"],
+                         arms=[{"posteriors": ["gaussian", "spherical"], "cfg_scales": [3.0]}])
+    sweep = dag_posteriors_only(parse_params(data)).sweep
+    assert sweep.posteriors == ["spherical"] and sweep.arms[0].posteriors == ["spherical"]
+    data["sweep"]["arms"] = [{"posteriors": ["gaussian"], "magnitudes": ["predict"]}]
+    with pytest.raises(UserError, match=r"^sweep\.arms\[0\]\.posteriors=\['gaussian'\]: none is in tokenizer"):
+        dag_posteriors_only(parse_params(data))
+    data["sweep"].update(enabled=False, arms=[], out=str(tmp_path / "sweep"))
+    run_sweep(parse_params(data), list_only=True)
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_sweep_config_validation():

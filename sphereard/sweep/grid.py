@@ -136,6 +136,8 @@ def grids(sweep: SweepConfig) -> list[tuple[str, SweepConfig]]:
     out = [("sweep", sweep)]
     for i, arm in enumerate(sweep.arms):
         update = {k: v for k, v in arm.model_dump().items() if v is not None}
+        if not update:
+            raise UserError(f"sweep.arms[{i}]: sets no axis (it would only repeat the main grid)")
         out.append((f"sweep.arms[{i}]", sweep.model_copy(update=update)))
     return out
 
@@ -149,20 +151,23 @@ def expand_grid(sweep: SweepConfig, trained_radii: dict[str, float | None], defa
     Raises UserError naming the key when a swept head value fits no swept posterior / sampler, or when
     trial names clash."""
     heads = {**HEAD_DEFAULTS, **(heads or {})}
-    trials: dict[TrialSettings, None] = {}
+    trials: dict[TrialSettings, str] = {}  # -> the key of the grid that listed it first
     for key, grid in grids(sweep):
         for t in _expand_one(key, grid, trained_radii, default_r, heads):
             if t in trials:
                 log.info("sweep: %s listed twice (e.g. auto projection / null radius / an arm); run once", t.name)
-            trials.setdefault(t, None)
+            trials.setdefault(t, key)
     out = list(trials)
     if sweep.scheduler == "asha" and any(t.flow != heads["flow"] or t.magnitude != heads["magnitude"] for t in out):
         raise UserError("sweep.scheduler='asha': ranks trials by their AR training loss, which another flow or "
                         "magnitude head measures differently (tangent MSE, + log-norm NLL); use grid")
-    names = [t.name for t in out]
-    clashes = sorted({n for n in names if names.count(n) > 1})
-    if clashes:
-        raise UserError(f"sweep.radii / sweep.cfg_scales: values too close to tell apart in trial names: {clashes}")
+    seen: dict[str, TrialSettings] = {}
+    for t in out:
+        if t.name in seen:
+            raise UserError(f"{trials[t]}.radii / .cfg_scales: values too close to tell apart in trial names "
+                            f"(R {seen[t.name].radius!r} and {t.radius!r}, w {seen[t.name].cfg_scale!r} and "
+                            f"{t.cfg_scale!r} are both {t.name})")
+        seen[t.name] = t
     return out
 
 

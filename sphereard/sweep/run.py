@@ -161,17 +161,28 @@ def close_stopped_runs(rows: list[dict], uri: str | None) -> None:
 
 
 def dag_posteriors_only(params: Params) -> Params:
-    """Without `sweep.train`, trials sample from the DAG's models: drop posteriors it does not train."""
+    """Without `sweep.train`, trials sample from (or train a generator on) the DAG's models: drop the
+    posteriors it does not train from the main grid and from each arm, with one log line each. UserError
+    naming the key when a grid is left without any."""
     sweep = params.sweep
-    kept = [p for p in sweep.posteriors if sweep.train or p in params.tokenizer.posteriors]
-    if kept == sweep.posteriors:
+    if sweep.train:
         return params
-    if not kept:
-        raise UserError(f"sweep.posteriors={sweep.posteriors}: none is in tokenizer.posteriors="
-                        f"{params.tokenizer.posteriors} (or set sweep.train: true)")
-    log.info("sweep.posteriors: leaving out %s (not in tokenizer.posteriors; sweep.train is false)",
-             ", ".join(p for p in sweep.posteriors if p not in kept))
-    return params.model_copy(update={"sweep": sweep.model_copy(update={"posteriors": kept})})
+
+    def kept(key: str, posteriors: list[str]) -> list[str]:
+        out = [p for p in posteriors if p in params.tokenizer.posteriors]
+        if not out:
+            raise UserError(f"{key}.posteriors={posteriors}: none is in tokenizer.posteriors="
+                            f"{params.tokenizer.posteriors} (or set sweep.train: true)")
+        if out != posteriors:
+            log.info("%s.posteriors: leaving out %s (not in tokenizer.posteriors; sweep.train is false)", key,
+                     ", ".join(p for p in posteriors if p not in out))
+        return out
+
+    arms = [arm if arm.posteriors is None else arm.model_copy(update={"posteriors": kept(f"sweep.arms[{i}]",
+                                                                                          arm.posteriors)})
+            for i, arm in enumerate(sweep.arms)]
+    update = {"posteriors": kept("sweep", sweep.posteriors), "arms": arms}
+    return params.model_copy(update={"sweep": sweep.model_copy(update=update)})
 
 
 def write_disabled(params: Params) -> None:
@@ -189,6 +200,9 @@ def run_sweep(params: Params, list_only: bool = False) -> None:
     trial's UserError (one line) or a TrainingError naming it."""
     params = absolute_paths(params)
     if not params.sweep.enabled:
+        if list_only:
+            log.info("sweep.enabled=false: no trials")
+            return
         log.info("sweep.enabled=false: no trials; writing empty tables to %s", params.sweep.out)
         write_disabled(params)
         return
