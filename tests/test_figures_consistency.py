@@ -104,6 +104,7 @@ def test_log_media_logs_the_grid_with_the_manifest_class_names(tmp_path, monkeyp
                         lambda path, device: loaded.append(Path(path)) or (tokenizer, {}))
     task = GeneratorTask(params, "spherical")
     task.arch, task.radius = SimpleNamespace(num_classes=len(NAMES)), 1.0
+    task.gen = SimpleNamespace(flow="euclidean")  # the trained model's flow picks the media sampler
     task.ctx, task.ema = SimpleNamespace(device="cpu"), SimpleNamespace(module=Sampler())
     run = RecordingRun()
     task.log_media(40, run)
