@@ -22,6 +22,7 @@ from sphereard.ar import (
 )
 from sphereard.ar.arch import PAPER_PARAMS, README_PARAMS
 from sphereard.ar.presets import NO_DECAY_PATTERNS
+from sphereard.ar.riemannian import exp_euler, uniform_sphere
 from sphereard.ar.sampler import generate
 from sphereard.errors import UserError
 from sphereard.geometry import project_to_sphere
@@ -109,8 +110,9 @@ def test_sphere_projection_puts_every_token_on_radius(sampler, schedule, w):
     assert (pre[:, 0] - pre_free[:, 0]).abs().max().item() < F32_TOL
 
 
-def reference_conditional_sampling(model, labels, sampler, steps, seed, radius):
-    """Plain conditional sampling: full (uncached) causal forward per token, no CFG batch."""
+def reference_conditional_sampling(model, labels, sampler, steps, seed, radius, flow="euclidean"):
+    """Plain conditional sampling: full (uncached) causal forward per token, no CFG batch. flow riemannian:
+    uniform noise on the radius-R sphere, exponential-map Euler steps, no projection (tokens stay on it)."""
     tr, head = model.transformer, model.head
     g = torch.Generator().manual_seed(seed)
     B, d = labels.shape[0], tr.token_dim
@@ -120,8 +122,11 @@ def reference_conditional_sampling(model, labels, sampler, steps, seed, radius):
             cond = tr(torch.cat([z, torch.zeros(B, 1, d)], dim=1), labels)[:, k]  # (B, D)
             c_emb = head.condition(cond, torch.full((B,), k))
             v_fn = lambda x, t, c_emb=c_emb: head.velocity(x, torch.full((B,), t), c_emb)  # noqa: E731
-            x = integrate(sampler, v_fn, torch.randn(B, d, generator=g), steps, 0.04, g)
-            z = torch.cat([z, project_to_sphere(x, radius)[:, None]], dim=1)
+            if flow == "riemannian":
+                x = exp_euler(v_fn, uniform_sphere((B, d), radius, generator=g), steps, radius)
+            else:
+                x = project_to_sphere(integrate(sampler, v_fn, torch.randn(B, d, generator=g), steps, 0.04, g), radius)
+            z = torch.cat([z, x[:, None]], dim=1)
     return z
 
 

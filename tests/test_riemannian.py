@@ -4,6 +4,7 @@ and export round trip of the head options (`generator.flow`, `generator.magnitud
 import pytest
 import torch
 import torch.nn.functional as F
+from test_ar import reference_conditional_sampling
 
 from sphereard.ar.diffusion_head import DiffusionHead
 from sphereard.ar.export import load_generator
@@ -221,27 +222,11 @@ def test_riemannian_head_learns_a_power_spherical_on_s2():
 
 
 # ---------------------------------------------------------------- sampling with the generator
-def reference_riemannian_sampling(model, labels, steps, seed, radius):
-    """Plain conditional riemannian sampling: full (uncached) causal forward per token, no CFG batch."""
-    tr, head = model.transformer, model.head
-    g = torch.Generator().manual_seed(seed)
-    B, d = labels.shape[0], tr.token_dim
-    z = torch.zeros(B, 0, d)
-    with torch.no_grad():
-        for k in range(tr.num_tokens):
-            cond = tr(torch.cat([z, torch.zeros(B, 1, d)], dim=1), labels)[:, k]
-            c_emb = head.condition(cond, torch.full((B,), k))
-            v_fn = lambda x, t, c_emb=c_emb: head.velocity(x, torch.full((B,), t), c_emb)  # noqa: E731
-            x = exp_euler(v_fn, uniform_sphere((B, d), radius, generator=g), steps, radius)
-            z = torch.cat([z, x[:, None]], dim=1)
-    return z
-
-
 def test_riemannian_cfg_one_equals_plain_conditional_sampling():
     model = tiny_riemannian()
     labels = torch.tensor([2, 0, 3])
     R = 1.5
-    ref = reference_riemannian_sampling(model, labels, 6, seed=3, radius=R)
+    ref = reference_conditional_sampling(model, labels, "euler", 6, seed=3, radius=R, flow="riemannian")
     kw = dict(sampler="euler", steps=6, radius=R, projection="none", seed=3)
     constant = model.sample(labels, cfg_scale=1.0, cfg_schedule="constant", **kw)
     linear = generate(model.transformer, model.head, labels, cfg_scale=1.0, flow="riemannian", **kw)
