@@ -84,7 +84,20 @@ class DataConfig(StrictModel):
     test_fraction: float = Field(0.1, gt=0, lt=1)
     max_per_class: int | None = Field(None, gt=0)
     shard_rows: int = Field(20_000, gt=0)
+    row_group_rows: int = Field(1024, gt=0, description=(
+        "rows per Parquet row group: the unit a training worker reads (sphereard/data/stream.py)"))
+    store_size: int | None = Field(None, gt=0, description=(
+        "side of the stored squares, > image_size to leave room for the paper's random crops (ImageNet: 320 "
+        "for 256); null = image_size. Readers get image_size (the stored square resized whole) unless they crop"))
+    workers: int = Field(0, ge=0, description=(
+        "Ray tasks that decode and resize in parallel (0 = in this process); the output is identical"))
     out: str = "data/shards"
+
+    @model_validator(mode="after")
+    def _store_size(self) -> DataConfig:
+        check(self.store_size is None or self.store_size >= self.image_size, "data.store_size", self.store_size,
+              f"must be >= data.image_size={self.image_size} (or null)")
+        return self
 
 
 class RayConfig(StrictModel):
@@ -120,6 +133,28 @@ class OptimConfig(StrictModel):
         return self
 
 
+class CropConfig(StrictModel):
+    """The paper's training crop (official code, `../shared/paper/reference-facts.md`): with probability p
+    the stored square is resized to a random side in [image_size, ceil(image_size / min_fraction)], then
+    randomly cropped to image_size; else resized whole. p is 1 until epoch decay_start_epoch, then falls
+    linearly to 0 at decay_end_epoch (paper AR: 350 -> 375 of 400; tokenizer: always on). Needs
+    data.store_size > data.image_size (sphereard/data/transforms.py)."""
+
+    enabled: bool = False
+    min_fraction: float = Field(0.8, gt=0, le=1)
+    decay_start_epoch: int | None = Field(None, ge=0, description="null = crop probability 1 throughout")
+    decay_end_epoch: int | None = Field(None, gt=0, description="> decay_start_epoch")
+
+    @model_validator(mode="after")
+    def _rules(self) -> CropConfig:
+        check((self.decay_start_epoch is None) == (self.decay_end_epoch is None), "decay_end_epoch",
+              self.decay_end_epoch, "set decay_start_epoch and decay_end_epoch together (or neither)")
+        if self.decay_start_epoch is not None:
+            check(self.decay_end_epoch > self.decay_start_epoch, "decay_end_epoch", self.decay_end_epoch,
+                  f"must be > decay_start_epoch={self.decay_start_epoch}")
+        return self
+
+
 class TrainLoopConfig(StrictModel):
     """Fields every training stage shares."""
 
@@ -130,6 +165,10 @@ class TrainLoopConfig(StrictModel):
     ckpt_every: int = Field(250, gt=0)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     num_loader_workers: int = Field(0, ge=0)
+    shuffle_window: int = Field(8, gt=0, description=(
+        "row groups a worker reads per shuffle window: rows shuffle within a window, groups and windows "
+        "come in a random order per epoch; a worker holds at most this many row groups (sphereard/data/stream.py)"))
+    crop: CropConfig = Field(default_factory=CropConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
@@ -192,9 +231,23 @@ class EncodeConfig(StrictModel):
 
     batch_size: int = Field(256, gt=0)
     hflip: bool = False
+    crops: int = Field(0, ge=0, description=(
+        "random crops cached per image besides the centre view (generator.train.crop draws them and picks "
+        "crop or centre by its schedule; needs data.store_size); 0 = the centre view only"))
     max_images: int | None = Field(20_000, gt=0, description="null = every train image")
     dtype: Literal["float16", "float32"] = "float16"
+    workers: int = Field(0, ge=0, description=(
+        "Ray tasks encoding contiguous parts in parallel, one GPU each when the Ray cluster has GPUs "
+        "(sphereard/tokenizer/encode.py); 0 = in this process; the cache is identical"))
     out: str = "data/latents"
+
+
+class GeneratorTrainConfig(TrainLoopConfig):
+    """The generator's training loop; `latents` says where its tokens come from."""
+
+    latents: Literal["cache", "online"] = Field("cache", description=(
+        "cache = posterior moments from the encode stage (fresh sample per step); online = encode each batch "
+        "with the frozen tokenizer in the step, after the crop and flip (the official code)"))
 
 
 class GeneratorConfig(StrictModel):
@@ -209,7 +262,7 @@ class GeneratorConfig(StrictModel):
         "none = the head models whole tokens (paper); predict = the head models directions on the sqrt(d) "
         "sphere and a Gaussian head the log-norm (the two-head check; gaussian tokenizer only)"))
     out: str = "outputs/generator"
-    train: TrainLoopConfig = Field(default_factory=lambda: TrainLoopConfig(
+    train: GeneratorTrainConfig = Field(default_factory=lambda: GeneratorTrainConfig(
         steps=500, batch_size=32, sample_every=250, ckpt_every=250,
         optim=OptimConfig(lr=1e-3, min_lr=1e-5, warmup_steps=50, ema_decay=0.99)))
 
@@ -446,6 +499,12 @@ def validate_cross_block(params: Params) -> None:
             key, why = conflict
             block = "sampling" if key == "sampler" else "generator"
             check(False, f"{block}.{key}", getattr(params.sampling if key == "sampler" else g, key), why)
+    for key, crop in (("tokenizer.train.crop", params.tokenizer.train.crop),
+                      ("generator.train.crop", params.generator.train.crop)):
+        check(not crop.enabled or params.data.store_size not in (None, params.data.image_size), f"{key}.enabled",
+              True, "needs data.store_size > data.image_size (stored squares to crop from)")
+    check(params.encode.crops == 0 or params.generator.train.crop.enabled, "encode.crops", params.encode.crops,
+          "needs generator.train.crop.enabled (its min_fraction and schedule)")
     sweep = params.sweep
     if sweep.enabled and not sweep.train:  # a sampling trial of seed k reads run k's exported models
         check(set(sweep.seeds) <= set(params.seeds), "sweep.seeds", sweep.seeds,

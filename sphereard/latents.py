@@ -22,6 +22,7 @@ Format 3 renamed the metadata file, its `params_dim` key and the columns (former
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
+from sphereard.data.stream import RowGroupReader
 from sphereard.errors import UserError, error_detail
 from sphereard.tokenizer.posterior import cache_log_channels
 from sphereard.utils.io import atomic_path, read_json_object, require_fields, sha256_file
@@ -126,22 +128,28 @@ class LatentCacheWriter:
         self.tmp.mkdir()
         return self
 
-    def write(self, moments: np.ndarray, labels: np.ndarray, moments_flip: np.ndarray | None = None) -> None:
+    def write(self, moments: np.ndarray, labels: np.ndarray, moments_flip: np.ndarray | None = None,
+              crops: Sequence[np.ndarray] = ()) -> None:
+        """One batch: the centre view's moments (B, L, P), labels (B,), its flip's (B, L, P) or None, and
+        the random crops' views (each (B, L, P): crop 0, its flip when flips are cached, crop 1, ...)."""
         assert moments.ndim == 3, "moments must be (B, L, P)"
-        assert moments_flip is None or moments_flip.shape == moments.shape, "moments_flip must match moments (B, L, P)"
+        assert all(v.shape == moments.shape for v in (moments_flip, *crops) if v is not None), \
+            "every view must match moments (B, L, P)"
         assert len(labels) == moments.shape[0], "one label per cached image"
         assert self.shape in (None, moments.shape[1:]), "every batch must have the same (L, P)"
-        views = 1 if moments_flip is None else 2
-        assert self.views in (None, views), "every batch must have the same views (with or without flips)"
+        names = [MOMENT_COLUMNS[0]] + ([MOMENT_COLUMNS[1]] if moments_flip is not None else [])
+        names += crop_columns(len(crops) // len(names), moments_flip is not None)
+        assert len(names) == 1 + (moments_flip is not None) + len(crops), "crops: one view per crop (and flip)"
+        assert self.views in (None, names), "every batch must have the same views (flips, crops)"
         if self.shape is None:
             assert "posterior" in self.meta, "cache meta must name the posterior kind"
             self.log_channels = cache_log_channels(self.meta["posterior"], moments.shape[2])
-        self.shape, self.views = moments.shape[1:], views
+        self.shape, self.views = moments.shape[1:], names
+        self.center_views = 1 + (moments_flip is not None)
         columns = {"label": pa.array(labels.astype(np.int32))}
-        for name, values in zip(MOMENT_COLUMNS, (moments, moments_flip), strict=True):
-            if values is not None:
-                where = f"{self.out_dir / LATENTS_FILE} column {name!r}"
-                columns[name] = _checked_column(values, self.log_channels, self.dtype, where, self.rows)
+        for name, values in zip(names, (v for v in (moments, moments_flip, *crops) if v is not None), strict=True):
+            where = f"{self.out_dir / LATENTS_FILE} column {name!r}"
+            columns[name] = _checked_column(values, self.log_channels, self.dtype, where, self.rows)
         table = pa.table(columns)
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.tmp / LATENTS_FILE, table.schema, compression="zstd")
@@ -154,7 +162,8 @@ class LatentCacheWriter:
         if exc_type is None:
             assert self.rows > 0, "the latent cache must hold at least one image"
             self.meta = {**self.meta, "rows": self.rows, "num_tokens": self.shape[0], "moments_dim": self.shape[1],
-                         "views": self.views, "dtype": self.dtype, "format": CACHE_FORMAT,
+                         "views": len(self.views), "view_columns": self.views, "center_views": self.center_views,
+                         "dtype": self.dtype, "format": CACHE_FORMAT,
                          "log_channels": list(self.log_channels), "sha256": sha256_file(self.tmp / LATENTS_FILE)}
             (self.tmp / META_FILE).write_text(json.dumps(self.meta, indent=2))
         self._atomic.__exit__(exc_type, exc, tb)
@@ -173,6 +182,17 @@ def cache_format(meta: dict) -> int:
 def moment_columns(meta: dict) -> tuple[str, str]:
     """The names of the (moments, moments_flip) columns in a cache with `meta`: renamed in format 3."""
     return MOMENT_COLUMNS if cache_format(meta) >= 3 else tuple(LEGACY_NAMES[c] for c in MOMENT_COLUMNS)
+
+
+def crop_columns(crops: int, flips: bool) -> list[str]:
+    """Column names of `crops` random-crop views (each followed by its flip when flips are cached)."""
+    return [f"moments_crop{k}{suffix}" for k in range(crops) for suffix in (("", "_flip") if flips else ("",))]
+
+
+def view_columns(meta: dict, names: Sequence[str]) -> list[str]:
+    """The moments columns of a cache, in view order: `view_columns` of its metadata (caches with crops),
+    else those of (moments, moments_flip) among the file's column `names`."""
+    return list(meta.get("view_columns") or [c for c in moment_columns(meta) if c in names])
 
 
 def _check_meta(meta_path: Path, meta: dict) -> dict:
@@ -227,34 +247,47 @@ def _read_table(data_path: Path) -> pa.Table:
         raise UserError(f"{data_path}: not a readable latent cache ({error_detail(err)}); {RERUN}") from None
 
 
-def _check_table(table: pa.Table, meta: dict, data_path: Path) -> None:
+def _check_schema(schema: pa.Schema, num_rows: int, meta: dict, data_path: Path) -> list[str]:
     """Raises UserError naming the Parquet file when its rows or columns differ from what cache.json says:
     the row count, a missing label / moments column, or a moments column that is not `num_tokens` x
-    `moments_dim` floats per row without nulls."""
+    `moments_dim` floats per row. Returns the moments columns in view order (`view_columns`)."""
     meta_file = meta_path(data_path.parent)
-    if table.num_rows != meta["rows"]:
-        raise UserError(f"{data_path}: holds {table.num_rows} rows, {meta_file} says {meta['rows']}; {RERUN}")
+    if num_rows != meta["rows"]:
+        raise UserError(f"{data_path}: holds {num_rows} rows, {meta_file} says {meta['rows']}; {RERUN}")
     width = meta["num_tokens"] * meta["moments_dim"]
-    for name in ("label", moment_columns(meta)[0]):
-        if name not in table.column_names:
+    columns = view_columns(meta, schema.names)
+    for name in ("label", moment_columns(meta)[0], *columns):
+        if name not in schema.names:
             raise UserError(f"{data_path}: no column {name!r} (not a latent cache of the encode stage); {RERUN}")
-    if not pa.types.is_integer(table.schema.field("label").type):
-        raise UserError(f"{data_path}: column 'label' holds {table.schema.field('label').type}, not integers")
-    for name in (c for c in moment_columns(meta) if c in table.column_names):
-        kind = table.schema.field(name).type
+    if not pa.types.is_integer(schema.field("label").type):
+        raise UserError(f"{data_path}: column 'label' holds {schema.field('label').type}, not integers")
+    for name in columns:
+        kind = schema.field(name).type
         if not (pa.types.is_fixed_size_list(kind) and kind.list_size == width
                 and pa.types.is_floating(kind.value_type)):
             raise UserError(f"{data_path}: column {name!r} holds {kind}, {meta_file} says {meta['num_tokens']} "
                             f"tokens x {meta['moments_dim']} floats per row")
+    return columns
+
+
+def _check_nulls(table: pa.Table, data_path: Path) -> None:
     for name in table.column_names:
         if table.column(name).null_count:
             raise UserError(f"{data_path}: column {name!r} has {table.column(name).null_count} null rows; {RERUN}")
 
 
+def _check_table(table: pa.Table, meta: dict, data_path: Path) -> list[str]:
+    """`_check_schema` and no null rows (UserError naming the file); returns the moments columns."""
+    columns = _check_schema(table.schema, table.num_rows, meta, data_path)
+    _check_nulls(table, data_path)
+    return columns
+
+
 def read_latent_cache(cache_dir: str | Path, verify: bool = True,
                       decode: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Returns raw moments (N, V, L, P) [original, flipped when cached], labels (N,), meta.
+    """Returns raw moments (N, V, L, P) [centre view, its flip when cached, crop views], labels (N,), meta.
 
+    Reads the whole file (tests, small caches); training streams it (`LatentDataset`).
     moments have the cache dtype, or float32 when it stores log channels (decoded kappa can exceed float16).
     `decode=False` returns the stored values instead (cache dtype; `decode_moments` turns them into
     moments), so a reader can keep the cache at its stored size and decode per item.
@@ -264,9 +297,8 @@ def read_latent_cache(cache_dir: str | Path, verify: bool = True,
     meta = read_latent_meta(cache_dir, verify)
     data_path = Path(cache_dir) / LATENTS_FILE
     table = _read_table(data_path)
-    _check_table(table, meta, data_path)
-    stored = np.stack([_stored_values(table.column(c), meta) for c in moment_columns(meta) if c in table.column_names],
-                      axis=1)  # (N, V, L, P)
+    columns = _check_table(table, meta, data_path)
+    stored = np.stack([_stored_values(table.column(c), meta) for c in columns], axis=1)  # (N, V, L, P)
     moments = torch.from_numpy(stored)
     if decode:
         moments = decode_moments(moments, meta.get("log_channels", ()))
@@ -275,24 +307,60 @@ def read_latent_cache(cache_dir: str | Path, verify: bool = True,
 
 
 class LatentDataset(Dataset):
-    """Items (moments (V, L, P) float32 of every cached view: the image [and its flip]; label).
+    """Items (moments (V, L, P) float32 of every cached view: the image [its flip] [crops]; label).
 
-    Holds the stored values (the cache dtype: half the memory of float32 for a float16 cache) and
-    decodes one item at a time. Deterministic per index: the training step picks a view
-    (`pick_views`) under its own seed."""
+    Streams the cache: row groups are read on demand, at most `cache_groups` held at their stored
+    size (`stream.RowGroupReader`), decoded one item at a time; `row_group_sizes()` lets the training
+    sampler read a window of groups at a time. Deterministic per index: the training step picks a
+    view (`pick_views`) under its own seed. `verify` checks the sha256 first: a stage does that once,
+    its workers pass False. Raises UserError as `read_latent_cache` (a row group's null rows when read)."""
 
-    def __init__(self, cache_dir: str | Path, verify: bool = True):
-        self.stored, self.labels, self.meta = read_latent_cache(cache_dir, verify, decode=False)  # (N, V, L, P)
+    def __init__(self, cache_dir: str | Path, verify: bool = True, cache_groups: int = 2):
+        self.meta = read_latent_meta(cache_dir, verify)
+        self.path = Path(cache_dir) / LATENTS_FILE
+        footer = _read_footer(self.path)
+        self.columns = _check_schema(footer.schema.to_arrow_schema(), footer.num_rows, self.meta, self.path)
+        self.center_views = self.meta.get("center_views", len(self.columns))
         self.log_channels = tuple(self.meta.get("log_channels", ()))
+        self.reader = RowGroupReader([self.path], ["label", *self.columns], cache_groups, self._convert,
+                                     f"latent cache ({RERUN})")
+
+    def _convert(self, table: pa.Table, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A row group -> stored values (n, V, L, P) and int64 labels (n,)."""
+        _check_nulls(table, self.path)
+        stored = np.stack([_stored_values(table.column(c), self.meta) for c in self.columns], axis=1)
+        labels = torch.from_numpy(table.column("label").to_numpy().astype(np.int64))
+        return torch.from_numpy(np.require(stored, requirements="W")), labels
+
+    def row_group_sizes(self) -> np.ndarray:
+        return self.reader.sizes
 
     def __len__(self) -> int:
-        return self.labels.shape[0]
+        return len(self.reader)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return decode_moments(self.stored[index], self.log_channels).float(), self.labels[index]
+        (stored, labels), row = self.reader.item(index)
+        return decode_moments(stored[row], self.log_channels).float(), labels[row]
 
 
-def pick_views(moments: torch.Tensor) -> torch.Tensor:
-    """One cached view per item, uniformly at random (the flip augmentation): (B, V, L, P) -> (B, L, P)."""
-    view = torch.randint(moments.shape[1], (moments.shape[0],), device=moments.device)  # (B,)
-    return moments[torch.arange(moments.shape[0], device=moments.device), view]
+def _read_footer(data_path: Path) -> pq.FileMetaData:
+    try:
+        return pq.read_metadata(data_path)
+    except PARQUET_ERRORS as err:
+        raise UserError(f"{data_path}: not a readable latent cache ({error_detail(err)}); {RERUN}") from None
+
+
+def pick_views(moments: torch.Tensor, center_views: int | None = None, crop_prob: float = 0.0) -> torch.Tensor:
+    """One cached view per item (B, V, L, P) -> (B, L, P), under the global RNG (the step seed).
+
+    Views [0, center_views) are the centre view and its flip, the rest random crops (and their flips):
+    with probability `crop_prob` a crop view uniformly, else a centre view uniformly (the paper's flip,
+    and its crop schedule on cached crops). Draws 2 B uniforms whatever the arguments."""
+    b, v = moments.shape[:2]
+    c = v if center_views is None else center_views
+    u = torch.rand(b, 2, device=moments.device)  # (B, 2): crop or centre, which view
+    use_crop = (u[:, 0] < crop_prob) & (v > c)
+    centre = (u[:, 1] * c).long().clamp(max=c - 1)
+    crop = c + (u[:, 1] * max(v - c, 1)).long().clamp(max=max(v - c - 1, 0))
+    view = torch.where(use_crop, crop, centre)  # (B,)
+    return moments[torch.arange(b, device=moments.device), view]

@@ -21,12 +21,12 @@ from sphereard.benchmark import parse_args, run_benchmark
 from sphereard.config import (
     EncodeConfig,
     GeneratorConfig,
+    GeneratorTrainConfig,
     OptimConfig,
     Params,
     RayConfig,
     SamplingConfig,
     TokenizerConfig,
-    TrainLoopConfig,
 )
 from sphereard.errors import UserError
 from sphereard.eval.adm import load_samples_npz
@@ -85,7 +85,7 @@ def write_synthetic_cache(out_dir, rows=ROWS, num_classes=CLASSES):
 
 
 def tiny_params(tmp_path, **generator_overrides) -> Params:
-    loop = TrainLoopConfig(steps=STEPS, batch_size=16, log_every=10, sample_every=1000, ckpt_every=20,
+    loop = GeneratorTrainConfig(steps=STEPS, batch_size=16, log_every=10, sample_every=1000, ckpt_every=20,
                            optim=OptimConfig(lr=2e-2, warmup_steps=2, ema_decay=0.9),
                            ray=RayConfig(num_workers=0, storage=str(tmp_path / "ray")))
     params = Params(seed=1, tokenizer=TokenizerConfig(preset="fmnist-xs", out=str(tmp_path / "tok")),

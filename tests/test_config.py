@@ -42,7 +42,13 @@ def test_paper_profiles_use_paper_presets():
     assert (b.tokenizer.preset, b.generator.preset) == ("svae-paper", "SphereAR-B")
     assert b.data.image_size == 256 and b.sampling.cfg_scale == 4.5
     assert b.generator.train.batch_size == 512 and b.generator.train.optim.warmup_steps == 20_000
-    assert b.encode.hflip and b.encode.max_images is None  # the paper caches every image and its flip
+    # the official augmentation: stored squares of 320 for random 256 crops; the S-VAE crops throughout, the
+    # generator encodes online with the crop probability falling from epoch 350 to 0 at 375
+    assert b.data.store_size == 320 and b.tokenizer.train.crop.enabled and b.tokenizer.train.crop.min_fraction == 0.8
+    gen = b.generator.train
+    assert gen.latents == "online" and gen.crop.enabled and (gen.crop.decay_start_epoch, gen.crop.decay_end_epoch) == (
+        350, 375)
+    assert b.encode.hflip and b.encode.max_images == 50_000  # the cache only feeds the reports
 
 
 @pytest.mark.parametrize(

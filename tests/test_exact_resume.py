@@ -85,13 +85,15 @@ def assert_bit_identical(a, b, where=""):
 
 
 def test_epoch_layout_puts_the_stops_mid_epoch(params):
-    loader, sampler, per_epoch = make_loader(TokenizerTask(params, "spherical").dataset(), BATCH, 0, 1, 7, 0, False)
+    loader, sampler, per_epoch = make_loader(TokenizerTask(params, "spherical").dataset(), BATCH, 0, 1, 7, 0, False,
+                                             window=2)
     assert per_epoch == 5 and all(stop % per_epoch for stop in (STOPS[0], sum(STOPS)))
 
 
 def test_loader_does_not_touch_the_global_rng(params):
     """Creating an epoch's iterator (at a resume) must not shift the step's random stream."""
-    loader, sampler, per_epoch = make_loader(TokenizerTask(params, "spherical").dataset(), BATCH, 0, 1, 7, 0, False)
+    loader, sampler, per_epoch = make_loader(TokenizerTask(params, "spherical").dataset(), BATCH, 0, 1, 7, 0, False,
+                                             window=2)
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)

@@ -21,6 +21,8 @@ from sphereard.ar.arch import GeneratorArch, resolve_generator_arch
 from sphereard.ar.presets import NO_DECAY_PATTERNS, SphereARModel, create_generator
 from sphereard.ar.sampler import sampling_kwargs
 from sphereard.config import OptimConfig, Params, SamplingConfig
+from sphereard.data import ShardDataset, load_manifest
+from sphereard.data.transforms import augment, crop_probability
 from sphereard.errors import UserError
 from sphereard.eval.figures import class_grid, class_label, read_class_names
 from sphereard.latents import LatentDataset, meta_path, pick_views, read_latent_meta
@@ -43,8 +45,8 @@ def check_arch_fits_cache(arch: GeneratorArch, meta: dict, cache_dir: str | Path
     for field, cache_key in (("num_classes", "num_classes"), ("token_dim", "latent_dim"), ("grid_size", "grid_size")):
         ours, cached = getattr(arch, field), meta[cache_key]
         if ours != cached:
-            raise UserError(f"generator.preset / generator.overrides.{field}: {field}={ours} does not match the "
-                            f"latent cache {cache_dir} ({cache_key}={cached})")
+            raise UserError(f"generator.preset / generator.overrides.{field}: {field}={ours} does not match "
+                            f"{cache_dir} ({cache_key}={cached})")
 
 
 def generator_arch_for_cache(params: Params, posterior: str) -> tuple[GeneratorArch, dict]:
@@ -58,6 +60,19 @@ def generator_arch_for_cache(params: Params, posterior: str) -> tuple[GeneratorA
     if meta["posterior"] != posterior:
         raise UserError(f"{cache_dir}: holds {meta['posterior']!r} latents, expected {posterior!r}")
     return arch, meta
+
+
+def generator_arch_for_tokenizer(params: Params, posterior: str):
+    """(arch, frozen tokenizer on the CPU) for `latents: online`: the generator must model the tokenizer's
+    tokens (token dim, grid) and the data's classes. UserError naming the export or the key."""
+    from sphereard.tokenizer.export import load_tokenizer
+
+    vae, _ = load_tokenizer(export_dir(params, "tokenizer", posterior), "cpu", posterior=posterior)
+    manifest = load_manifest(params.data.out, verify=False)
+    arch = resolve_generator_arch(params.generator.preset, params.generator.overrides, "generator")
+    shapes = {"num_classes": manifest["num_classes"], "latent_dim": vae.latent_dim, "grid_size": vae.grid_size}
+    check_arch_fits_cache(arch, shapes, export_dir(params, "tokenizer", posterior))
+    return arch, vae.eval()
 
 
 def generator_meta(params: Params, posterior: str, radius: float, tokenizer_dir: str | Path) -> dict:
@@ -112,11 +127,30 @@ class GeneratorTask(TrainTask):
         self.class_names: list[str] | None = None  # row labels of the media grid, read with the tokenizer
 
     def dataset(self) -> Dataset:
+        """The latent cache, streamed (`generator.train.latents: cache`), or the train images, streamed
+        (`online`: stored squares when cropping; encoded in train_step)."""
+        window, crop = self.params.generator.train.shuffle_window, self.params.generator.train.crop
+        if self.online:
+            self.arch, self.encoder = generator_arch_for_tokenizer(self.params, self.posterior)
+            self.radius = float(self.encoder.radius)
+            return ShardDataset(self.params.data.out, "train", verify=False, cache_groups=window,
+                                full_size=crop.enabled)
         self.arch, meta = generator_arch_for_cache(self.params, self.posterior)
-        data = LatentDataset(latent_cache_dir(self.params, self.posterior))
+        data = LatentDataset(latent_cache_dir(self.params, self.posterior), verify=False, cache_groups=window)
         assert meta["posterior"] == self.posterior, "the latent cache must come from this posterior's tokenizer"
         self.radius = float(meta["radius"])
+        self.center_views = data.center_views
         return data
+
+    @property
+    def online(self) -> bool:
+        return self.params.generator.train.latents == "online"
+
+    def check_data(self) -> None:
+        if self.online:
+            load_manifest(self.params.data.out, verify=True)
+        else:
+            read_latent_meta(latent_cache_dir(self.params, self.posterior), verify=True)
 
     def build(self, ctx: StepContext) -> None:
         gen = self.params.generator
@@ -125,17 +159,30 @@ class GeneratorTask(TrainTask):
             self.gen = create_generator(gen.preset, gen.flow, gen.magnitude, **gen.overrides)
         self.model = ctx.prepare_model(self.gen)
         self.opt, self.sched, self.ema = build_training(self.gen, ctx.optim, ctx.total_steps)
+        if self.online:
+            self.encoder = self.encoder.to(ctx.device).requires_grad_(False)
 
     def train_step(self, batch, step: int) -> dict:
-        views, labels = batch  # (B, V, L, P) cached posterior moments of each view, (B,)
-        moments = pick_views(views)  # (B, L, P): the image or its flip, under the step seed
+        crop = self.params.generator.train.crop
+        if self.online:
+            images, labels = batch  # (B, C, S, S) stored squares (or (B, C, H, W)), (B,)
+            x = augment(images, self.params.data.image_size, crop, self.ctx.epoch(step))  # crop, flip
+            with torch.no_grad():
+                moments = self.encoder.encode_moments(x).float()  # (B, L, P): the frozen tokenizer's posterior
+        else:
+            views, labels = batch  # (B, V, L, P) cached posterior moments of each view, (B,)
+            prob = (crop_probability(self.ctx.epoch(step), crop.decay_start_epoch, crop.decay_end_epoch)
+                    if crop.enabled else 0.0)
+            moments = pick_views(views, self.center_views, prob)  # (B, L, P), under the step seed
         return train_update(self.gen, self.model, self.opt, self.sched, self.ema, moments, labels, step,
                             self.posterior, self.radius, self.ctx)
 
     def items_per_batch(self, batch) -> int:
         """Tokens (B * L): the loop's perf/items_per_s is then tokens/s."""
-        views, _ = batch  # (B, V, L, P)
-        return int(views.shape[0] * views.shape[2])
+        first, _ = batch  # (B, V, L, P) cached moments, or (B, C, H, W) images (online)
+        if self.params is not None and self.online:
+            return int(first.shape[0] * self.arch.grid_size ** 2)
+        return int(first.shape[0] * first.shape[2])
 
     def state_dicts(self) -> dict:
         return training_states(self.gen, self.ema.module, self.opt)

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,9 +26,18 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from sphereard.data.sources import SPLITS, CapSelector, open_source
-from sphereard.data.transforms import center_crop_resize, pad_to_square_size, to_channels, to_unit_tensor
+from sphereard.data.stream import RowGroupReader
+from sphereard.data.transforms import (
+    center_crop_resize,
+    pad_to_square_size,
+    resize_square,
+    to_channels,
+    to_unit_tensor,
+    unit_tensor_to_uint8,
+)
 from sphereard.errors import UserError, error_detail
 from sphereard.utils.io import atomic_path, read_json_object, require_fields, sha256_file
+from sphereard.utils.parallel import ordered_map
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +66,8 @@ def _check_cfg(cfg) -> None:
         raise UserError(f"max_per_class: must be >= 1 or null, got {cfg.max_per_class!r}")
     if cfg.shard_rows < 1:
         raise UserError(f"shard_rows: must be >= 1, got {cfg.shard_rows!r}")
+    if cfg.row_group_rows < 1:
+        raise UserError(f"row_group_rows: must be >= 1, got {cfg.row_group_rows!r}")
 
 
 def encode_png(img: Image.Image) -> bytes:
@@ -86,8 +98,8 @@ def decode_png(data: bytes, where: str | Callable[[], str] = "image") -> np.ndar
 class _ShardWriter:
     """Buffers rows of one split and writes a shard every `shard_rows` rows."""
 
-    def __init__(self, out_dir: Path, split: str, shard_rows: int, num_classes: int):
-        self.out_dir, self.split, self.shard_rows = out_dir, split, shard_rows
+    def __init__(self, out_dir: Path, split: str, shard_rows: int, row_group_rows: int, num_classes: int):
+        self.out_dir, self.split, self.shard_rows, self.row_group_rows = out_dir, split, shard_rows, row_group_rows
         self.rows, self.shards, self.class_counts = [], [], [0] * num_classes
 
     def add(self, png: bytes, label: int, key: str) -> None:
@@ -104,7 +116,7 @@ class _ShardWriter:
                           pa.array(keys, pa.string()), pa.array([self.split] * len(keys), pa.string())],
                          schema=SCHEMA)
         path = self.out_dir / f"{self.split}-{len(self.shards):05d}.parquet"
-        pq.write_table(table, path)
+        pq.write_table(table, path, row_group_size=self.row_group_rows)
         self.shards.append({"file": path.name, "rows": len(self.rows), "sha256": sha256_file(path)})
         self.rows = []
 
@@ -114,44 +126,85 @@ class _ShardWriter:
                 "class_counts": self.class_counts, "shards": self.shards}
 
 
+PREPARE_CHUNK = 256  # images per task of a parallel prepare
+
+
+def _resize(img: Image.Image, mode: str, size: int, background: int) -> Image.Image:
+    return pad_to_square_size(img, size, background) if mode == "pad" else center_crop_resize(img, size)
+
+
+def _prepare_chunk(job: tuple[list, int, str, int, int]) -> list[bytes]:
+    """[(key, load), ...] -> PNG bytes per image: load, channels, resize to the stored size, encode.
+    Runs in this process or a Ray task (`utils.parallel.ordered_map`); UserError naming the key."""
+    items, channels, mode, size, background = job
+    out = []
+    for key, load in items:
+        img = to_channels(load(), channels, background)
+        try:
+            img = _resize(img, mode, size, background)
+        except ValueError as e:
+            raise UserError(f"resize: {key}: {e} (use resize: center_crop)") from None
+        out.append(encode_png(img))
+    return out
+
+
 def prepare_dataset(cfg, out_dir: str | Path) -> dict:
-    """Read `cfg.source`, transform every kept image to image_size x image_size x channels, and
-    write train/test Parquet shards + manifest.json into `out_dir` (atomically). Returns the manifest."""
+    """Read `cfg.source`, transform every kept image to a stored square (`store_size`, else image_size)
+    of `channels`, and write train/test Parquet shards (row groups of `row_group_rows`) + manifest.json
+    into `out_dir` (atomically). Returns the manifest.
+
+    The source is read in order here; decoding and resizing run in `cfg.workers` Ray tasks (0: here)
+    on chunks of PREPARE_CHUNK images, their results written in order, so the shards are byte-identical
+    whatever the number of workers. The manifest is written once, at the end."""
     _check_cfg(cfg)
     source = open_source(cfg)
     label_of = {c: i for i, c in enumerate(source.classes)}
-    resize = {"pad": lambda im: pad_to_square_size(im, cfg.image_size, source.background),
-              "center_crop": lambda im: center_crop_resize(im, cfg.image_size)}[cfg.resize]
+    size = cfg.store_size or cfg.image_size
     select = CapSelector(cfg.max_per_class)
     t0 = time.perf_counter()
+
+    def chunks():  # lists of PREPARE_CHUNK items, in source order
+        items = []
+        for item in source.iterate(select):
+            items.append(item)
+            if len(items) == PREPARE_CHUNK:
+                yield items
+                items = []
+            if select.cap is not None and all(select.done(c) for c in source.classes):
+                break
+        if items:
+            yield items
+
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        writers = {s: _ShardWriter(tmp, s, cfg.shard_rows, len(source.classes)) for s in SPLITS}
+        writers = {s: _ShardWriter(tmp, s, cfg.shard_rows, cfg.row_group_rows, len(source.classes)) for s in SPLITS}
         total = source.total if cfg.max_per_class is None else None
         with tqdm(total=total, desc=f"prepare {cfg.source}", unit="img", mininterval=1.0) as bar:
-            for item in source.iterate(select):
-                img = to_channels(item.image, cfg.channels, source.background)
-                try:
-                    img = resize(img)
-                except ValueError as e:
-                    raise UserError(f"resize: {item.key}: {e} (use resize: center_crop)") from e
-                writers[item.split].add(encode_png(img), label_of[item.class_name], item.key)
-                bar.update()
-                if select.cap is not None and all(select.done(c) for c in source.classes):
-                    break
+            batches = deque()  # the items of the chunks in flight, in order
+
+            def jobs():
+                for items in chunks():
+                    batches.append(items)
+                    yield [(it.key, it.load) for it in items], cfg.channels, cfg.resize, size, source.background
+
+            for pngs in ordered_map(_prepare_chunk, jobs(), cfg.workers):
+                items = batches.popleft()
+                for item, png in zip(items, pngs, strict=True):
+                    writers[item.split].add(png, label_of[item.class_name], item.key)
+                bar.update(len(items))
         splits = {s: w.summary() for s, w in writers.items()}
         for s, info in splits.items():
             if info["rows"] == 0:
                 raise UserError(f"{cfg.path}: split {s!r} got no images (check test_fraction / source)")
         manifest = {
             "format_version": FORMAT_VERSION, "source": cfg.source, "source_path": str(cfg.path),
-            "image_size": cfg.image_size, "channels": cfg.channels, "resize": cfg.resize,
+            "image_size": cfg.image_size, "stored_size": size, "channels": cfg.channels, "resize": cfg.resize,
             "test_fraction": cfg.test_fraction, "max_per_class": cfg.max_per_class,
             "classes": list(source.classes), "num_classes": len(source.classes), "splits": splits}
         manifest_path(tmp).write_text(json.dumps(manifest, indent=2) + "\n")
     n, dt = sum(v["rows"] for v in splits.values()), time.perf_counter() - t0
-    log.info("prepared %d images (%s) into %s in %.1f s (%.0f images/s)", n,
-             ", ".join(f"{s}={v['rows']}" for s, v in splits.items()), out_dir, dt, n / max(dt, 1e-9))
+    log.info("prepared %d images (%s) into %s in %.1f s (%.0f images/s, %d workers)", n,
+             ", ".join(f"{s}={v['rows']}" for s, v in splits.items()), out_dir, dt, n / max(dt, 1e-9), cfg.workers)
     return manifest
 
 
@@ -216,32 +269,24 @@ def _parquet(path: Path, read):
         raise UserError(f"{path}: not a readable shard ({error_detail(e)})") from None
 
 
-def _read_split(root: Path, manifest: dict, split: str, columns: list[str]) -> pa.Table:
-    """The named columns of every shard of `split`.
-
-    Raises UserError for an unknown or empty split and for an unreadable shard."""
-    if split not in manifest["splits"]:
-        raise UserError(f"split: {split!r} not in {manifest_path(root)} (has {sorted(manifest['splits'])})")
-    files = [root / sh["file"] for sh in manifest["splits"][split]["shards"]]
-    tables = [_parquet(f, lambda f=f: pq.read_table(f, columns=columns)) for f in files]
-    if sum(t.num_rows for t in tables) == 0:
-        raise UserError(f"{manifest_path(root)}: split {split!r} has no images")
-    return pa.concat_tables(tables)
-
-
-def _checked_labels(root: Path, manifest: dict, split: str, table: pa.Table) -> np.ndarray:
-    """int64 labels (N,) of a split's table; UserError naming the manifest if one is outside its classes."""
-    labels = table.column("label").to_numpy().astype(np.int64)
+def _checked_labels(root: Path, manifest: dict, split: str, labels: np.ndarray) -> np.ndarray:
+    """int64 labels (N,) of (part of) a split; UserError naming the manifest if one is outside its classes."""
+    labels = np.asarray(labels).astype(np.int64)
     if len(labels) and not (labels.min() >= 0 and labels.max() < manifest["num_classes"]):
         raise UserError(f"{manifest_path(root)}: split {split!r} has labels outside [0, {manifest['num_classes']})")
     return labels
 
 
+def stored_size(manifest: dict) -> int:
+    """Side of the stored squares: `stored_size` (larger than image_size, for random crops), else image_size."""
+    return manifest.get("stored_size", manifest["image_size"])
+
+
 def _decode_row(root: Path, manifest: dict, split: str, i: int, data: bytes) -> np.ndarray:
-    """Row `i` of a split decoded to uint8 (H, W, C); UserError naming its shard if it does not decode
-    or has another shape than the manifest's."""
+    """Row `i` of a split decoded to uint8 (S, S, C), S = `stored_size`; UserError naming its shard if it
+    does not decode or has another shape than the manifest's."""
     image = decode_png(data, lambda: _row_source(root, manifest, split, i))
-    want = (manifest["image_size"], manifest["image_size"], manifest["channels"])
+    want = (stored_size(manifest), stored_size(manifest), manifest["channels"])
     if image.shape != want:
         raise UserError(f"{_row_source(root, manifest, split, i)}: image is {image.shape}, {MANIFEST_FILE} says {want}")
     return image
@@ -256,43 +301,74 @@ def _row_source(root: Path, manifest: dict, split: str, row: int) -> str:
     return f"{manifest_path(root)} split {split!r} row {row}"
 
 
+def _split_files(root: Path, manifest: dict, split: str) -> list[Path]:
+    """The shard files of `split`; UserError for an unknown split or one without rows."""
+    if split not in manifest["splits"]:
+        raise UserError(f"split: {split!r} not in {manifest_path(root)} (has {sorted(manifest['splits'])})")
+    if sum(sh["rows"] for sh in manifest["splits"][split]["shards"]) == 0:
+        raise UserError(f"{manifest_path(root)}: split {split!r} has no images")
+    return [root / sh["file"] for sh in manifest["splits"][split]["shards"]]
+
+
 class ShardDataset(Dataset):
     """Images of one split as float (C, H, W) tensors in [-1, 1] with int labels; deterministic per
-    index (training flips batches in its step: `transforms.random_hflip_batch`).
+    index (training augments batches in its step: `transforms.random_hflip_batch`, `random_crop_batch`).
 
-    The (small) PNG bytes of the whole split are held in memory; decoding is lazy, per item."""
+    Streams: row groups are read on demand, at most `cache_groups` held (`stream.RowGroupReader`), so
+    memory does not grow with the split; `row_group_sizes()` lets the training sampler read a window
+    of groups at a time. Items are image_size x image_size (a stored square larger than that is
+    resized whole: the centre view), or the stored squares with `full_size` (for random crops).
+    `verify` checks every shard's sha256 first: a stage does that once, its workers pass False."""
 
-    def __init__(self, root: str | Path, split: str, verify: bool = True):
+    def __init__(self, root: str | Path, split: str, verify: bool = True, cache_groups: int = 2,
+                 full_size: bool = False):
         self.root, self.split = Path(root), split
         self.manifest = load_manifest(self.root, verify=verify)
         self.classes = self.manifest["classes"]
         self.num_classes = self.manifest["num_classes"]
-        table = _read_split(self.root, self.manifest, split, ["image", "label"])
-        # large_binary: 64-bit offsets, so one contiguous array may exceed 2 GiB
-        self.images = table.column("image").cast(pa.large_binary()).combine_chunks()
-        self.labels = _checked_labels(self.root, self.manifest, split, table)  # (N,)
+        self.size = None if full_size else self.manifest["image_size"]
+        self.reader = RowGroupReader(_split_files(self.root, self.manifest, split), ["image", "label"],
+                                     cache_groups, self._convert, "shard")
+        if len(self.reader) != self.manifest["splits"][split].get("rows", len(self.reader)):
+            raise UserError(f"{manifest_path(self.root)}: split {split!r} lists "
+                            f"{self.manifest['splits'][split]['rows']} rows, its shards hold {len(self.reader)}")
+
+    def _convert(self, table: pa.Table, g: int) -> tuple[list[bytes], np.ndarray]:
+        """A row group -> (PNG bytes per row, checked int64 labels (n,))."""
+        labels = _checked_labels(self.root, self.manifest, self.split, table.column("label").to_numpy())
+        return table.column("image").to_pylist(), labels
+
+    def row_group_sizes(self) -> np.ndarray:
+        return self.reader.sizes
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.reader)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = to_unit_tensor(_decode_row(self.root, self.manifest, self.split, i, self.images[i].as_py()))  # (C, H, W)
-        return x, int(self.labels[i])
+        (images, labels), row = self.reader.item(i)
+        x = to_unit_tensor(_decode_row(self.root, self.manifest, self.split, i, images[row]))  # (C, S, S)
+        if self.size is not None and x.shape[-1] != self.size:
+            x = resize_square(x[None], self.size)[0]  # (C, H, W): the centre view
+        return x, int(labels[row])
 
 
 def images_as_uint8(root: str | Path, split: str, limit: int | None = None,
                     verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """First `limit` images of a split as uint8 (N, H, W, C) plus int64 labels (N,), for evaluation.
+    """First `limit` images of a split as uint8 (N, H, W, C) at image_size (a larger stored square is
+    resized whole, as `ShardDataset`) plus int64 labels (N,), for evaluation; reads only the row
+    groups it needs.
 
     Raises UserError naming the file for an unreadable manifest or shard, an empty split, an image
     that does not decode or has another shape than the manifest's, labels outside the classes."""
-    root = Path(root)
-    manifest = load_manifest(root, verify=verify)
-    table = _read_split(root, manifest, split, ["image", "label"])
-    if limit is not None:
-        table = table.slice(0, limit)
+    data = ShardDataset(root, split, verify=verify, cache_groups=1)
+    n = len(data) if limit is None else min(limit, len(data))
+    manifest = data.manifest
     s, c = manifest["image_size"], manifest["channels"]
-    images = np.empty((table.num_rows, s, s, c), np.uint8)
-    for i, data in enumerate(table.column("image").to_pylist()):
-        images[i] = _decode_row(root, manifest, split, i, data)
-    return images, _checked_labels(root, manifest, split, table)
+    images, labels = np.empty((n, s, s, c), np.uint8), np.empty(n, np.int64)
+    for i in range(n):
+        (pngs, group_labels), row = data.reader.item(i)
+        image = _decode_row(data.root, manifest, split, i, pngs[row])  # (S, S, C)
+        if image.shape[0] != s:  # a stored square larger than image_size: the centre view, as ShardDataset
+            image = unit_tensor_to_uint8(resize_square(to_unit_tensor(image)[None], s)[0])
+        images[i], labels[i] = image, group_labels[row]
+    return images, labels

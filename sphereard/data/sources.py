@@ -1,7 +1,10 @@
 """Raw image sources: Fashion-MNIST idx files, Noto Color Emoji, an image folder, the ImageNet tar.
 
 `open_source(cfg)` returns a `Source`: its class list (label id = list index) and an item
-iterator yielding `Item(key, image, class_name, split)` in a deterministic order. Sources without
+iterator yielding `Item(key, load, class_name, split)` in a deterministic order. `load()` gives the
+PIL image; it is a picklable partial over the raw bytes (or array, or text), so the decode can run
+in another process (`prepare`'s Ray tasks) while the iteration (cheap: reading, no decoding) stays
+in order in the driver. Sources without
 a given train/test split assign one by a stable hash of the key (`hash_split`). A `CapSelector`
 is consulted *before* an image is decoded, so capped runs (smoke profile) skip the decode cost.
 """
@@ -17,6 +20,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,7 +50,7 @@ EMOJI_STATUS = "fully-qualified"
 
 class Item(NamedTuple):
     key: str
-    image: Image.Image
+    load: Callable[[], Image.Image]  # picklable: functools.partial of a module-level function
     class_name: str
     split: str
 
@@ -158,7 +162,7 @@ def fashion_mnist(cfg) -> Source:
             for i, y in enumerate(labels):
                 name = FASHION_MNIST_CLASSES[y]
                 if select.want(name, split):
-                    yield Item(f"{split}-{i:05d}", Image.fromarray(images[i], "L"), name, split)
+                    yield Item(f"{split}-{i:05d}", partial(Image.fromarray, images[i], "L"), name, split)
 
     return Source(FASHION_MNIST_CLASSES, iterate, sum(len(a[1]) for a in arrays.values()), BLACK)
 
@@ -196,13 +200,23 @@ def render_emoji(text: str, font: ImageFont.FreeTypeFont) -> Image.Image:
     return img
 
 
+@lru_cache(maxsize=4)
+def _emoji_font(font_path: str) -> ImageFont.FreeTypeFont:
+    """The bitmap font at its one size, loaded once per process; UserError naming the file."""
+    try:
+        return ImageFont.truetype(font_path, EMOJI_FONT_SIZE)
+    except OSError as e:
+        raise UserError(f"{font_path}: cannot load as a bitmap colour font at size {EMOJI_FONT_SIZE} ({e})") from e
+
+
+def _render_emoji_from(text: str, font_path: str) -> Image.Image:
+    return render_emoji(text, _emoji_font(font_path))
+
+
 def emoji(cfg) -> Source:
     font_path = _existing(cfg.path, "Noto Color Emoji font")
     labels_path = _existing(cfg.labels_path or DEFAULT_EMOJI_TEST, "emoji-test.txt")
-    try:
-        font = ImageFont.truetype(str(font_path), EMOJI_FONT_SIZE)
-    except OSError as e:
-        raise UserError(f"{font_path}: cannot load as a bitmap colour font at size {EMOJI_FONT_SIZE} ({e})") from e
+    font = _emoji_font(str(font_path))
     entries = parse_emoji_test(labels_path, cfg.emoji_label)
     classes = list(dict.fromkeys(c for _, _, c in entries))  # file order of first appearance
 
@@ -212,7 +226,7 @@ def emoji(cfg) -> Source:
             split = hash_split(key, cfg.test_fraction)
             if select.want(name, split):
                 wide += font.getbbox(text)[2] > EMOJI_CANVAS[0]  # sequence not ligated: clipped
-                yield Item(key, render_emoji(text, font), name, split)
+                yield Item(key, partial(_render_emoji_from, text, str(font_path)), name, split)
         if wide:
             log.warning("%s: %d emoji sequences rendered wider than one glyph (no ligature)", font_path, wide)
 
@@ -253,7 +267,7 @@ def image_folder(cfg) -> Source:
                     key = f.relative_to(root).as_posix()
                     split = given or hash_split(key, cfg.test_fraction)
                     if select.want(name, split):
-                        yield Item(key, decode_image(read_file_bytes(f), str(f)), name, split)
+                        yield Item(key, partial(decode_image, read_file_bytes(f), str(f)), name, split)
 
     return Source(classes, iterate, total, BLACK)
 
@@ -287,7 +301,7 @@ def imagenet_tar(cfg) -> Source:
                             split = hash_split(key, cfg.test_fraction)
                             if select.want(syn, split):
                                 data = tar.extractfile(m).read()
-                                yield Item(key, decode_image(data, f"{name}:{m.name}"), syn, split)
+                                yield Item(key, partial(decode_image, data, f"{name}:{m.name}"), syn, split)
                             if select.done(syn):
                                 break
                 except (tarfile.TarError, OSError, EOFError) as e:

@@ -1,15 +1,19 @@
 """Image transforms: pure functions used when preparing shards and when reading them.
 
 Preparation (PIL in, PIL out): `to_channels` -> `pad_to_square_size` or `center_crop_resize`.
-Reading (uint8 array in, tensor out): `to_unit_tensor`. Training-time augmentation runs on the
-batch inside the training step (`random_hflip_batch`), under the step's seed, so it is part of the
-exactly resumable random stream (`sphereard/train/loop.py`).
+Reading (uint8 array in, tensor out): `to_unit_tensor`, `resize_square` (a stored square larger than
+image_size to image_size). Training-time augmentation runs on the batch inside the training step
+(`random_hflip_batch`, the paper's `random_crop_batch` with its `crop_probability` schedule), under
+the step's seed, so it is part of the exactly resumable random stream (`sphereard/train/loop.py`).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 WHITE = 255  # grey level of the background that transparent pixels are composited onto
@@ -77,3 +81,69 @@ def random_hflip_batch(x: torch.Tensor, p: float = FLIP_PROB,
     device = generator.device if generator is not None else x.device
     flip = (torch.rand(x.shape[0], generator=generator, device=device) < p).to(x.device)  # (B,)
     return torch.where(flip.view(-1, *([1] * (x.ndim - 1))), x.flip(-1), x)
+
+
+def unit_tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float (C, H, W) in [-1, 1] -> uint8 (H, W, C), rounded: the inverse of `to_unit_tensor`."""
+    return ((x + 1.0) * UINT8_HALF_RANGE).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a batch of squares (B, C, S, S) to (B, C, size, size): bicubic, antialiased when shrinking
+    (torch's `interpolate`, as torchvision's Resize on tensors); the identity when S == size."""
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+
+
+def crop_probability(epoch: int, decay_start: int | None, decay_end: int | None) -> float:
+    """The paper's crop schedule (official training, reference-facts): 1 until epoch `decay_start`,
+    then linear to 0 at `decay_end`, 0 after; always 1 when `decay_start` is None.
+    E.g. (350, 375): epoch 350 -> 1.0, 360 -> 0.6, 375 -> 0.0."""
+    if decay_start is None or epoch <= decay_start:
+        return 1.0
+    assert decay_end is not None and decay_end > decay_start, "decay_end must follow decay_start"
+    return max(0.0, 1.0 - (epoch - decay_start) / (decay_end - decay_start))
+
+
+def crop_sizes(size: int, min_fraction: float) -> tuple[int, int]:
+    """(smallest, largest) side the short side is resized to before a random `size` crop:
+    [size, ceil(size / min_fraction)] (paper: 256 and 0.8 -> [256, 320])."""
+    return size, math.ceil(size / min_fraction - 1e-9)
+
+
+def random_crop_batch(x: torch.Tensor, size: int, min_fraction: float, prob: float,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """The paper's random crop on a batch of stored squares (B, C, S, S) -> (B, C, size, size).
+
+    Each image, with probability `prob`: resized to s x s, s uniform in `crop_sizes(size, min_fraction)`
+    (integers, at most S: a crop never upsamples the stored square beyond itself), then cropped at a
+    uniform offset; else resized whole to size (the centre view). Draws exactly 4 B uniforms, whatever
+    `prob`, from `generator` on its device, else from the global torch RNG on x's device, so the training
+    step's random stream is fixed (it runs under the step seed: `train/loop.py`)."""
+    b, stored = x.shape[0], x.shape[-1]
+    lo, hi = crop_sizes(size, min_fraction)
+    hi = max(lo, min(hi, stored))
+    device = generator.device if generator is not None else x.device
+    u = torch.rand(b, 4, generator=generator, device=device).cpu()  # (B, 4): apply, side, top, left
+    out = []
+    for i in range(b):
+        if u[i, 0] >= prob:
+            out.append(resize_square(x[i:i + 1], size))
+            continue
+        side = lo + min(int(u[i, 1] * (hi - lo + 1)), hi - lo)
+        scaled = resize_square(x[i:i + 1], side)  # (1, C, side, side)
+        top = min(int(u[i, 2] * (side - size + 1)), side - size)
+        left = min(int(u[i, 3] * (side - size + 1)), side - size)
+        out.append(scaled[..., top:top + size, left:left + size])
+    return torch.cat(out)  # (B, C, size, size)
+
+
+def augment(x: torch.Tensor, size: int, crop, epoch: int) -> torch.Tensor:
+    """The training augmentation of a batch (B, C, S, S) -> (B, C, size, size): the paper's random crop
+    when `crop.enabled` (a `config.CropConfig`; probability `crop_probability` at `epoch`), then the
+    horizontal flip. Under the global RNG (the step seed)."""
+    if crop.enabled:
+        prob = crop_probability(epoch, crop.decay_start_epoch, crop.decay_end_epoch)
+        x = random_crop_batch(x, size, crop.min_fraction, prob)
+    return random_hflip_batch(x)

@@ -60,8 +60,10 @@ def cache_text(params: Params, inp: Inputs) -> str:
     def one(meta: dict) -> str:
         rows, total = meta.get("rows"), meta.get("train_images")
         of = "" if total is None else (" (every train image)" if rows == total else f" of {fmt(total)} train images")
-        flips = {1: "horizontal flips not cached", 2: "horizontal flips cached"}.get(meta.get("views"), "views n/a")
-        return f"{fmt(rows)} images{of}, {flips}"
+        centre = meta.get("center_views", meta.get("views"))
+        flips = {1: "horizontal flips not cached", 2: "horizontal flips cached"}.get(centre, "views n/a")
+        crops = f", {meta['crops']} random crops per image" if meta.get("crops") else ""
+        return f"{fmt(rows)} images{of}, {flips}{crops}"
 
     if not any(inp.latents.values()):
         return (f"cache meta absent (`{params.encode.out}/<posterior>/seed<k>/{LATENT_META}`): no count; setting "

@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import Dataset
 
 from sphereard.config import Params
-from sphereard.data import ShardDataset
-from sphereard.data.transforms import random_hflip_batch
+from sphereard.data import ShardDataset, load_manifest
+from sphereard.data.transforms import augment
 from sphereard.tokenizer.losses import (
     PatchDiscriminator,
     adversarial_weight,
@@ -46,7 +46,13 @@ class TokenizerTask(TrainTask):
         self.cfg = params.tokenizer.train
 
     def dataset(self) -> Dataset:
-        return ShardDataset(self.params.data.out, "train")  # flips: in train_step, under the step seed
+        """The train split, streamed; stored squares when cropping (crop and flip: in train_step, under
+        the step seed)."""
+        return ShardDataset(self.params.data.out, "train", verify=False, cache_groups=self.cfg.shuffle_window,
+                            full_size=self.cfg.crop.enabled)
+
+    def check_data(self) -> None:
+        load_manifest(self.params.data.out, verify=True)
 
     def build(self, ctx: StepContext) -> None:
         tok = self.params.tokenizer
@@ -70,8 +76,8 @@ class TokenizerTask(TrainTask):
         self.media_batch = None
 
     def train_step(self, batch, step: int) -> dict:
-        x, _ = batch  # (B, C, H, W) in [-1, 1]
-        x = random_hflip_batch(x)  # the paper's flip augmentation
+        x, _ = batch  # (B, C, H, W) in [-1, 1] ((B, C, S, S) stored squares when cropping)
+        x = augment(x, self.params.data.image_size, self.cfg.crop, self.ctx.epoch(step))
         if self.media_batch is None:
             self.media_batch = x[:MEDIA_IMAGES].detach().clone()
         gan_weight = adversarial_weight(step, self.cfg.disc_start, self.cfg.disc_weight) if self.disc else 0.0

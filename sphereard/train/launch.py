@@ -119,6 +119,12 @@ def _unwrap(err: BaseException) -> BaseException:
     return err
 
 
+def unwrap_task_error(err: BaseException) -> BaseException:
+    """A Ray task's own exception inside its RayTaskError (a UserError comes back as one)."""
+    cause = _unwrap(err)
+    return UserError(str(cause)) if isinstance(cause, UserError) else cause
+
+
 def _root_cause(err: BaseException) -> BaseException:
     """The workers' own exception inside Ray's WorkerGroupError: a UserError if any rank raised one."""
     failures = {rank: _unwrap(e) for rank, e in (getattr(err, "worker_failures", None) or {}).items()}
@@ -185,6 +191,7 @@ def fit(spec: LoopSpec, run_name: str) -> ray.train.Result:
                                fingerprint=spec.fingerprint or run_fingerprint(spec.config_snapshot, spec.seed,
                                                                                 spec.task_factory))
     discard_stale_checkpoints(spec.ckpt_dir, spec.fingerprint)
+    spec.task_factory().check_data()  # checksums once here; the workers' datasets skip them
     result = run_training(train_loop_per_worker, {"spec": spec}, spec.loop.ray, run_name)
     if NON_FINITE_KEY in (result.metrics or {}):
         raise NonFiniteError(result.metrics[NON_FINITE_KEY])

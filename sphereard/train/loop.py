@@ -79,6 +79,12 @@ class StepContext:
     optim: OptimConfig
     precision: str
     run: Run = field(default_factory=NullRun)
+    batches_per_epoch: int = 0  # set once the data loader is built (epoch-based schedules: the crop)
+
+    def epoch(self, step: int) -> int:
+        """The data epoch step `step` (updates done) is in."""
+        assert self.batches_per_epoch > 0, "the data loader sets batches_per_epoch before the first step"
+        return step // self.batches_per_epoch
 
     @property
     def is_main(self) -> bool:
@@ -100,8 +106,12 @@ class TrainTask:
     `train_step(batch, step)` for step = start .. end-1. `step` counts updates already done."""
 
     def dataset(self) -> Dataset:
-        """Map-style dataset of training items (built on every worker)."""
+        """Map-style dataset of training items (built on every worker, without re-verifying checksums:
+        `check_data` did that once). Streaming datasets expose `row_group_sizes()` (`sampler.py`)."""
         raise NotImplementedError
+
+    def check_data(self) -> None:
+        """Verify the task's inputs (checksums) once per stage run, on the driver, before any worker starts."""
 
     def build(self, ctx: StepContext) -> None:
         """Create models (`ctx.prepare_model`), optimizers/schedulers (`optim.py`) and EMA."""
@@ -285,7 +295,9 @@ def train_loop_per_worker(config: dict) -> None:
         _report(spec, ctx, start, {})
         return
     loader, sampler, batches_per_epoch = make_loader(dataset, ctx.local_batch_size, rank, world_size, spec.seed,
-                                                     loop.num_loader_workers, pin_memory=device.type == "cuda")
+                                                     loop.num_loader_workers, pin_memory=device.type == "cuda",
+                                                     window=loop.shuffle_window)
+    ctx.batches_per_epoch = batches_per_epoch
     batches = endless_batches(loader, sampler, start, batches_per_epoch)
     log.info("rank %d/%d on %s (%s): steps %d..%d, %d batches/epoch", rank, world_size, device, ctx.precision,
              start, end, batches_per_epoch)

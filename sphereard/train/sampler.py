@@ -1,9 +1,12 @@
-"""Endless, resumable data order: DistributedSampler epochs that can start mid-epoch.
+"""Endless, resumable data order: streaming epochs (`sphereard.data.stream.window_order`) that can
+start mid-epoch.
 
 Global step `s` (updates done) maps to epoch `s // B` and batch `s % B` of that epoch, with
-B = batches per epoch per worker. The permutation of epoch `e` depends only on (seed, e), so a run
-resumed at step `s` reads exactly the batches an uninterrupted run would have read (given the same
-batch_size and number of workers).
+B = batches per epoch per worker. The order of epoch `e` depends only on (seed, e, rank) and the
+dataset's row groups, so a run resumed at step `s` reads exactly the batches an uninterrupted run
+would have read (given the same batch_size, number of workers and shuffle window). A dataset with
+`row_group_sizes()` (the Parquet shards, the latent cache) is read one window of row groups at a
+time; any other map-style dataset counts as one group (a uniform permutation per epoch).
 
 The loader never touches torch's global RNG: it has its own generator (seeded from `seed`) for the
 DataLoader workers' base seed, so starting an epoch mid-way after a resume does not shift the
@@ -14,38 +17,47 @@ step's seed.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from sphereard.data.stream import window_order
 from sphereard.errors import UserError
 
 
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler (shuffle, drop_last) whose epoch can skip its first `skip` indices."""
+def row_group_sizes(dataset: Dataset) -> np.ndarray:
+    """Rows per row group (G,) of a streaming dataset; one group of len(dataset) rows otherwise."""
+    sizes = getattr(dataset, "row_group_sizes", None)
+    return np.asarray(sizes() if sizes is not None else [len(dataset)], np.int64)
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self.skip = 0
+
+class ResumableSampler(Sampler[int]):
+    """This worker's rows of each epoch in `window_order`, skipping the first `skip` of an epoch."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, window: int):
+        self.sizes, self.rank, self.world_size = row_group_sizes(dataset), rank, num_replicas
+        self.seed, self.window, self.epoch, self.skip = seed, window, 0, 0
+        self.num_samples = int(self.sizes.sum()) // num_replicas
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        super().set_epoch(epoch)
-        self.skip = skip
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[int]:
-        return itertools.islice(super().__iter__(), self.skip, None)
+        order = window_order(self.sizes, self.seed, self.epoch, self.window, self.rank, self.world_size)
+        return iter(order[self.skip:].tolist())
 
     def __len__(self) -> int:
-        return super().__len__() - self.skip
+        return self.num_samples - self.skip
 
 
 def make_loader(dataset: Dataset, local_batch_size: int, rank: int, world_size: int, seed: int,
-                num_workers: int, pin_memory: bool) -> tuple[DataLoader, ResumableSampler, int]:
-    """DataLoader over this worker's shard; returns (loader, sampler, batches per epoch)."""
-    sampler = ResumableSampler(dataset, world_size, rank, seed)
+                num_workers: int, pin_memory: bool, window: int) -> tuple[DataLoader, ResumableSampler, int]:
+    """DataLoader over this worker's share, `window` row groups at a time; returns (loader, sampler,
+    batches per epoch). Raises UserError when one batch is larger than a worker's share."""
+    sampler = ResumableSampler(dataset, world_size, rank, seed, window)
     batches_per_epoch = sampler.num_samples // local_batch_size
     if batches_per_epoch == 0:
         raise UserError(f"batch_size: {local_batch_size * world_size} is larger than the dataset "
