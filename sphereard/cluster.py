@@ -7,8 +7,9 @@ project id.
 `check` (exit 2 with one line per problem) validates a file against Ray's own schema (after Ray fills in
 its provider defaults, as `ray up` does), finds placeholder identifiers (made-up AMI / file-system /
 subnet ids, `<...>`, REPLACE, ...), checks that every package a setup command installs is pinned in
-requirements.lock or requirements-cluster.lock, that the provider's SDK is installed on the head, and
-that every node starts Ray from one venv on the shared file system (one code path).
+requirements.lock or requirements-cluster.lock, that the provider's SDK is installed on the head, that
+every node starts Ray from one venv on the shared file system (one code path), and that the GPU nodes fit
+the lock (driver >= 580; GCP node types declare their CPUs and GPUs).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ PROVIDER_SDK = {"aws": "boto3", "gcp": "google-api-python-client"}
 COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
                 "head_start_ray_commands", "worker_start_ray_commands")
 SHARED = "/shared/"
+MIN_DRIVER = 580  # NVIDIA driver the lock's torch 2.14.1 (CUDA 13 runtime) needs
 PLACEHOLDERS = {
     r"\bami-[0-9a-f]{8,17}\b": "an AMI id (use the resolve:ssm: alias)",
     r"\bfs-[0-9a-f]{8,17}\b": "a file-system id",
@@ -96,7 +98,14 @@ def normalise(name: str) -> str:
 
 
 def commands(config: dict) -> list[str]:
-    return [c for key in COMMAND_KEYS for c in config.get(key) or []]
+    """Every command of the file; a YAML item that did not parse as a string (`a: b` inside it makes a
+    mapping) is kept as its text, so the checks see it and `command_problems` names it."""
+    return [c if isinstance(c, str) else repr(c) for key in COMMAND_KEYS for c in config.get(key) or []]
+
+
+def command_problems(config: dict) -> list[str]:
+    return [f"{key}: item {item!r} is not a string (quote it: ': ' made YAML read a mapping)"
+            for key in COMMAND_KEYS for item in config.get(key) or [] if not isinstance(item, str)]
 
 
 def pip_installs(command: str) -> tuple[list[str], list[str]]:
@@ -160,10 +169,27 @@ def code_path_problems(config: dict) -> list[str]:
     return []
 
 
+def node_problems(config: dict) -> list[str]:
+    """GPU nodes fit the lock: a setup command refuses a driver older than MIN_DRIVER, GCP image families name
+    a new enough driver, and GCP node types declare their resources (Ray's GCP launcher does not detect
+    CPUs and GPUs of ordinary VMs, so the autoscaler would never add a worker)."""
+    problems = []
+    if not any("nvidia-smi" in c and str(MIN_DRIVER) in c for c in config.get("setup_commands") or []):
+        problems.append(f"no setup command refuses an NVIDIA driver older than {MIN_DRIVER} (the lock's torch)")
+    for name, node in (config.get("available_node_types") or {}).items():
+        text = yaml.safe_dump(node.get("node_config", {}))
+        for driver in re.findall(r"nvidia-(\d{3})\b", text):
+            if int(driver) < MIN_DRIVER:
+                problems.append(f"node type {name}: image with NVIDIA driver {driver} < {MIN_DRIVER}")
+        if config.get("provider", {}).get("type") == "gcp" and not node.get("resources"):
+            problems.append(f"node type {name}: GCP needs resources (CPU, GPU) declared")
+    return problems
+
+
 def check(path: str | Path) -> list[str]:
     config, text = load(path)
     return schema_problems(config) + placeholder_problems(text) + package_problems(config) + \
-        code_path_problems(config)
+        code_path_problems(config) + node_problems(config) + command_problems(config)
 
 
 def gcp_project() -> str:

@@ -73,12 +73,31 @@ def test_checker_catches_each_kind_of_problem(tmp_path):
     def bad_schema(c):
         c["available_node_types"]["head"]["bogus_key"] = 1
 
-    cases = {placeholder: "an AMI id", unpinned: "not pinned", wrong_version: "not pinned",
+    def old_driver(c):
+        c["setup_commands"] = [x for x in c["setup_commands"] if "nvidia-smi" not in x]
+
+    def yaml_mapping(c):
+        c["setup_commands"].append({"echo a": "b"})
+
+    cases = {yaml_mapping: "is not a string", old_driver: "older than 580", placeholder: "an AMI id",
+             unpinned: "not pinned", wrong_version: "not pinned",
              other_file: "not a lock file", no_sdk: "must install boto3", two_code_paths: "one venv",
              bad_schema: "Ray's schema"}
     for edit, expected in cases.items():
         problems = _broken(tmp_path, "cluster.yaml", edit)
         assert any(expected in p for p in problems), (edit.__name__, problems)
+
+
+def test_checker_catches_gcp_node_problems(tmp_path):
+    def undeclared(c):
+        c["available_node_types"]["gpu_worker"]["resources"] = {}
+
+    def old_image(c):
+        disk = c["available_node_types"]["head"]["node_config"]["disks"][0]["initializeParams"]
+        disk["sourceImage"] = disk["sourceImage"].replace("nvidia-580", "nvidia-570")
+
+    assert any("GCP needs resources" in p for p in _broken(tmp_path, "cluster-gcp.yaml", undeclared))
+    assert any("driver 570 < 580" in p for p in _broken(tmp_path, "cluster-gcp.yaml", old_image))
 
 
 def test_render_gcp_fills_the_project_id(tmp_path):

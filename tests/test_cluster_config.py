@@ -1,4 +1,5 @@
-"""cluster.yaml is a valid Ray 2.60 cluster-launcher config that fits the paper profiles."""
+"""cluster.yaml (AWS) and cluster-gcp.yaml (GCP) are valid Ray 2.60 cluster-launcher configs that fit the
+paper profiles."""
 
 import copy
 import json
@@ -20,9 +21,12 @@ COMMAND_KEYS = ("initialization_commands", "setup_commands", "head_setup_command
                 "head_start_ray_commands", "worker_start_ray_commands")
 
 
-@pytest.fixture(scope="module")
-def cluster() -> dict:
-    return yaml.safe_load((REPO / "cluster.yaml").read_text())
+@pytest.fixture(scope="module", params=["cluster.yaml", "cluster-gcp.yaml"])
+def cluster(request) -> dict:
+    config = yaml.safe_load((REPO / request.param).read_text())
+    if config["provider"]["type"] == "gcp":  # `python -m sphereard.cluster render-gcp` fills it
+        config["provider"]["project_id"] = "sphereard-test"
+    return config
 
 
 def test_cluster_yaml_matches_ray_schema(cluster):
@@ -56,4 +60,5 @@ def test_cluster_syncs_the_repo_and_provides_the_profiles_storage(cluster):
             assert ray_cfg["num_workers"] > 1 and ray_cfg["max_failures"] > 0
             assert Path(ray_cfg["storage"]).is_absolute() and ray_cfg["storage"] in setup, (name, stage)
     for cmd in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"]:
-        assert "ray " not in cmd or "~/sphereard/.venv/bin/ray " in cmd, f"{cmd!r}: use the venv's pinned Ray"
+        assert "ray " not in cmd or "/shared/sphereard/.venv/bin/ray " in cmd, \
+            f"{cmd!r}: every node starts the shared venv's pinned Ray (one code path)"

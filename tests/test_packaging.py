@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
 LIBRARY_DIRS = ("sphereard", "pipelines")
-# Extras for deployments that the lock does not cover (cluster.yaml's cloud SDK).
+# Extras requirements.lock does not cover: the cluster files' cloud SDKs (pinned in requirements-cluster.lock).
 UNLOCKED_EXTRAS = {"cluster"}
 
 

@@ -72,6 +72,28 @@ def test_workers_do_not_rehash_the_shards(tmp_path, monkeypatch):
     assert len(calls) == shard_files >= 3
 
 
+def test_fit_checks_the_data_once_on_the_driver(tmp_path, monkeypatch):
+    """launch.fit calls the task's check_data once, before any worker starts (its workers skip checksums)."""
+    import sphereard.train.launch as launch
+    from sphereard.config import TrainLoopConfig
+    from sphereard.train.loop import LoopSpec
+
+    calls = []
+
+    class Task:
+        def check_data(self):
+            calls.append("check")
+
+    def run_training(fn, config, ray_cfg, name):
+        calls.append("workers")
+        return type("Result", (), {"metrics": {}})()
+
+    monkeypatch.setattr(launch, "run_training", run_training)
+    spec = LoopSpec(task_factory=Task, loop=TrainLoopConfig(), ckpt_dir=str(tmp_path / "ckpt"), fingerprint="f")
+    launch.fit(spec, "run")
+    assert calls == ["check", "workers"]
+
+
 # --- the augmentation through the stages ------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -128,12 +150,16 @@ def test_generator_trains_on_crops(crop_data, latents):
     run = copy.deepcopy(data)
     run["generator"]["train"]["latents"] = latents
     run["generator"]["out"] = str(root / f"generator-{latents}")
-    if latents == "cache":
-        stage(encode, run, posterior="spherical")
+    run["encode"]["out"] = str(root / f"latents-{latents}")
+    # the DAG runs encode before train_ar either way: online still reads the cache's held-out rows
+    # for the EMA loss and its metadata (README "Data at scale")
+    stage(encode, run, posterior="spherical")
     stage(train_ar, run, posterior="spherical")
     params = parse_params(run).for_run(0)
     meta = json.loads((export_dir(params, "generator", "spherical") / "model.json").read_text())
     assert meta["step"] == params.generator.train.steps
+    history = json.loads((export_dir(params, "generator", "spherical") / "model.json").read_text())
+    assert history["posterior"] == "spherical"
 
 
 def test_tokenizer_dataset_yields_stored_squares_when_cropping(tmp_path):
