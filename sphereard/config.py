@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -91,6 +92,10 @@ class DataConfig(StrictModel):
         "for 256); null = image_size. Readers get image_size (the stored square resized whole) unless they crop"))
     workers: int = Field(0, ge=0, description=(
         "Ray tasks that decode and resize in parallel (0 = in this process); the output is identical"))
+    interleave: int = Field(1, gt=0, description=(
+        "shards written at once, each row to the shard of its key's hash: a row group then spans interleave x "
+        "row_group_rows consecutive source rows, so sources stored class by class (ImageNet's tar, image "
+        "folders) give row groups of many classes (the streaming shuffle mixes row groups, not whole splits)"))
     out: str = "data/shards"
 
     @model_validator(mode="after")
@@ -505,6 +510,16 @@ def validate_cross_block(params: Params) -> None:
               True, "needs data.store_size > data.image_size (stored squares to crop from)")
     check(params.encode.crops == 0 or params.generator.train.crop.enabled, "encode.crops", params.encode.crops,
           "needs generator.train.crop.enabled (its min_fraction and schedule)")
+    gen_train = params.generator.train
+    if gen_train.crop.enabled and gen_train.latents == "cache":
+        check(params.encode.crops > 0, "generator.train.crop.enabled", True,
+              "with latents: cache needs encode.crops > 0 (cached crop views to pick), or set latents: online")
+    check(params.encode.crops == 0 or gen_train.latents == "cache", "encode.crops", params.encode.crops,
+          "is unused with generator.train.latents: online (it encodes its own crops); set 0")
+    for key, crop in (("tokenizer.train.crop", params.tokenizer.train.crop), ("generator.train.crop", gen_train.crop)):
+        room = math.ceil(params.data.image_size / crop.min_fraction - 1e-9)
+        check(not crop.enabled or (params.data.store_size or 0) >= room, f"{key}.min_fraction", crop.min_fraction,
+              f"needs data.store_size >= ceil(image_size / min_fraction) = {room} (got {params.data.store_size})")
     sweep = params.sweep
     if sweep.enabled and not sweep.train:  # a sampling trial of seed k reads run k's exported models
         check(set(sweep.seeds) <= set(params.seeds), "sweep.seeds", sweep.seeds,

@@ -323,7 +323,7 @@ class LatentDataset(Dataset):
         self.center_views = self.meta.get("center_views", len(self.columns))
         self.log_channels = tuple(self.meta.get("log_channels", ()))
         self.reader = RowGroupReader([self.path], ["label", *self.columns], cache_groups, self._convert,
-                                     f"latent cache ({RERUN})")
+                                     "latent cache", RERUN)
 
     def _convert(self, table: pa.Table, g: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A row group -> stored values (n, V, L, P) and int64 labels (n,)."""

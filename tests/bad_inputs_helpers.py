@@ -57,7 +57,7 @@ def _prepare(folder: Path, out: Path, classes) -> None:
                 _png(folder / split / name / f"{i}.png", 40 * c + 10 * i)
     cfg = SimpleNamespace(source="imagefolder", path=str(folder), labels_path=None, emoji_label="group",
                           image_size=SIZE, resize="pad", channels=1, test_fraction=0.5, max_per_class=None,
-                          shard_rows=64, row_group_rows=16, store_size=None, workers=0)
+                          shard_rows=64, row_group_rows=16, store_size=None, workers=0, interleave=1)
     prepare_dataset(cfg, out)
 
 

@@ -101,7 +101,7 @@ def _case_folder_not_an_image(ws, tmp):
     (folder / "train" / "a" / "notes.png").write_text("not an image")
     cfg = SimpleNamespace(source="imagefolder", path=str(folder), labels_path=None, emoji_label="group",
                           image_size=SIZE, resize="pad", channels=1, test_fraction=0.5, max_per_class=None,
-                          shard_rows=64, row_group_rows=16, store_size=None, workers=0)
+                          shard_rows=64, row_group_rows=16, store_size=None, workers=0, interleave=1)
     return prepare_dataset(cfg, tmp / "out")
 
 
@@ -114,7 +114,7 @@ def _case_idx_corrupt_gzip(ws, tmp):
     (tmp / "fm" / "train-images-idx3-ubyte.gz").write_bytes(bytes(gz))
     cfg = SimpleNamespace(source="fashion_mnist", path=str(tmp / "fm"), image_size=SIZE, resize="pad", channels=1,
                           test_fraction=0.5, max_per_class=None, shard_rows=64, row_group_rows=16,
-                          store_size=None, workers=0)
+                          store_size=None, workers=0, interleave=1)
     return prepare_dataset(cfg, tmp / "out")
 
 

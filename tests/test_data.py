@@ -30,7 +30,8 @@ CAP = 20
 def make_cfg(**kw):
     base = dict(source="imagefolder", path=None, labels_path=None, emoji_label="group",
                 image_size=32, resize="pad", channels=1, test_fraction=0.25,
-                max_per_class=None, shard_rows=64, row_group_rows=16, store_size=None, workers=0)
+                max_per_class=None, shard_rows=64, row_group_rows=16, store_size=None, workers=0,
+                interleave=1)
     base.update(kw)
     return SimpleNamespace(**base)
 

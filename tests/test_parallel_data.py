@@ -149,6 +149,8 @@ def test_generator_trains_on_crops(crop_data, latents):
     root, data = crop_data
     run = copy.deepcopy(data)
     run["generator"]["train"]["latents"] = latents
+    if latents == "online":
+        run["encode"]["crops"] = 0  # online draws its own crops (config refuses unused cached ones)
     run["generator"]["out"] = str(root / f"generator-{latents}")
     run["encode"]["out"] = str(root / f"latents-{latents}")
     # the DAG runs encode before train_ar either way: online still reads the cache's held-out rows
@@ -167,3 +169,27 @@ def test_tokenizer_dataset_yields_stored_squares_when_cropping(tmp_path):
     prepare_dataset(DataConfig(source="imagefolder", path=str(tmp_path / "src"), store_size=40), tmp_path / "d")
     assert ShardDataset(tmp_path / "d", "train", full_size=True)[0][0].shape == (1, 40, 40)
     assert ShardDataset(tmp_path / "d", "train")[0][0].shape == (1, 32, 32)  # the centre view
+
+
+def test_interleaved_shards_mix_classes_in_every_row_group(tmp_path):
+    """A source stored class by class (image folders, ImageNet's tar): with one shard writer a row group holds
+    one or two classes, so the streaming shuffle (windows of row groups) would batch few classes; with
+    `data.interleave` writers (rows by key hash) every row group spans many classes."""
+    import pyarrow.parquet as pq
+
+    write_image_folder(tmp_path / "src", num_classes=10, per_class=64, size=8, channels=1)
+    mixed = {}
+    for interleave in (1, 8):
+        cfg = DataConfig(source="imagefolder", path=str(tmp_path / "src"), image_size=8, test_fraction=0.1,
+                         shard_rows=10_000, row_group_rows=16, interleave=interleave)
+        manifest = prepare_dataset(cfg, tmp_path / f"i{interleave}")
+        counts = []
+        for shard in manifest["splits"]["train"]["shards"]:
+            f = pq.ParquetFile(tmp_path / f"i{interleave}" / shard["file"])
+            groups = [f.read_row_group(g, columns=["label"]).column("label").to_pylist()
+                      for g in range(f.num_row_groups)]
+            counts += [len(set(labels)) for labels in groups if len(labels) == 16]  # full groups
+        mixed[interleave] = counts
+        assert sum(manifest["splits"]["train"]["class_counts"]) == manifest["splits"]["train"]["rows"]
+    assert max(mixed[1]) <= 2  # the control: class-ordered source, one writer
+    assert min(c for c in mixed[8]) >= 5, mixed[8]  # 16 rows from a span of 8 x 16 source rows

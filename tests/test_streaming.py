@@ -57,15 +57,23 @@ def test_window_order_reads_one_window_of_groups_at_a_time():
     assert reads > 3 * len(SIZES)  # the control: a global shuffle re-reads groups many times
 
 
-def test_window_order_deals_disjoint_groups_to_workers():
-    n = SIZES.sum()
-    parts = [window_order(SIZES, seed=1, epoch=2, window=2, rank=r, world_size=2) for r in range(2)]
-    assert all(len(p) == n // 2 for p in parts)
-    g0, g1 = set(_group_of(parts[0])), set(_group_of(parts[1]))
-    assert not g0 & g1, "a row group read by both workers"
-    few = np.array([10, 11])  # fewer groups than workers: rows are dealt instead
-    parts = [window_order(few, seed=1, epoch=0, window=4, rank=r, world_size=3) for r in range(3)]
-    assert all(len(p) == 7 for p in parts) and not set(parts[0]) & set(parts[1])
+@pytest.mark.parametrize("world_size", [2, 3, 8, 16])
+def test_window_order_gives_every_row_to_exactly_one_worker(world_size):
+    """Equal epochs on every worker (DDP), no row read twice, only the last N mod W rows left out; each
+    worker reads its groups a window at a time (an LRU of `window` groups reads each at most once)."""
+    sizes = np.concatenate([SIZES, [1], [13]])  # uneven groups, one tiny
+    n = sizes.sum()
+    parts = [window_order(sizes, seed=1, epoch=2, window=2, rank=r, world_size=world_size) for r in range(world_size)]
+    assert {len(p) for p in parts} == {n // world_size}
+    rows = np.concatenate(parts)
+    assert len(set(rows.tolist())) == len(rows) == n - n % world_size
+    bounds = np.cumsum(sizes)
+    for part in parts:
+        groups, cache, reads = np.searchsorted(bounds, part, side="right"), [], 0
+        for g in groups:
+            if g not in cache:
+                reads, cache = reads + 1, (cache + [g])[-2:]
+        assert reads == len(set(groups.tolist()))
 
 
 def test_row_group_reader_holds_at_most_its_capacity(tmp_path):

@@ -148,7 +148,7 @@ class GeneratorTask(TrainTask):
 
     def check_data(self) -> None:
         if self.online:
-            load_manifest(self.params.data.out, verify=True)
+            ShardDataset(self.params.data.out, "train", verify=True).check_labels()
         else:
             read_latent_meta(latent_cache_dir(self.params, self.posterior), verify=True)
 

@@ -9,6 +9,7 @@ The directory is built under a temporary sibling name and renamed on success onl
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -68,6 +69,8 @@ def _check_cfg(cfg) -> None:
         raise UserError(f"shard_rows: must be >= 1, got {cfg.shard_rows!r}")
     if cfg.row_group_rows < 1:
         raise UserError(f"row_group_rows: must be >= 1, got {cfg.row_group_rows!r}")
+    if cfg.interleave < 1:
+        raise UserError(f"interleave: must be >= 1, got {cfg.interleave!r}")
 
 
 def encode_png(img: Image.Image) -> bytes:
@@ -96,34 +99,72 @@ def decode_png(data: bytes, where: str | Callable[[], str] = "image") -> np.ndar
 
 
 class _ShardWriter:
-    """Buffers rows of one split and writes a shard every `shard_rows` rows."""
+    """Streams rows of one split into shards: a row group every `row_group_rows` rows, a new shard every
+    `shard_rows` rows, so it holds at most one row group. `prefix` names its shards `<prefix>-<k>.parquet`."""
 
-    def __init__(self, out_dir: Path, split: str, shard_rows: int, row_group_rows: int, num_classes: int):
-        self.out_dir, self.split, self.shard_rows, self.row_group_rows = out_dir, split, shard_rows, row_group_rows
-        self.rows, self.shards, self.class_counts = [], [], [0] * num_classes
+    def __init__(self, out_dir: Path, split: str, prefix: str, shard_rows: int, row_group_rows: int,
+                 class_counts: list[int]):
+        self.out_dir, self.split, self.prefix = out_dir, split, prefix
+        self.shard_rows, self.row_group_rows = shard_rows, row_group_rows
+        self.rows, self.shards, self.class_counts = [], [], class_counts  # class_counts shared by the split
+        self.writer, self.path, self.in_shard = None, None, 0
 
     def add(self, png: bytes, label: int, key: str) -> None:
         self.rows.append((png, label, key))
         self.class_counts[label] += 1
-        if len(self.rows) >= self.shard_rows:
-            self.flush()
+        if len(self.rows) >= min(self.row_group_rows, self.shard_rows - self.in_shard):
+            self._write_group()
 
-    def flush(self) -> None:
+    def _write_group(self) -> None:
         if not self.rows:
             return
+        if self.writer is None:
+            self.path = self.out_dir / f"{self.prefix}-{len(self.shards):05d}.parquet"
+            self.writer = pq.ParquetWriter(self.path, SCHEMA)
         images, labels, keys = zip(*self.rows, strict=True)
         table = pa.table([pa.array(images, pa.binary()), pa.array(labels, pa.int32()),
                           pa.array(keys, pa.string()), pa.array([self.split] * len(keys), pa.string())],
                          schema=SCHEMA)
-        path = self.out_dir / f"{self.split}-{len(self.shards):05d}.parquet"
-        pq.write_table(table, path, row_group_size=self.row_group_rows)
-        self.shards.append({"file": path.name, "rows": len(self.rows), "sha256": sha256_file(path)})
+        self.writer.write_table(table, row_group_size=len(self.rows))  # exactly one row group
+        self.in_shard += len(self.rows)
         self.rows = []
+        if self.in_shard >= self.shard_rows:
+            self._close_shard()
+
+    def _close_shard(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.close()
+        self.shards.append({"file": self.path.name, "rows": self.in_shard, "sha256": sha256_file(self.path)})
+        self.writer, self.in_shard = None, 0
+
+    def finish(self) -> list[dict]:
+        self._write_group()
+        self._close_shard()
+        return self.shards
+
+
+class _SplitWriter:
+    """The shards of one split: `interleave` shard writers, each row to the writer of its key's hash (one
+    writer: `<split>-<k>.parquet`, as before; more: `<split>-<w>-<k>.parquet`)."""
+
+    def __init__(self, out_dir: Path, split: str, cfg, num_classes: int):
+        self.class_counts = [0] * num_classes
+        n = cfg.interleave
+        self.writers = [_ShardWriter(out_dir, split, split if n == 1 else f"{split}-{w:03d}", cfg.shard_rows,
+                                     cfg.row_group_rows, self.class_counts) for w in range(n)]
+
+    def add(self, png: bytes, label: int, key: str) -> None:
+        self.writers[key_bucket(key, len(self.writers))].add(png, label, key)
 
     def summary(self) -> dict:
-        self.flush()
-        return {"rows": sum(s["rows"] for s in self.shards),
-                "class_counts": self.class_counts, "shards": self.shards}
+        shards = [s for w in self.writers for s in w.finish()]
+        return {"rows": sum(s["rows"] for s in shards), "class_counts": self.class_counts, "shards": shards}
+
+
+def key_bucket(key: str, buckets: int) -> int:
+    """A stable bucket in [0, buckets) from sha256(key)."""
+    return 0 if buckets == 1 else int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % buckets
 
 
 PREPARE_CHUNK = 256  # images per task of a parallel prepare
@@ -177,7 +218,7 @@ def prepare_dataset(cfg, out_dir: str | Path) -> dict:
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        writers = {s: _ShardWriter(tmp, s, cfg.shard_rows, cfg.row_group_rows, len(source.classes)) for s in SPLITS}
+        writers = {s: _SplitWriter(tmp, s, cfg, len(source.classes)) for s in SPLITS}
         total = source.total if cfg.max_per_class is None else None
         with tqdm(total=total, desc=f"prepare {cfg.source}", unit="img", mininterval=1.0) as bar:
             batches = deque()  # the items of the chunks in flight, in order
@@ -340,6 +381,13 @@ class ShardDataset(Dataset):
 
     def row_group_sizes(self) -> np.ndarray:
         return self.reader.sizes
+
+    def check_labels(self) -> None:
+        """Every label of the split inside the manifest's classes (reads the label column only): a stage
+        checks this once, before training, so a bad label is one line, not an error inside a loader worker."""
+        for f in self.reader.files:
+            labels = _parquet(f, lambda f=f: pq.read_table(f, columns=["label"]).column("label").to_numpy())
+            _checked_labels(self.root, self.manifest, self.split, labels)
 
     def __len__(self) -> int:
         return len(self.reader)

@@ -6,17 +6,17 @@ Two pieces, used by the image shards (`shards.ShardDataset`) and the latent cach
   `capacity` decoded row groups; only the Parquet footers are read up front. Memory: capacity x one
   row group, whatever the number of rows.
 - `window_order`: the data order of one epoch on one worker, a pure function of (seed, epoch, rank).
-  The row groups are permuted, dealt to the workers (group g_k of the permutation to rank k mod W),
-  cut into windows of `window` groups, and the rows of each window shuffled. A worker then touches
-  one window (<= `window` groups) at a time, so `capacity = window` bounds its memory, and reads
-  each group once per epoch. It is the shard-then-buffer shuffle of streaming loaders (WebDataset,
+  The row groups are permuted and cut into windows of `window` groups, the rows of each window
+  shuffled; the epoch's order is the windows one after another, and worker r reads the r-th of W equal
+  contiguous runs of it. A worker then touches one window (<= `window` groups) at a time, so
+  `capacity = window` bounds its memory, and reads each of its groups once per epoch (a group on the
+  border of two workers' runs is read by both). It is the shard-then-buffer shuffle of streaming loaders (WebDataset,
   Ray Data's local shuffle buffer) made exactly resumable: a run resumed at step s skips to the same
   position of the same order (`train/sampler.py`). With a window of every group it is a uniform
   permutation of the worker's rows.
 
-Each worker's epoch has floor(N / W) rows (the same on every worker, as DDP needs): a worker dealt
-fewer rows wraps around its own order, one dealt more drops its last ones. With fewer groups than
-workers the rows of one window order are dealt instead (rank r takes positions r, r + W, ...).
+Each worker's epoch has floor(N / W) rows (the same on every worker, as DDP needs): every row is read
+once per epoch by exactly one worker, except the last N mod W rows of the order.
 """
 
 from __future__ import annotations
@@ -37,11 +37,13 @@ PARQUET_ERRORS = (pa.ArrowException, OSError, KeyError)
 
 
 def _parquet(path: Path, read: Callable[[], Any], what: str) -> Any:
-    """`read()` of one Parquet file; a corrupt file or a missing column is a UserError naming it."""
+    """`read()` of one Parquet file; a corrupt file or a missing column is a UserError naming it (`what` may
+    hold `{}` for where the library's detail goes)."""
     try:
         return read()
     except PARQUET_ERRORS as e:
-        raise UserError(f"{path}: not a readable {what} ({error_detail(e)})") from None
+        text = what.format(error_detail(e)) if "{}" in what else f"{what} ({error_detail(e)})"
+        raise UserError(f"{path}: not a readable {text}") from None
 
 
 class RowGroupReader:
@@ -53,14 +55,14 @@ class RowGroupReader:
     Raises UserError naming the file when a footer or a row group is not readable Parquet."""
 
     def __init__(self, files: Sequence[str | Path], columns: list[str], capacity: int,
-                 convert: Callable[[pa.Table, int], Any], what: str = "Parquet file"):
+                 convert: Callable[[pa.Table, int], Any], what: str = "Parquet file", hint: str = ""):
         assert capacity >= 1, "the row-group cache must hold at least one group"
         self.files, self.columns, self.capacity, self.convert = [Path(f) for f in files], columns, capacity, convert
-        self.what = what
+        self.what = what if not hint else f"{what} ({{}}); {hint}"
         self.groups: list[tuple[int, int]] = []  # (file index, row group index)
         sizes = []
         for fi, f in enumerate(self.files):
-            meta = _parquet(f, lambda f=f: pq.read_metadata(f), what)
+            meta = _parquet(f, lambda f=f: pq.read_metadata(f), self.what)
             for gi in range(meta.num_row_groups):
                 self.groups.append((fi, gi))
                 sizes.append(meta.row_group(gi).num_rows)
@@ -112,16 +114,10 @@ def window_order(sizes: np.ndarray, seed: int, epoch: int, window: int, rank: in
     starts = np.concatenate([[0], np.cumsum(sizes)])
     per_worker = int(starts[-1]) // world_size
     perm = np.random.default_rng([seed, epoch]).permutation(len(sizes))  # (G,)
-    deal_groups = len(sizes) >= world_size
-    mine = perm[rank::world_size] if deal_groups else perm
     parts = []
-    for w in range(0, len(mine), window):
-        rows = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in mine[w:w + window]])
-        np.random.default_rng([seed, epoch, rank if deal_groups else 0, w]).shuffle(rows)
+    for w in range(0, len(perm), window):
+        rows = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in perm[w:w + window]])
+        np.random.default_rng([seed, epoch, w]).shuffle(rows)
         parts.append(rows)
-    order = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-    if not deal_groups:
-        order = order[rank::world_size]
-    if len(order) == 0:
-        return order[:0]
-    return np.resize(order, per_worker)  # wraps a short order around, truncates a long one
+    order = np.concatenate(parts) if parts else np.zeros(0, np.int64)  # (N,): the epoch's global order
+    return order[rank * per_worker:(rank + 1) * per_worker]  # a contiguous run of windows per worker

@@ -89,11 +89,13 @@ def unit_tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize a batch of squares (B, C, S, S) to (B, C, size, size): bicubic, antialiased when shrinking
-    (torch's `interpolate`, as torchvision's Resize on tensors); the identity when S == size."""
+    """Resize a batch of squares (B, C, S, S) in [-1, 1] to (B, C, size, size): bicubic, antialiased when
+    shrinking (torch's `interpolate`, as torchvision's Resize on tensors), clamped to [-1, 1]; the identity
+    when S == size."""
     if x.shape[-1] == size:
         return x
-    return F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    out = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    return out.clamp(-1.0, 1.0)  # bicubic overshoots; images live in [-1, 1]
 
 
 def crop_probability(epoch: int, decay_start: int | None, decay_end: int | None) -> float:

@@ -26,6 +26,7 @@ from sphereard.export import WEIGHTS_FILE
 from sphereard.latents import LatentCacheWriter
 from sphereard.layout import export_dir, latent_cache_dir
 from sphereard.tokenizer.export import load_tokenizer
+from sphereard.utils.device import default_device
 from sphereard.utils.parallel import ordered_map
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,8 @@ def image_views(images: torch.Tensor, rows: list[int], params: Params) -> list[t
     views = [centre, centre.flip(HORIZONTAL)] if flips else [centre]
     for k in range(params.encode.crops):
         cropped = torch.cat([
-            random_crop_batch(images[i:i + 1], size, crop.min_fraction, 1.0,
-                              generator=torch.Generator(images.device).manual_seed(crop_seed(params.seed, r, k)))
+            random_crop_batch(images[i:i + 1], size, crop.min_fraction, 1.0,  # geometry drawn on the CPU:
+                              generator=torch.Generator().manual_seed(crop_seed(params.seed, r, k)))  # any device
             for i, r in enumerate(rows)])
         views += [cropped, cropped.flip(HORIZONTAL)] if flips else [cropped]
     return views
@@ -95,7 +96,7 @@ def _encode_chunk(job: tuple[str, str, str | None, list[int]]) -> tuple[list[np.
     """(params JSON, posterior, device or None = this task's, train rows) -> (views' moments, each
     (B, L, P) float32, labels (B,)). Runs in this process or a Ray task (`ordered_map`)."""
     params_json, posterior, device, rows = job
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or str(default_device())  # a Ray task: its GPU when it has one, as the stage's own rule
     params, vae, data = _worker_state(params_json, posterior, device)
     items = [data[r] for r in rows]
     images = torch.stack([x for x, _ in items]).to(device)  # (B, C, S, S)
@@ -129,6 +130,7 @@ def encode_split(params: Params, posterior: str, device: torch.device) -> dict:
             cache.write(views[0], labels, flip, crops=views[1 + (flip is not None):])
             progress.update(len(labels))
         progress.close()
+    _cached_state.cache_clear()  # the tokenizer and reader of this stage run (a sweep runs many in one process)
     elapsed = time.perf_counter() - start
     log.info("encoded %d of %d train images (%d views each) with the %s tokenizer in %.1f s (%.0f images/s, "
              "%d workers) -> %s", cache.rows, len(dataset), cache.meta["views"], posterior, elapsed,
@@ -140,7 +142,7 @@ def _cluster_gpus(workers: int) -> float:
     """GPUs of the Ray instance the tasks will run on (started here when none is)."""
     import ray
 
-    from sphereard.train.launch import init_ray
+    from sphereard.utils.ray_local import DATA_OBJECT_STORE_BYTES, init_ray
 
-    init_ray(workers)
+    init_ray(workers, DATA_OBJECT_STORE_BYTES)
     return ray.cluster_resources().get("GPU", 0)

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sphereard.config import Params
-from sphereard.data import ShardDataset, load_manifest
+from sphereard.data import ShardDataset
 from sphereard.data.transforms import augment
 from sphereard.tokenizer.losses import (
     PatchDiscriminator,
@@ -52,7 +52,7 @@ class TokenizerTask(TrainTask):
                             full_size=self.cfg.crop.enabled)
 
     def check_data(self) -> None:
-        load_manifest(self.params.data.out, verify=True)
+        ShardDataset(self.params.data.out, "train", verify=True).check_labels()
 
     def build(self, ctx: StepContext) -> None:
         tok = self.params.tokenizer

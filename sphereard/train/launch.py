@@ -9,13 +9,12 @@ no worker start-up; errors propagate as raised), for debugging and seconds-scale
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import ray
@@ -28,14 +27,18 @@ from sphereard.train.checkpoint import discard_checkpoints, latest_meta
 from sphereard.train.fingerprint import run_fingerprint
 from sphereard.train.guard import NON_FINITE_KEY, NonFiniteError
 from sphereard.train.loop import LoopSpec, train_loop_per_worker
+from sphereard.utils.ray_local import (  # noqa: F401  (re-exported: the launcher's Ray start-up)
+    LOCAL_OBJECT_STORE_BYTES,
+    LOOPBACK_ONLY_ENV,
+    RAY_ENV_DEFAULTS,
+    _unwrap,
+    init_ray,
+    loopback_only,
+    unwrap_task_error,
+)
 
 log = logging.getLogger(__name__)
 
-RAY_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_CHDIR_TO_TRIAL_DIR": "0"}
-# Ray's switch for single-machine instances (its default on macOS/Windows): the node IP is loopback,
-# so every Ray server (GCS, raylet, workers, object manager, agents) listens on 127.0.0.1 only.
-LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-LOCAL_OBJECT_STORE_BYTES = 100 * 1024**2  # training data never goes through the object store
 RAY_CHECKPOINTS_TO_KEEP = 2  # Ray-side checkpoints are tiny pointers into our checkpoint dir
 # Ray's documented switch between Train V1 and V2 (V2 is the default in 2.60: unset means on).
 TRAIN_V2_ENV = "RAY_TRAIN_V2_ENABLED"
@@ -52,52 +55,6 @@ class TrainingError(RuntimeError):
     """Training failed on the workers after Ray's retries (FailureConfig.max_failures)."""
 
 
-@contextlib.contextmanager
-def loopback_only() -> Iterator[None]:
-    """Inside the block, a local Ray instance started here listens on loopback only (never on the
-    machine's interfaces). Restored afterwards, so a later cluster join (RAY_ADDRESS, `ray start`)
-    in this process or its children is unaffected.
-
-    The Ray processes read the environment variable when they start; this process read it when
-    `ray` was first imported, so its cached copy (a private constant) is switched too."""
-    from ray._private import ray_constants
-
-    saved_env, saved_flag = os.environ.get(LOOPBACK_ONLY_ENV), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[LOOPBACK_ONLY_ENV] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        if saved_env is None:
-            os.environ.pop(LOOPBACK_ONLY_ENV, None)
-        else:
-            os.environ[LOOPBACK_ONLY_ENV] = saved_env
-
-
-def init_ray(num_cpus_needed: int = 1) -> None:
-    """Join RAY_ADDRESS if set, else start a small local instance: loopback only, no dashboard,
-    small object store."""
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-        log.info("joined Ray cluster at %s: %s", os.environ["RAY_ADDRESS"], ray.cluster_resources())
-        return
-    # Logical CPUs: never fewer than the workers ask for, or the trainer would wait forever.
-    def quiet_state_api_warnings():  # runs in every Ray process of this job; pickled by value
-        # Without a dashboard the state API is absent and Train V2's PlacementGroupCleaner warns
-        # about it every few seconds; the cleaner only matters if the controller dies ungracefully.
-        logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
-
-    with loopback_only():
-        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, num_cpus_needed), include_dashboard=False,
-                 object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-                 runtime_env={"worker_process_setup_hook": quiet_state_api_warnings})
-
-
 def check_local_capacity(ray_cfg: RayConfig) -> None:
     """Fail fast when a local instance (no RAY_ADDRESS; an autoscaling cluster may still grow) can
     never hold the worker group: Ray would otherwise wait for the CPUs forever."""
@@ -111,18 +68,6 @@ def check_local_capacity(ray_cfg: RayConfig) -> None:
 def unique_run_name(run_name: str) -> str:
     """`vae-spherical-seed0` -> `vae-spherical-seed0-20250101-120000-1a2b3c` (Ray needs one per run)."""
     return f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-
-
-def _unwrap(err: BaseException) -> BaseException:
-    while (cause := getattr(err, "cause", None)) is not None and cause is not err:  # RayTaskError
-        err = cause
-    return err
-
-
-def unwrap_task_error(err: BaseException) -> BaseException:
-    """A Ray task's own exception inside its RayTaskError (a UserError comes back as one)."""
-    cause = _unwrap(err)
-    return UserError(str(cause)) if isinstance(cause, UserError) else cause
 
 
 def _root_cause(err: BaseException) -> BaseException:

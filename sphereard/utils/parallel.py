@@ -2,7 +2,7 @@
 
 `ordered_map(fn, chunks, workers)` yields `fn(chunk)` for each chunk in input order. With
 workers = 0 it runs in this process (no Ray); otherwise each chunk is a Ray task (`num_cpus`,
-`num_gpus` each) on the local instance or the cluster at RAY_ADDRESS (`train.launch.init_ray`), with
+`num_gpus` each) on the local instance or the cluster at RAY_ADDRESS (`utils.ray_local.init_ray`), with
 at most 2 x workers chunks in flight, so memory holds a bounded number of chunks whatever the
 input size. The results come back in order, so a writer fed from it writes the same bytes as the
 single-process path.
@@ -27,9 +27,9 @@ def ordered_map(fn: Callable[[Any], Any], chunks: Iterable[Any], workers: int, n
         return
     import ray
 
-    from sphereard.train.launch import init_ray, unwrap_task_error
+    from sphereard.utils.ray_local import DATA_OBJECT_STORE_BYTES, init_ray, unwrap_task_error
 
-    init_ray(workers * max(1, int(num_cpus)))
+    init_ray(workers * max(1, int(num_cpus)), DATA_OBJECT_STORE_BYTES)
     task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(fn)
     pending: deque = deque()
 
