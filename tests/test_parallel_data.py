@@ -177,19 +177,21 @@ def test_interleaved_shards_mix_classes_in_every_row_group(tmp_path):
     `data.interleave` writers (rows by key hash) every row group spans many classes."""
     import pyarrow.parquet as pq
 
-    write_image_folder(tmp_path / "src", num_classes=10, per_class=64, size=8, channels=1)
+    write_image_folder(tmp_path / "src", num_classes=10, per_class=32, size=8, channels=1)
     mixed = {}
     for interleave in (1, 8):
         cfg = DataConfig(source="imagefolder", path=str(tmp_path / "src"), image_size=8, test_fraction=0.1,
-                         shard_rows=10_000, row_group_rows=16, interleave=interleave)
+                         shard_rows=10_000, row_group_rows=8, interleave=interleave)
         manifest = prepare_dataset(cfg, tmp_path / f"i{interleave}")
         counts = []
         for shard in manifest["splits"]["train"]["shards"]:
             f = pq.ParquetFile(tmp_path / f"i{interleave}" / shard["file"])
             groups = [f.read_row_group(g, columns=["label"]).column("label").to_pylist()
                       for g in range(f.num_row_groups)]
-            counts += [len(set(labels)) for labels in groups if len(labels) == 16]  # full groups
+            counts += [len(set(labels)) for labels in groups if len(labels) == 8]  # full groups
         mixed[interleave] = counts
         assert sum(manifest["splits"]["train"]["class_counts"]) == manifest["splits"]["train"]["rows"]
     assert max(mixed[1]) <= 2  # the control: class-ordered source, one writer
-    assert min(c for c in mixed[8]) >= 5, mixed[8]  # 16 rows from a span of 8 x 16 source rows
+    # 8 rows drawn from a span of 8 x 8 = 64 source rows (2-3 classes of 32) vs 8 consecutive rows (1, 2 at
+    # a class border); the outputs are deterministic (seeded images, hashed keys)
+    assert np.mean(mixed[8]) >= 2.0 and np.mean(mixed[8]) >= 1.8 * np.mean(mixed[1]), mixed
