@@ -195,3 +195,17 @@ def test_interleaved_shards_mix_classes_in_every_row_group(tmp_path):
     # 8 rows drawn from a span of 8 x 8 = 64 source rows (2-3 classes of 32) vs 8 consecutive rows (1, 2 at
     # a class border); the outputs are deterministic (seeded images, hashed keys)
     assert np.mean(mixed[8]) >= 2.0 and np.mean(mixed[8]) >= 1.8 * np.mean(mixed[1]), mixed
+
+
+def test_data_benchmark_reports_rates_and_no_projection_without_workers(tmp_path):
+    """`python -m sphereard.data.bench` in-process only: positive rates, the run's image counts, and no
+    projection (a per-worker rate needs a run with Ray workers)."""
+    from sphereard.data.bench import main, projection
+
+    main(["--images", "48", "--workers", "0", "--encode-images", "2", "--out", str(tmp_path / "b.json")])
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["prepare"]["0"]["images"] == 48 and result["encode"]["0"]["images"] == 2
+    assert result["prepare"]["0"]["images_per_s"] > 0 and result["tar_read_images_per_s"] > 0
+    assert result["prepare_projection_1.28M"] is None and result["encode_projection_1.28M_cpu"] is None
+    two = projection({"0": {"images_per_s": 9.0}, "2": {"images_per_s": 50.0}}, read=1000.0)
+    assert two["per_worker_images_per_s"] == 25.0 and two["32_workers_hours"] == pytest.approx(1_281_167 / 800 / 3600)

@@ -72,6 +72,7 @@ def bench_prepare(tar: Path, tmp: Path, workers: list[int]) -> dict:
 
 def bench_encode(data_dir: Path, tmp: Path, workers: list[int], tokenizer: str, images: int) -> dict:
     from sphereard.export import export_model
+    from sphereard.layout import export_dir
     from sphereard.tokenizer.encode import encode_split
     from sphereard.tokenizer.task import tokenizer_meta
     from sphereard.tokenizer.vae import create_tokenizer
@@ -83,9 +84,7 @@ def bench_encode(data_dir: Path, tmp: Path, workers: list[int], tokenizer: str, 
     }).for_run(0)
     torch.manual_seed(0)
     vae = create_tokenizer(tokenizer, posterior="spherical")
-    from sphereard.layout import export_dir
-
-    export_model(export_dir(params, "tokenizer", "spherical"), vae, {**tokenizer_meta(params, "spherical", vae.radius)})
+    export_model(export_dir(params, "tokenizer", "spherical"), vae, tokenizer_meta(params, "spherical", vae.radius))
     out = {}
     for w in workers:
         run = params.model_copy(update={"encode": params.encode.model_copy(update={"workers": w,
@@ -98,9 +97,13 @@ def bench_encode(data_dir: Path, tmp: Path, workers: list[int], tokenizer: str, 
     return out
 
 
-def projection(rates: dict, read: float | None) -> dict:
-    """Hours for 1.28M images: the best measured per-worker rate x workers (linear model), capped by `read`."""
-    per_worker = max(r["images_per_s"] / max(int(w), 1) for w, r in rates.items() if int(w) >= 1)
+def projection(rates: dict, read: float | None) -> dict | None:
+    """Hours for 1.28M images: the best measured per-worker rate x workers (linear model), capped by `read`;
+    None when no run used Ray workers (`--workers 0` alone measures no per-worker rate)."""
+    measured = [r["images_per_s"] / int(w) for w, r in rates.items() if int(w) >= 1]
+    if not measured:
+        return None
+    per_worker = max(measured)
     out = {}
     for workers in (PROFILE_PREPARE_WORKERS, CLUSTER_CPUS):
         rate = per_worker * workers if read is None else min(per_worker * workers, read)
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=1024, help="synthetic tar size (images)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--encode-images", type=int, default=128)
-    parser.add_argument("--tokenizer", default="svae-paper")
+    parser.add_argument("--tokenizer", default="svae-paper", help="a tokenizer preset for 256 px RGB images")
     parser.add_argument("--out", default=None, help="JSON results (also printed)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
