@@ -3,6 +3,10 @@
     python -m sphereard.benchmark --preset SphereAR-B --batch-size 64 --steps 20 --cfg 4.5 \
         --sampler-steps 100 --precision bf16 [--compile] --out bench.json
     python -m sphereard.benchmark --preset fmnist-xs --batch-size 32 --steps 5 --sampler-steps 4
+    python -m sphereard.benchmark --preset fmnist-s --compare reference --batch-size 32 --threads 2
+
+`--compare reference` times the fast paths against the reference paths in one run and prints both
+and their ratio (`sphereard/benchmark_compare.py`).
 
 Training runs the exact update of `train_ar` (`sphereard.ar.task.train_update`: fresh posterior
 sample from synthetic spherical posterior params, rectified-flow loss with diff_batch_mul copies,
@@ -200,23 +204,61 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"), help="auto: bf16 on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the loss and the head's velocity")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--compare", choices=("reference",), default=None,
+                   help="time the fast sampling and training paths against the reference ones, alternating")
+    p.add_argument("--setting", action="append", default=None, metavar="IMAGES:STEPS:CFG",
+                   help="a sampling setting for --compare (repeatable; default: 8:25:3 and 64:100:4.5)")
+    p.add_argument("--repeats", type=int, default=5, help="--compare: timed runs of each path (median reported)")
+    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="--compare: measure peak memory (one fresh process per measurement)")
+    p.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal: one memory measurement
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
-    for name in ("batch_size", "steps", "sampler_steps", "sample_repeats"):
+    for name in ("batch_size", "steps", "sampler_steps", "sample_repeats", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
 
 
+def run_comparison(args) -> dict:
+    from sphereard.benchmark_compare import run_compare
+
+    if args.preset not in GENERATOR_PRESETS:
+        raise UserError(f"--preset {args.preset!r}: unknown generator preset (known: {', '.join(GENERATOR_PRESETS)})")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device available")
+    precision = resolve_precision(args.precision, device)
+    with torch.device("meta"):
+        params = count_params(create_generator(args.preset))
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"cpu (torch threads: {torch.get_num_threads()})")
+    return {"preset": args.preset, "params": params, "device": name, "precision": precision, "torch": torch.__version__,
+            "repeats": args.repeats, "train_steps": args.steps, **run_compare(args, device, precision)}
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.memory_probe is not None:
+        from sphereard.benchmark_compare import memory_probe
+
+        print(memory_probe(json.loads(args.memory_probe)))
+        return
     configure_logging()
     try:
-        result = run_benchmark(args)
+        result = run_comparison(args) if args.compare else run_benchmark(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
-    print(format_table(result))
+    if args.compare:
+        from sphereard.benchmark_compare import format_compare
+
+        print(format_compare(result))
+    else:
+        print(format_table(result))
     if args.out:
         atomic_write_text(args.out, json.dumps(result, indent=2))
 

@@ -40,7 +40,7 @@ Posterior = Literal["spherical", "gaussian_norm", "gaussian"]
 Projection = Literal["auto", "sphere", "none"]
 Flow = Literal["euclidean", "riemannian"]  # the diffusion head's flow (sphereard/ar/flow.py, ar/riemannian.py)
 Magnitude = Literal["none", "predict"]  # a separate token-norm head (sphereard/ar/magnitude.py)
-Sampler = Literal["euler", "euler_maruyama"]
+Sampler = Literal["euler", "euler_maruyama", "heun"]
 SPHERE_POSTERIORS: tuple[str, ...] = ("spherical", "gaussian_norm")  # latents of constant norm R
 
 
@@ -398,6 +398,30 @@ class TrackingConfig(StrictModel):
         return self
 
 
+class StepsStudyConfig(StrictModel):
+    """FD against sampler steps (`steps` stage, issue 18): each sampler x steps x sampling seed draws
+    `num_per_class` images per class from the generator of (`posterior`, the first of `seeds`) with the
+    `sampling` block's other settings; the matched-quality target is `euler_maruyama` at the most steps.
+    Samplers the generator's head cannot use (`head_conflict`: riemannian needs euler) are left out."""
+
+    enabled: bool = True
+    posterior: Posterior | None = Field(None, description="null: the first of tokenizer.posteriors")
+    samplers: list[Sampler] = Field(default_factory=lambda: ["euler_maruyama", "euler", "heun"], min_length=1)
+    steps: list[PositiveInt] = Field(default_factory=lambda: [10, 25, 50, 100], min_length=2)
+    sampling_seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    num_per_class: int = Field(100, gt=0)
+    tolerance: float = Field(0.02, gt=0, lt=1, description=(
+        "matched quality: mean FD <= (1 + tolerance) x the mean FD of euler_maruyama at the most steps"))
+    out: str = "outputs/steps"
+
+    @model_validator(mode="after")
+    def _rules(self) -> StepsStudyConfig:
+        for key in ("samplers", "steps", "sampling_seeds"):
+            values = getattr(self, key)
+            check(len(set(values)) == len(values), key, values, "must not repeat an entry")
+        return self
+
+
 class OfficialConfig(StrictModel):
     """The authors' released weights, imported instead of trained (the pretrained DAG,
     `pretrained/dvc.yaml`; docs/official-checkpoints.md). Unset (null) in the training profiles."""
@@ -431,6 +455,7 @@ class Params(StrictModel):
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    steps_study: StepsStudyConfig = Field(default_factory=StepsStudyConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     official: OfficialConfig | None = Field(None, description=(
         "released SphereAR weights to import instead of training (pretrained/dvc.yaml); null: train"))
@@ -443,6 +468,10 @@ class Params(StrictModel):
               f"plus the largest of `seeds` ({max(self.seeds)}) must not exceed {MAX_SEED} (run k samples with "
               "sampling.seed + k)")
         validate_cross_block(self)
+        study = self.steps_study
+        if study.enabled and study.posterior is not None:
+            check(study.posterior in self.tokenizer.posteriors, "steps_study.posterior", study.posterior,
+                  f"must be one of tokenizer.posteriors {self.tokenizer.posteriors} (its generator is sampled)")
         return self
 
     def for_run(self, seed: int) -> Params:

@@ -163,7 +163,7 @@ def test_cfg_unit_weight_separate_samples_token_0_unguided_on_both_streams():
 def test_generate_rejects_bad_arguments():
     model = tiny_model()
     labels = torch.tensor([0])
-    for kw, word in [(dict(sampler="heun"), "sampler"), (dict(cfg_schedule="cosine"), "cfg_schedule"),
+    for kw, word in [(dict(sampler="rk4"), "sampler"), (dict(cfg_schedule="cosine"), "cfg_schedule"),
                      (dict(num_tokens=5), "num_tokens"), (dict(projection="ball"), "projection"),
                      (dict(cfg_scale=-1.0), "cfg_scale"), (dict(final_step=1.0), "final_step"),
                      (dict(cfg_unit_weight="own"), "cfg_unit_weight")]:

@@ -62,6 +62,8 @@ GENERATOR_PRESETS: dict[str, GeneratorArch] = {
                                 adaln_groups=3, **_IMAGENET),
     "fmnist-s": GeneratorArch(dim=96, depth=4, heads=4, head_blocks=2, head_width=96, adaln_groups=1,
                               num_class_tokens=4, token_dim=16, grid_size=8, num_classes=10, mlp_hidden=256),
+    "fmnist-m": GeneratorArch(dim=192, depth=6, heads=6, head_blocks=3, head_width=192, adaln_groups=1,
+                              num_class_tokens=4, token_dim=16, grid_size=8, num_classes=10, mlp_hidden=512),
     "fmnist-xs": GeneratorArch(dim=32, depth=2, heads=2, head_blocks=2, head_width=32, adaln_groups=1,
                                num_class_tokens=2, token_dim=8, grid_size=8, num_classes=10, mlp_hidden=64),
 }

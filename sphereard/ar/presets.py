@@ -6,6 +6,7 @@
 | SphereAR-L | 32 / 1024 / 16       | 16        | 8 x 1024            | 2     | 16x16 x 16 | 1000    | 476.38M    | ~476M (README 479M) |
 | SphereAR-H | 40 / 1280 / 20       | 16        | 12 x 1280           | 3     | 16x16 x 16 | 1000    | 943.85M    | ~944M (README 943M) |
 | fmnist-s   | 4 / 96 / 4 (mlp 256) | 4         | 2 x 96              | 1     | 8x8 x 16   | 10      | 0.632M     | default data        |
+| fmnist-m   | 6 / 192 / 6 (mlp 512)| 4         | 3 x 192             | 1     | 8x8 x 16   | 10      | 3.497M     | benchmark (issue 18)|
 | fmnist-xs  | 2 / 32 / 2 (mlp 64)  | 2         | 2 x 32              | 1     | 8x8 x 8    | 10      | 0.049M     | smoke / tests       |
 
 Counts exclude the VAE (as the paper's do) and are checked in tests/test_ar.py (within 2% of the
@@ -19,17 +20,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sphereard.ar import fast_sampler, sampler
 from sphereard.ar.arch import GeneratorArch, resolve_generator_arch
 from sphereard.ar.diffusion_head import DiffusionHead
 from sphereard.ar.flow import flow_loss
 from sphereard.ar.magnitude import MAGNITUDES, MagnitudeHead, direction_targets, log_norm_nll
 from sphereard.ar.riemannian import FLOWS, riemannian_flow_loss
-from sphereard.ar.sampler import generate
 from sphereard.ar.transformer import ARTransformer
 from sphereard.errors import UserError
 
 # AdamW no-decay rule (paper Sec. 4.1): embeddings, the input projection and 1-D params
 # (1-D params are excluded by `sphereard.train.optim.is_no_decay` itself).
+SAMPLER_IMPLS: tuple[str, ...] = ("fast", "reference")  # ar/fast_sampler.py, ar/sampler.py (the oracle)
 NO_DECAY_PATTERNS = (r"^transformer\.class_embed\.", r"^transformer\.proj_in\.", r"^head\.pos_embed\.")
 
 
@@ -64,8 +66,12 @@ class SphereARModel(nn.Module):
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.loss(z, labels)
 
-    def sample(self, labels: torch.Tensor, **kwargs):
-        """`sphereard.ar.sampler.generate` with this model's transformer and head."""
+    def sample(self, labels: torch.Tensor, impl: str = "fast", **kwargs):
+        """Token sequences (B, L, d) for labels (B,): `fast_sampler.generate` (impl `fast`, the default) or the
+        reference `sampler.generate` (impl `reference`, the oracle) with this model's transformer and head."""
+        if impl not in SAMPLER_IMPLS:
+            raise UserError(f"impl={impl!r}: must be one of {', '.join(SAMPLER_IMPLS)}")
+        generate = fast_sampler.generate if impl == "fast" else sampler.generate
         return generate(self.transformer, self.head, labels, flow=self.flow, magnitude_head=self.magnitude_head,
                         **kwargs)
 

@@ -36,7 +36,7 @@ from sphereard.config import SamplingConfig
 from sphereard.errors import UserError
 
 
-def _check_args(transformer: ARTransformer, labels, num_tokens, cfg_scale, cfg_schedule, sampler,
+def check_args(transformer: ARTransformer, labels, num_tokens, cfg_scale, cfg_schedule, sampler,
                 steps, final_step, projection, cfg_unit_weight, flow) -> None:
     if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
         raise UserError(f"labels: expected a 1-D integer tensor, got {tuple(labels.shape)} {labels.dtype}")
@@ -128,7 +128,7 @@ def generate(
     """
     N = transformer.num_tokens
     L = N if num_tokens is None else num_tokens
-    _check_args(transformer, labels, L, cfg_scale, cfg_schedule, sampler, steps, final_step, projection,
+    check_args(transformer, labels, L, cfg_scale, cfg_schedule, sampler, steps, final_step, projection,
                 cfg_unit_weight, flow)
     labels = labels.long()
     device, B, d = labels.device, labels.shape[0], transformer.token_dim

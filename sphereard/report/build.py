@@ -25,6 +25,7 @@ from sphereard.report.sections import (
     section_sweep,
     section_timing,
 )
+from sphereard.report.steps import section_steps
 from sphereard.report.verdicts import section_verdicts
 from sphereard.utils.io import atomic_path
 
@@ -61,7 +62,8 @@ def report_text(params: Params, inp: Inputs, fig_dir: Path) -> str:
     for section in (section_verdicts(inp, params.sampling.cfg_scale, heads),
                     section_beyond(inp.sweep_results, heads, inp.radii()),
                     section_convergence(params, inp, fig_dir), section_recon(inp), section_generation(params, inp),
-                    section_sweep(inp, fig_dir), section_norms(inp, fig_dir), section_grids(inp), section_timing(inp),
+                    section_sweep(inp, fig_dir), section_steps(params, fig_dir), section_norms(inp, fig_dir),
+                    section_grids(inp), section_timing(inp),
                     section_findings(params, inp)):
         body += section + [""] if section else []
     if inp.absent:

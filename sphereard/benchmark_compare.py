@@ -1,0 +1,261 @@
+"""`python -m sphereard.benchmark --compare reference`: the fast paths against the reference, in one run.
+
+    python -m sphereard.benchmark --preset fmnist-s --compare reference [--setting 8:25:3 --setting 64:100:4.5]
+        [--batch-size 32] [--repeats 5] [--precision fp32] [--out compare.json]
+
+Sampling: `SphereARModel.sample(impl="reference")` (`ar/sampler.py`, the oracle) against the default
+`impl="fast"` (`ar/fast_sampler.py`) for each setting `images:steps:cfg` (Euler-Maruyama, linear CFG,
+projection to the sphere, the same seed), timed alternately (reference first on even repeats, fast
+first on odd ones) after one untimed warm-up each; `ratio` = median reference time / median fast
+time. `max_abs_diff` is max |z_fast - z_reference| over the tokens of one call (same seed).
+`floor_ratio` is what the fast path could reach at best: the reference's median time over the fast
+path's FLOPs (counted by `FlopCounterMode`, matmuls only) at the matmul peak measured in the same run.
+
+Training: the reference step (`ar.task.train_update` with eager `model.loss`, the optimizer of
+`build_training`) against the fast step (the same update with `torch.compile(model.loss)` and
+`AdamW(fused=True)`), two copies of one initialisation, alternating steps after warm-up (which
+absorbs compilation); median step times.
+
+Memory: peak resident memory of one sampling call / of the training steps above the model's own
+(Linux VmHWM reset through /proc/self/clear_refs, in a fresh process per measurement, since CPU
+allocations have no allocator statistics); on CUDA, `torch.cuda.max_memory_allocated`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from sphereard.ar import create_generator
+from sphereard.ar.task import build_training, train_update
+from sphereard.config import OptimConfig
+from sphereard.errors import UserError
+from sphereard.train.loop import StepContext
+from sphereard.train.optim import build_scheduler
+
+DEFAULT_SETTINGS = ("8:25:3", "64:100:4.5")  # issue 18: small, and the paper's 100 steps at CFG 4.5
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Setting:
+    images: int
+    steps: int
+    cfg: float
+
+    @classmethod
+    def parse(cls, text: str) -> Setting:
+        try:
+            images, steps, cfg = text.split(":")
+            setting = cls(int(images), int(steps), float(cfg))
+        except ValueError:
+            raise UserError(f"--setting {text!r}: expected images:steps:cfg, e.g. 64:100:4.5") from None
+        if setting.images < 1 or setting.steps < 1 or not (math.isfinite(setting.cfg) and setting.cfg >= 0):
+            raise UserError(f"--setting {text!r}: images and steps must be >= 1, cfg a finite number >= 0")
+        return setting
+
+    def kwargs(self, seed: int) -> dict:
+        return dict(cfg_scale=self.cfg, cfg_schedule="linear", sampler="euler_maruyama", steps=self.steps,
+                    projection="sphere", seed=seed)
+
+    def __str__(self) -> str:
+        return f"{self.images} img / {self.steps} steps / cfg {self.cfg:g}"
+
+
+def alternate(fns: dict, repeats: int, sync) -> dict[str, list[float]]:
+    """Time each function `repeats` times, alternating which runs first; name -> seconds."""
+    import time
+
+    names, times = list(fns), {name: [] for name in fns}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            sync()
+            start = time.perf_counter()
+            fns[name]()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def sample_labels(setting: Setting, num_classes: int, device) -> torch.Tensor:
+    return torch.arange(setting.images, device=device) % num_classes  # class-balanced
+
+
+def compare_sampling(model, setting: Setting, args, device, autocast, sync, peak: float) -> dict:
+    from sphereard.benchmark import count_flops
+
+    labels, kwargs = sample_labels(setting, model.arch.num_classes, device), setting.kwargs(args.seed)
+
+    def run(impl: str):
+        with autocast, torch.no_grad():
+            return model.sample(labels, impl=impl, **kwargs)
+
+    outputs = {impl: run(impl) for impl in ("reference", "fast")}  # warm-up, and the equality check
+    flops = count_flops(lambda: run("fast"))
+    times = alternate({impl: lambda impl=impl: run(impl) for impl in ("reference", "fast")}, args.repeats, sync)
+    ref, fast = statistics.median(times["reference"]), statistics.median(times["fast"])
+    return {"setting": str(setting), "images": setting.images, "steps": setting.steps, "cfg": setting.cfg,
+            "reference_s": ref, "fast_s": fast, "ratio": ref / fast,
+            "reference_images_per_s": setting.images / ref, "fast_images_per_s": setting.images / fast,
+            "fast_flops": flops, "floor_ratio": ref / (flops / peak),
+            "max_abs_diff": (outputs["fast"].float() - outputs["reference"].float()).abs().max().item(),
+            "times": times}
+
+
+def fast_optimizer(model, cfg: OptimConfig, total: int, device):
+    """The AdamW of `build_training` (same groups and hyper-parameters) with fused kernels."""
+    opt, _, ema = build_training(model, cfg, total)
+    fused = torch.optim.AdamW(opt.param_groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
+    return fused, build_scheduler(fused, cfg, total), ema
+
+
+def training_run(impl: str, args, device, cfg: OptimConfig, total: int):
+    """(step function, arch) of one training path on a fresh model (seeded: both paths start equal)."""
+    from sphereard.benchmark import synthetic_posterior
+
+    torch.manual_seed(args.seed)
+    with torch.device(device):
+        model = create_generator(args.preset)
+    opt, sched, ema = (build_training(model, cfg, total) if impl == "reference"
+                       else fast_optimizer(model, cfg, total, device))
+    forward = model.loss if impl == "reference" else torch.compile(model.loss)
+    ctx = StepContext(device=device, rank=0, world_size=1, local_batch_size=args.batch_size, total_steps=total,
+                      optim=cfg, precision=args.precision_resolved)
+    arch = model.arch
+    g = torch.Generator(device=device).manual_seed(args.seed)
+    moments = synthetic_posterior(args.batch_size, arch.num_tokens, arch.token_dim, device, g)
+    labels = torch.randint(0, arch.num_classes, (args.batch_size,), device=device, generator=g)
+    counter = iter(range(total))
+
+    def step():
+        train_update(model, forward, opt, sched, ema, moments, labels, next(counter), "spherical",
+                     math.sqrt(arch.token_dim), ctx)
+
+    return step, arch
+
+
+def compare_training(args, device, sync) -> dict:
+    total = args.warmup + 2 * args.steps + 2
+    cfg = OptimConfig(warmup_steps=0)  # throughput does not depend on the lr
+    steps = {}
+    for impl in ("reference", "fast"):
+        steps[impl], arch = training_run(impl, args, device, cfg, total)
+    for _ in range(args.warmup):  # absorbs compilation
+        steps["reference"](), steps["fast"]()
+    times = alternate(steps, args.steps, sync)
+    ref, fast = statistics.median(times["reference"]), statistics.median(times["fast"])
+    return {"batch": args.batch_size, "reference_step_s": ref, "fast_step_s": fast, "ratio": ref / fast,
+            "reference_tokens_per_s": args.batch_size * arch.num_tokens / ref,
+            "fast_tokens_per_s": args.batch_size * arch.num_tokens / fast, "times": times}
+
+
+def _reset_peak_rss() -> int:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+    return _status_kib("VmRSS")
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def memory_probe(spec: dict) -> float:
+    """Peak memory (MiB) of one sampling call (`kind` sample) or the training steps (`kind` train) above
+    the model's own, measured in this process (run it in a fresh one: `--memory-probe JSON`)."""
+    device = torch.device(spec["device"])
+    torch.manual_seed(spec["seed"])
+    with torch.device(device):
+        model = create_generator(spec["preset"])
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16")
+    if spec["kind"] == "sample":
+        setting = Setting(*spec["setting"])
+        labels = sample_labels(setting, model.arch.num_classes, device)
+        model.eval()
+
+        def work():
+            with autocast, torch.no_grad():
+                model.sample(labels, impl=spec["impl"], **setting.kwargs(spec["seed"]))
+    else:  # two steps of the reference training path (the fast one differs by compilation's own memory)
+        from types import SimpleNamespace
+
+        args = SimpleNamespace(preset=spec["preset"], seed=spec["seed"], batch_size=spec["batch"],
+                               precision_resolved=spec["precision"])
+        del model
+
+        def work():
+            step, _ = training_run("reference", args, device, OptimConfig(warmup_steps=0), 2)
+            step(), step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        work()
+        return (torch.cuda.max_memory_allocated(device) - base) / MIB
+    base = _reset_peak_rss()
+    work()
+    return (_status_kib("VmHWM") - base) / 1024
+
+
+def probe_in_subprocess(spec: dict) -> float | None:
+    """`memory_probe(spec)` in a fresh interpreter (same threads); None where /proc is unavailable."""
+    if not os.path.exists("/proc/self/clear_refs") and spec["device"] == "cpu":
+        return None
+    cmd = [sys.executable, "-m", "sphereard.benchmark", "--threads", str(torch.get_num_threads()),
+           "--memory-probe", json.dumps(spec)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory probe failed: {out.stderr.strip().splitlines()[-1:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def run_compare(args, device: torch.device, precision: str) -> dict:
+    from sphereard.benchmark import DTYPES, matmul_peak, sync
+
+    settings = [Setting.parse(s) for s in (args.setting or DEFAULT_SETTINGS)]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    peak = matmul_peak(device, DTYPES[precision])
+    torch.manual_seed(args.seed)
+    with torch.device(device):
+        model = create_generator(args.preset).eval()
+    do_sync = lambda: sync(device)  # noqa: E731
+    result = {"matmul_peak_flop_per_s": peak,
+              "sampling": [compare_sampling(model, s, args, device, autocast, do_sync, peak) for s in settings]}
+    del model
+    args.precision_resolved = precision
+    result["training"] = compare_training(args, device, do_sync)
+    if args.memory:
+        base = {"preset": args.preset, "seed": args.seed, "device": str(device), "precision": precision}
+        for row, s in zip(result["sampling"], settings, strict=True):
+            for impl in ("reference", "fast"):
+                mib = probe_in_subprocess({**base, "kind": "sample", "impl": impl,
+                                           "setting": [s.images, s.steps, s.cfg]})
+                row[f"{impl}_peak_mib_per_image"] = None if mib is None else mib / s.images
+        result["training"]["peak_mib"] = probe_in_subprocess({**base, "kind": "train", "batch": args.batch_size})
+    return result
+
+
+def format_compare(r: dict) -> str:
+    head = (f"{r['preset']} ({r['params'] / 1e6:.2f}M params) on {r['device']}, {r['precision']}; "
+            f"matmul peak {r['matmul_peak_flop_per_s'] / 1e9:.1f} GFLOP/s; medians of {r['repeats']} alternated runs")
+    lines = [head, "sampling (euler_maruyama, linear CFG, sphere)   reference      fast   ratio  floor  max|dz|"
+             "  peak MiB/img ref/fast"]
+    for s in r["sampling"]:
+        mem = (f"{s['reference_peak_mib_per_image']:.2f} / {s['fast_peak_mib_per_image']:.2f}"
+               if s.get("fast_peak_mib_per_image") is not None else "-")
+        lines.append(f"  {s['setting']:<44} {s['reference_s']:8.3f} s {s['fast_s']:7.3f} s {s['ratio']:6.2f}x "
+                     f"{s['floor_ratio']:5.2f}x {s['max_abs_diff']:8.1e}  {mem}")
+    t = r["training"]
+    mem = f"{t['peak_mib']:.0f} MiB" if t.get("peak_mib") is not None else "-"
+    lines.append(f"training step, batch {t['batch']:<29} {t['reference_step_s']:8.3f} s {t['fast_step_s']:7.3f} s "
+                 f"{t['ratio']:6.2f}x  (compiled loss + fused AdamW; peak {mem})")
+    return "\n".join(lines)

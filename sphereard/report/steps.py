@@ -1,0 +1,47 @@
+"""The report's "FD vs sampler steps" section from the `steps` stage's outputs (sphereard/eval/steps_study.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from sphereard.config import Params
+from sphereard.report.tables import md_table
+
+FIGURE = "fd_vs_steps.png"
+
+
+def section_steps(params: Params, fig_dir: Path) -> list[str]:
+    """Heading, the figure, the per-point table and the matched-quality lines; a note when disabled or absent."""
+    study, out = params.steps_study, Path(params.steps_study.out)
+    head = ["## FD vs sampler steps (steps stage)", ""]
+    if not study.enabled:
+        return head + ["**Steps study disabled** (`steps_study.enabled: false`)."]
+    summary_file, table_file = out / "summary.json", out / "fd_vs_steps.csv"
+    if not (summary_file.is_file() and table_file.is_file() and (out / FIGURE).is_file()):
+        return head + [f"Absent: `{summary_file}` / `{table_file}` (run `dvc repro steps`)."]
+    summary = json.loads(summary_file.read_text())
+    matched, fd_key, rates = summary["matched"], summary["fd_key"], summary["rates"]
+    shutil.copyfile(out / FIGURE, fig_dir / f"steps_{FIGURE}")
+    table = pd.read_csv(table_file)
+    rows = [[r.series, int(r.steps), int(r.nfe), f"{r.fd_mean:.4g} ± {r.fd_ci:.2g}", f"{r.images_per_s:.3g}"]
+            for r in table.itertuples()]
+    posterior = study.posterior or params.tokenizer.posteriors[0]
+    lines = head + [
+        f"Generator `{posterior}` (run seed {params.seeds[0]}), {study.num_per_class} images per class per "
+        f"point, sampling seeds {study.sampling_seeds}, CFG {params.sampling.cfg_scale:g} "
+        f"({params.sampling.cfg_schedule}), fast sampler. Cells: mean ± the 95% t-interval over the seeds; "
+        "images/s: generation only (no decoding), median over seeds, on the machine that ran the stage.", "",
+        f"![{fd_key} vs sampler steps](figures/steps_{FIGURE})", "",
+        md_table(["sampler", "steps", "NFE", fd_key, "images/s"], rows), "",
+        f"Matched quality: mean {fd_key} <= {1 + matched['tolerance']:.2f} x {matched['target_fd']:.4g} "
+        f"({matched['target_sampler']} at {matched['target_steps']} steps). The reference sampler at that setting: "
+        f"{rates['reference']:.3g} images/s; the fast one {rates['fast']:.3g} images/s (one batch each).", ""]
+    for sampler, best in matched["samplers"].items():
+        lines.append(f"- {sampler}: " + ("no step count within tolerance" if best is None else
+                     f"{best['steps']} steps (NFE {best['nfe']}), {fd_key} {best['fd_mean']:.4g}, "
+                     f"{best['images_per_s']:.3g} images/s = **{best['speedup_vs_reference']:.2f}x** the reference"))
+    return lines
