@@ -409,7 +409,7 @@ class StepsStudyConfig(StrictModel):
     samplers: list[Sampler] = Field(default_factory=lambda: ["euler_maruyama", "euler", "heun"], min_length=1)
     steps: list[PositiveInt] = Field(default_factory=lambda: [10, 25, 50, 100], min_length=2)
     sampling_seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    num_per_class: int = Field(100, gt=0)
+    num_per_class: int = Field(50, gt=0)
     tolerance: float = Field(0.02, gt=0, lt=1, description=(
         "matched quality: mean FD <= (1 + tolerance) x the mean FD of euler_maruyama at the most steps"))
     out: str = "outputs/steps"

@@ -14,6 +14,7 @@ import yaml
 from sphereard import layout
 from sphereard.config import Params, SamplingConfig
 from sphereard.errors import UserError
+from sphereard.eval.steps_study import STEPS_FILES, steps_file
 from sphereard.layout import METRICS_BLOCKS, info_file, metrics_file, write_results
 from sphereard.sweep.grid import TrialSettings
 from sphereard.sweep.trial import INHERITED_SAMPLING_KEYS, trial_sampling
@@ -44,7 +45,8 @@ def declared_plots(body: dict) -> list[str]:
     return [next(iter(o)) if isinstance(o, dict) else o for o in body.get("plots", [])]
 
 
-OUT_BLOCKS = ("data", "tokenizer", "encode", "generator", "sampling", "evaluation", "classifier", "sweep")
+OUT_BLOCKS = ("data", "tokenizer", "encode", "generator", "sampling", "evaluation", "classifier", "sweep",
+              "steps_study")
 
 
 PLACEHOLDER_SEED = 7  # the run `placeholder_params` belong to (not the first of `seeds`, not the shared `seed`)
@@ -98,6 +100,7 @@ def layout_outputs(params: Params, p: str = "P") -> dict[str, set[str]]:
         "sample": [layout.samples_file(params, p), layout.grids_dir(params, p), info_file(params, "sampling", p)],
         "evaluate": [info_file(params, "evaluation", p),
                      *(layout.evaluation_file(params, p, name) for name in layout.EVALUATION_FILES)],
+        "steps": [steps_file(params, name) for name in STEPS_FILES],
         "sweep": [layout.trials_dir(params), layout.sweep_models_dir(params),
                   *(layout.sweep_dir(params) / name for name in (
                       layout.SWEEP_RESULTS_FILE, layout.SWEEP_SUMMARY_FILE, layout.SWEEP_FD_PLOT_FILE,

@@ -60,15 +60,21 @@ def time_grid(sampler: str, steps: int, final_step: float) -> tuple[list[float],
 
 
 class HeadPlan:
-    """The diffusion head's adaLN weights arranged for the fast path: split by output (1 + scale, shift,
-    gate), each its own (W, W) matmul with 1 added to the scale's bias, so the tables come out
-    contiguous and need no extra op."""
+    """The diffusion head's weights arranged for the fast path.
+
+    The adaLN projections are split by output (1 + scale, shift, gate), each its own (W, W) matmul with
+    1 added to the scale's bias, so the tables come out contiguous and need no extra op. The per-step
+    code calls `F.linear` on the weights directly (no module call overhead)."""
 
     def __init__(self, head: DiffusionHead):
         self.head, self.width = head, head.input_proj.out_features
         self.blocks_per_group = head.blocks_per_group
         self.adaln = [self._split(lin, 3) for lin in head.adaln]  # per group [(w, b)] x (1 + scale, shift, gate)
         self.final = self._split(head.final_adaln, 2)  # (1 + scale, shift)
+        self.blocks = [(b.norm.weight, b.norm.bias, b.mlp.fc1_g.weight, b.mlp.fc1_g.bias, b.mlp.fc1_x.weight,
+                        b.mlp.fc1_x.bias, b.mlp.fc2.weight, b.mlp.fc2.bias) for b in head.blocks]
+        self.input = (head.input_proj.weight, head.input_proj.bias)
+        self.output = (head.out.weight, head.out.bias)
 
     @staticmethod
     def _split(lin: torch.nn.Linear, parts: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -76,24 +82,25 @@ class HeadPlan:
         bs[0] = bs[0] + 1  # 1 + scale
         return list(zip(ws, bs, strict=True))
 
-    def modulations(self, temb: torch.Tensor, c_emb: torch.Tensor) -> tuple[list[list], list]:
-        """adaLN outputs for T times x N rows: temb (T, W), c_emb (N, W) ->
-        per group [1 + scale, shift, gate] and final [1 + scale, shift], each (T, N, W)."""
+    def modulations(self, temb: torch.Tensor, c_emb: torch.Tensor) -> list[tuple[list, tuple]]:
+        """adaLN outputs for T times x N rows: temb (T, W), c_emb (N, W) -> per time (per group
+        (1 + scale, shift, gate), final (1 + scale, shift)), each (N, W)."""
         y = F.silu(temb[:, None] + c_emb[None])  # (T, N, W)
-        groups = [[F.linear(y, w, b) for w, b in group] for group in self.adaln]
-        return groups, [F.linear(y, w, b) for w, b in self.final]
+        groups = [[F.linear(y, w, b).unbind(0) for w, b in group] for group in self.adaln]
+        final = [F.linear(y, w, b).unbind(0) for w, b in self.final]
+        return [([tuple(out[t] for out in group) for group in groups], tuple(out[t] for out in final))
+                for t in range(temb.shape[0])]
 
-    def velocity(self, h: torch.Tensor, groups: list[list], final: list, j: int) -> torch.Tensor:
-        """v (N, d) from the projected input h (N, W) and the modulations of time index j."""
-        head, W = self.head, self.width
-        for i, block in enumerate(head.blocks):
+    def velocity(self, h: torch.Tensor, mods: tuple[list, tuple]) -> torch.Tensor:
+        """v (N, d) from the projected input h (N, W) and the modulations of one time (`modulations`)."""
+        groups, (final_scale1p, final_shift), W = *mods, self.width
+        for i, (ln_w, ln_b, w_g, b_g, w_x, b_x, w_2, b_2) in enumerate(self.blocks):
             if i % self.blocks_per_group == 0:
-                scale1p, shift, gate = (m[j] for m in groups[i // self.blocks_per_group])
-            u = torch.addcmul(shift, F.layer_norm(h, (W,), block.norm.weight, block.norm.bias, LN_EPS), scale1p)
-            mlp = block.mlp
-            h = torch.addcmul(h, gate, mlp.fc2(F.silu(mlp.fc1_g(u), inplace=True).mul_(mlp.fc1_x(u))))
-        scale1p, shift = (m[j] for m in final)
-        return head.out(torch.addcmul(shift, F.layer_norm(h, (W,), eps=LN_EPS), scale1p))
+                scale1p, shift, gate = groups[i // self.blocks_per_group]
+            u = torch.addcmul(shift, F.layer_norm(h, (W,), ln_w, ln_b, LN_EPS), scale1p)
+            mlp = F.silu(F.linear(u, w_g, b_g), inplace=True).mul_(F.linear(u, w_x, b_x))  # SwiGLU
+            h = torch.addcmul(h, gate, F.linear(mlp, w_2, b_2))
+        return F.linear(torch.addcmul(final_shift, F.layer_norm(h, (W,), eps=LN_EPS), final_scale1p), *self.output)
 
 
 class TokenIntegrator:
@@ -104,29 +111,31 @@ class TokenIntegrator:
         times, self.updates = time_grid(sampler, steps, final_step)
         self.temb = plan.head.time_embed(torch.tensor(times, device=device))  # (T, W)
 
-    def _tables(self, c_emb: torch.Tensor):
-        """Modulation tables for every time, built in chunks of steps within MODULATION_BYTES."""
+    def _table(self, c_emb: torch.Tensor):
+        """j -> the modulations of time index j (j never decreases), built in chunks of steps that fit
+        MODULATION_BYTES."""
         T, (N, W) = self.temb.shape[0], c_emb.shape
         per_time = N * W * (3 * len(self.plan.adaln) + 2) * c_emb.element_size()
         chunk = max(1, min(T, MODULATION_BYTES // max(per_time, 1)))
-        cached = [-1, None]
+        cached: dict[int, list] = {}
 
-        def at(j: int):  # (groups, final, local index) for time index j; j only grows
-            start = (j // chunk) * chunk
-            if cached[0] != start:
-                cached[0], cached[1] = start, self.plan.modulations(self.temb[start:start + chunk], c_emb)
-            return (*cached[1], j - start)
+        def at(j: int):
+            start = j - j % chunk
+            if start not in cached:
+                cached.clear()
+                cached[start] = self.plan.modulations(self.temb[start:start + chunk], c_emb)
+            return cached[start][j - start]
 
         return at
 
     def __call__(self, c_emb: torch.Tensor, w: float, guided: bool, n: int, d: int,
                  generator: torch.Generator | None) -> torch.Tensor:
         """c_emb (N, W) with N = 2n if guided ([conditional; unconditional]) else n -> token (n, d)."""
-        head, at = self.plan.head, self._tables(c_emb)
+        plan, at, dtype = self.plan, self._table(c_emb), c_emb.dtype
 
         def v_fn(x: torch.Tensor, j: int) -> torch.Tensor:  # x (n, d) -> guided velocity (n, d)
-            h = head.input_proj(x.to(c_emb.dtype))
-            v = self.plan.velocity(torch.cat([h, h]) if guided else h, *at(j)).float()
+            h = F.linear(x.to(dtype), *plan.input)
+            v = plan.velocity(torch.cat([h, h]) if guided else h, at(j)).float()
             if not guided:
                 return v
             v_cond, v_uncond = v.chunk(2)

@@ -47,6 +47,20 @@ log = logging.getLogger(__name__)
 
 TARGET_SAMPLER = "euler_maruyama"  # the paper's sampler; its most-steps FD is the quality target
 BAND_ALPHA = 0.15
+STEPS_FILES = {"points": "points.csv", "summary": "summary.json", "table": "fd_vs_steps.csv",
+               "figure": "fd_vs_steps.png"}  # the stage's outputs under steps_study.out (the DVC plot: table)
+
+
+def steps_file(params: Params, name: str) -> Path:
+    """One of the steps stage's outputs (`name` a key of STEPS_FILES)."""
+    assert name in STEPS_FILES, f"name must be one of {sorted(STEPS_FILES)}, got {name!r}"
+    return Path(params.steps_study.out) / STEPS_FILES[name]
+
+
+def steps_metrics_file(params: Params) -> Path:
+    """The git-tracked metrics JSON of the steps stage."""
+    return Path(params.metrics_dir) / "steps.json"
+
 
 
 def study_posterior(params: Params) -> str:
@@ -207,15 +221,14 @@ def steps_study(params: Params) -> dict:
                 metrics.update({f"{sampler}_matched_steps": best["steps"], f"{sampler}_matched_fd": best["fd_mean"],
                                 f"{sampler}_matched_images_per_s": best["images_per_s"],
                                 f"{sampler}_matched_speedup": best["speedup_vs_reference"]})
-        out = Path(study.out)
-        atomic_write_text(out / "points.csv", points.to_csv(index=False))
-        atomic_write_text(out / "fd_vs_steps.csv", pd.DataFrame(summary_rows(summary)).to_csv(index=False))
-        atomic_write_text(out / "summary.json", json.dumps({"fd_key": fd_key, "matched": matched,
-                                                            "rates": rates}, indent=2) + "\n")
-        with atomic_path(out / "fd_vs_steps.png") as tmp:
+        atomic_write_text(steps_file(params, "points"), points.to_csv(index=False))
+        atomic_write_text(steps_file(params, "table"), pd.DataFrame(summary_rows(summary)).to_csv(index=False))
+        atomic_write_text(steps_file(params, "summary"), json.dumps({"fd_key": fd_key, "matched": matched,
+                                                                     "rates": rates}, indent=2) + "\n")
+        with atomic_path(steps_file(params, "figure")) as tmp:
             plot_fd_vs_steps(summary, matched, fd_key, tmp)
         run.log_metrics({f"steps/{k}": v for k, v in metrics.items()}, step=0)
-        run.log_artifact(out / "fd_vs_steps.png")
+        run.log_artifact(steps_file(params, "figure"))
         atomic_write_text(steps_metrics_file(params), json.dumps(metrics, indent=2) + "\n")
     for sampler, best in matched["samplers"].items():
         log.info("%s: %s", sampler, "never within tolerance" if best is None else
@@ -227,19 +240,14 @@ def steps_study(params: Params) -> dict:
 
 def write_disabled(params: Params) -> dict:
     """`steps_study.enabled: false`: the stage's outputs exist (DVC needs them) and hold no point."""
-    out = Path(params.steps_study.out)
-    log.info("steps_study.enabled=false: no points; writing empty tables to %s", out)
-    atomic_write_text(out / "points.csv", "sampler,steps,seed,nfe,images_per_s,generate_s\n")
-    atomic_write_text(out / "fd_vs_steps.csv", "series,steps,nfe,fd_mean,fd_std,fd_ci,images_per_s\n")
-    atomic_write_text(out / "summary.json", json.dumps({"enabled": False}) + "\n")
+    log.info("steps_study.enabled=false: no points; writing empty tables to %s", params.steps_study.out)
+    atomic_write_text(steps_file(params, "points"), "sampler,steps,seed,nfe,images_per_s,generate_s\n")
+    atomic_write_text(steps_file(params, "table"), "series,steps,nfe,fd_mean,fd_std,fd_ci,images_per_s\n")
+    atomic_write_text(steps_file(params, "summary"), json.dumps({"enabled": False}) + "\n")
     fig = Figure(figsize=FIG_SIZE)
     fig.text(0.5, 0.5, "steps_study.enabled: false", ha="center", va="center")
-    with atomic_path(out / "fd_vs_steps.png") as tmp:
+    with atomic_path(steps_file(params, "figure")) as tmp:
         fig.savefig(tmp, dpi=FIG_DPI, format="png")
     atomic_write_text(steps_metrics_file(params), "{}\n")
     return {}
 
-
-def steps_metrics_file(params: Params) -> Path:
-    """The git-tracked metrics JSON of the steps stage."""
-    return Path(params.metrics_dir) / "steps.json"

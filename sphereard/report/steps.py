@@ -9,23 +9,23 @@ from pathlib import Path
 import pandas as pd
 
 from sphereard.config import Params
+from sphereard.eval.steps_study import STEPS_FILES, steps_file
 from sphereard.report.tables import md_table
-
-FIGURE = "fd_vs_steps.png"
 
 
 def section_steps(params: Params, fig_dir: Path) -> list[str]:
     """Heading, the figure, the per-point table and the matched-quality lines; a note when disabled or absent."""
-    study, out = params.steps_study, Path(params.steps_study.out)
+    study = params.steps_study
     head = ["## FD vs sampler steps (steps stage)", ""]
     if not study.enabled:
         return head + ["**Steps study disabled** (`steps_study.enabled: false`)."]
-    summary_file, table_file = out / "summary.json", out / "fd_vs_steps.csv"
-    if not (summary_file.is_file() and table_file.is_file() and (out / FIGURE).is_file()):
+    summary_file, table_file, figure = (steps_file(params, name) for name in ("summary", "table", "figure"))
+    if not (summary_file.is_file() and table_file.is_file() and figure.is_file()):
         return head + [f"Absent: `{summary_file}` / `{table_file}` (run `dvc repro steps`)."]
     summary = json.loads(summary_file.read_text())
     matched, fd_key, rates = summary["matched"], summary["fd_key"], summary["rates"]
-    shutil.copyfile(out / FIGURE, fig_dir / f"steps_{FIGURE}")
+    name = f"steps_{STEPS_FILES['figure']}"
+    shutil.copyfile(figure, fig_dir / name)
     table = pd.read_csv(table_file)
     rows = [[r.series, int(r.steps), int(r.nfe), f"{r.fd_mean:.4g} ± {r.fd_ci:.2g}", f"{r.images_per_s:.3g}"]
             for r in table.itertuples()]
@@ -35,7 +35,7 @@ def section_steps(params: Params, fig_dir: Path) -> list[str]:
         f"point, sampling seeds {study.sampling_seeds}, CFG {params.sampling.cfg_scale:g} "
         f"({params.sampling.cfg_schedule}), fast sampler. Cells: mean ± the 95% t-interval over the seeds; "
         "images/s: generation only (no decoding), median over seeds, on the machine that ran the stage.", "",
-        f"![{fd_key} vs sampler steps](figures/steps_{FIGURE})", "",
+        f"![{fd_key} vs sampler steps](figures/{name})", "",
         md_table(["sampler", "steps", "NFE", fd_key, "images/s"], rows), "",
         f"Matched quality: mean {fd_key} <= {1 + matched['tolerance']:.2f} x {matched['target_fd']:.4g} "
         f"({matched['target_sampler']} at {matched['target_steps']} steps). The reference sampler at that setting: "
