@@ -215,6 +215,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)  # internal: one memory measurement
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be >= 1")
+    if args.setting and not args.compare:
+        p.error("--setting applies to --compare only (without it: --sample-batch-size, --sampler-steps, --cfg)")
+    for text in args.setting or ():
+        from sphereard.benchmark_compare import Setting
+
+        try:
+            Setting.parse(text)
+        except UserError as err:
+            p.error(str(err))
     for name in ("batch_size", "steps", "sampler_steps", "sample_repeats", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")

@@ -43,7 +43,8 @@ MODULATION_BYTES = 256 * 2**20  # at most this much memory for a token's modulat
 def time_grid(sampler: str, steps: int, final_step: float) -> tuple[list[float], list[tuple]]:
     """The integration times t_j (T,) and the update plan: one (kind, j, coefficients...) per step.
 
-    The times are the reference's Python floats (`flow.py`), so both paths embed identical t."""
+    The times are the reference's Python floats (`flow.py`), up to the last bit of Heun's t + dt (here
+    (i + 1) dt)."""
     if sampler == "euler_maruyama":
         dt = (1.0 - final_step) / steps
         times = [i * dt for i in range(steps)]
@@ -115,7 +116,7 @@ class TokenIntegrator:
         """j -> the modulations of time index j (j never decreases), built in chunks of steps that fit
         MODULATION_BYTES."""
         T, (N, W) = self.temb.shape[0], c_emb.shape
-        per_time = N * W * (3 * len(self.plan.adaln) + 2) * c_emb.element_size()
+        per_time = N * W * (3 * len(self.plan.adaln) + 3) * c_emb.element_size()  # the outputs and y
         chunk = max(1, min(T, MODULATION_BYTES // max(per_time, 1)))
         cached: dict[int, list] = {}
 

@@ -28,8 +28,13 @@ from sphereard.errors import UserError
 
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]  # v(x (N, d), t) -> (N, d)
 SAMPLERS: tuple[str, ...] = ("euler", "euler_maruyama", "heun")
-EVALS_PER_STEP = {"euler": 1, "euler_maruyama": 1, "heun": 2}  # velocity evaluations per step (NFE = steps x this)
+EVALS_PER_STEP = {"euler": 1, "euler_maruyama": 1, "heun": 2}  # velocity evaluations per step
 PAPER_FINAL_STEP = 0.04
+
+
+def evaluations(sampler: str, steps: int, final_step: float = PAPER_FINAL_STEP) -> int:
+    """NFE: velocity evaluations per token (Heun 2 a step; Euler-Maruyama's final Euler step counts)."""
+    return steps * EVALS_PER_STEP[sampler] + (1 if sampler == "euler_maruyama" and final_step > 0 else 0)
 
 
 def sample_t(n: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
