@@ -27,8 +27,8 @@ def run_stages(stages, posteriors=POSTERIORS) -> set[str]:
     return {f"{s}@{p}-{SEED}" for s in stages for p in posteriors}
 
 
-# sampling.cfg_scale: the sweep sets its own CFG scales, so it stays cached
-SAMPLING_DOWNSTREAM = run_stages(("sample", "evaluate")) | {"report"}
+# sampling.cfg_scale: the sweep sets its own CFG scales, so it stays cached; the steps study samples with it
+SAMPLING_DOWNSTREAM = run_stages(("sample", "evaluate")) | {"steps", "report"}
 DAG_TIMEOUT_S = 1500
 NOTEBOOK_TIMEOUT_S = 600
 
@@ -59,7 +59,7 @@ def dag(tmp_path_factory):
 @pytest.mark.slow
 def test_dvc_repro_runs_every_stage_and_writes_outputs(dag):
     clone, _, log = dag
-    for stage in ["prepare", "train_classifier", "reference", "sweep", "report"] + sorted(
+    for stage in ["prepare", "train_classifier", "reference", "sweep", "steps", "report"] + sorted(
             run_stages(("train_vae", "encode", "train_ar", "sample", "evaluate"))):
         assert f"Running stage '{stage}'" in log, stage
     params = yaml.safe_load((clone / "params.yaml").read_text())
