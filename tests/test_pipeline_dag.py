@@ -133,7 +133,7 @@ def test_notebook_runs_on_smoke_outputs(dag, monkeypatch):
 
 @pytest.mark.slow
 def test_code_edit_invalidates_exactly_the_stages_that_run_it(dag):
-    """Editing the AR sampler reruns what samples (training media, sampling, evaluation, sweep)
+    """Editing the AR sampler reruns what samples (training media, sampling, evaluation, sweep, steps)
     and nothing upstream: no tokenizer is retrained, no data re-prepared."""
     clone, env, _ = dag
     sampler = clone / "sphereard/ar/sampler.py"
@@ -143,7 +143,7 @@ def test_code_edit_invalidates_exactly_the_stages_that_run_it(dag):
         changed = changed_stages(run(["dvc", "status", "dvc.yaml", "--json"], clone, env))
     finally:
         sampler.write_text(original)
-    expected = run_stages(("train_ar", "sample", "evaluate")) | {"sweep"}
+    expected = run_stages(("train_ar", "sample", "evaluate")) | {"sweep", "steps"}
     assert changed == expected, changed ^ expected
 
 
