@@ -149,18 +149,23 @@ def bench_sampling(args, model, device: torch.device, precision: str) -> dict:
             "sample_flops_per_batch": flops, "sample_flop_per_s": flops / seconds}
 
 
-def run_benchmark(args) -> dict:
+def resolve_run(args) -> tuple[torch.device, str, str]:
+    """(device, precision, device description) of `args`; UserError naming --preset / --device."""
     if args.preset not in GENERATOR_PRESETS:
         raise UserError(f"--preset {args.preset!r}: unknown generator preset (known: {', '.join(GENERATOR_PRESETS)})")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device available")
-    precision = resolve_precision(args.precision, device)
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"cpu (torch threads: {torch.get_num_threads()})")
+    return device, resolve_precision(args.precision, device), name
+
+
+def run_benchmark(args) -> dict:
+    device, precision, name = resolve_run(args)
     torch.manual_seed(args.seed)
     with torch.device(device):
         model = create_generator(args.preset)
-    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"cpu (torch threads: {torch.get_num_threads()})")
     result = {"preset": args.preset, "params": count_params(model), "num_tokens": model.arch.num_tokens, "device": name,
               "precision": precision, "compile": args.compile, "torch": torch.__version__}
     result.update(bench_training(args, model, device, precision))
@@ -235,16 +240,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run_comparison(args) -> dict:
     from sphereard.benchmark_compare import run_compare
 
-    if args.preset not in GENERATOR_PRESETS:
-        raise UserError(f"--preset {args.preset!r}: unknown generator preset (known: {', '.join(GENERATOR_PRESETS)})")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device available")
-    precision = resolve_precision(args.precision, device)
+    device, precision, name = resolve_run(args)
     with torch.device("meta"):
         params = count_params(create_generator(args.preset))
-    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"cpu (torch threads: {torch.get_num_threads()})")
     return {"preset": args.preset, "params": params, "device": name, "precision": precision, "torch": torch.__version__,
             "repeats": args.repeats, "train_steps": args.steps, **run_compare(args, device, precision)}
 

@@ -75,18 +75,14 @@ class Setting:
         return f"{self.images} img / {self.steps} steps / cfg {self.cfg:g}"
 
 
-def alternate(fns: dict, repeats: int, sync) -> dict[str, list[float]]:
-    """Time each function `repeats` times, alternating which runs first; name -> seconds."""
-    import time
+def alternate(fns: dict, repeats: int, device: torch.device) -> dict[str, list[float]]:
+    """Time each function `repeats` times (`benchmark.timed`), alternating which runs first; name -> seconds."""
+    from sphereard.benchmark import timed
 
     names, times = list(fns), {name: [] for name in fns}
     for r in range(repeats):
         for name in names if r % 2 == 0 else names[::-1]:
-            sync()
-            start = time.perf_counter()
-            fns[name]()
-            sync()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed(fns[name], device))
     return times
 
 
@@ -94,7 +90,7 @@ def sample_labels(setting: Setting, num_classes: int, device) -> torch.Tensor:
     return torch.arange(setting.images, device=device) % num_classes  # class-balanced
 
 
-def compare_sampling(model, setting: Setting, args, device, autocast, sync, peak: float) -> dict:
+def compare_sampling(model, setting: Setting, args, device, autocast, peak: float) -> dict:
     from sphereard.benchmark import count_flops
 
     labels, kwargs = sample_labels(setting, model.arch.num_classes, device), setting.kwargs(args.seed)
@@ -105,7 +101,7 @@ def compare_sampling(model, setting: Setting, args, device, autocast, sync, peak
 
     outputs = {impl: run(impl) for impl in ("reference", "fast")}  # warm-up, and the equality check
     flops = count_flops(lambda: run("fast"))
-    times = alternate({impl: lambda impl=impl: run(impl) for impl in ("reference", "fast")}, args.repeats, sync)
+    times = alternate({impl: lambda impl=impl: run(impl) for impl in ("reference", "fast")}, args.repeats, device)
     ref, fast = statistics.median(times["reference"]), statistics.median(times["fast"])
     pairs = [r / f for r, f in zip(times["reference"], times["fast"], strict=True)]
     return {"pair_ratio_min": min(pairs), "pair_ratio_max": max(pairs),
@@ -170,7 +166,7 @@ def training_run(impl: str, args, device, cfg: OptimConfig, total: int):
     return step, arch
 
 
-def compare_training(args, device, sync) -> dict:
+def compare_training(args, device) -> dict:
     total = args.warmup + 2 * args.steps + 2
     cfg = OptimConfig(warmup_steps=0)  # throughput does not depend on the lr
     steps = {}
@@ -178,7 +174,7 @@ def compare_training(args, device, sync) -> dict:
         steps[impl], arch = training_run(impl, args, device, cfg, total)
     for _ in range(args.warmup):  # absorbs compilation
         steps["reference"](), steps["fast"]()
-    times = alternate(steps, args.steps, sync)
+    times = alternate(steps, args.steps, device)
     ref, fast = statistics.median(times["reference"]), statistics.median(times["fast"])
     pairs = [r / f for r, f in zip(times["reference"], times["fast"], strict=True)]
     return {"pair_ratio_min": min(pairs), "pair_ratio_max": max(pairs),
@@ -254,18 +250,17 @@ def probe_in_subprocess(spec: dict) -> float | None:
 
 
 def run_compare(args, device: torch.device, precision: str) -> dict:
-    from sphereard.benchmark import DTYPES, matmul_peak, sync
+    from sphereard.benchmark import DTYPES, matmul_peak
 
     settings = [Setting.parse(s) for s in (args.setting or DEFAULT_SETTINGS)]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     peak = matmul_peak(device, DTYPES[precision])
     model = sampling_model(args.preset, args.seed, device)
-    do_sync = lambda: sync(device)  # noqa: E731
     result = {"matmul_peak_flop_per_s": peak,
-              "sampling": [compare_sampling(model, s, args, device, autocast, do_sync, peak) for s in settings]}
+              "sampling": [compare_sampling(model, s, args, device, autocast, peak) for s in settings]}
     del model
     args.precision_resolved = precision
-    result["training"] = compare_training(args, device, do_sync)
+    result["training"] = compare_training(args, device)
     if args.memory:
         base = {"preset": args.preset, "seed": args.seed, "device": str(device), "precision": precision}
         for row, s in zip(result["sampling"], settings, strict=True):
