@@ -1,7 +1,7 @@
 """Throughput of a generator preset on this device: training tokens/s, sampling images/s, FLOP/s.
 
     python -m sphereard.benchmark --preset SphereAR-B --batch-size 64 --steps 20 --cfg 4.5 \
-        --sampler-steps 100 --precision bf16 [--compile] --out bench.json
+        --sampler-steps 100 --precision bf16 [--compile [--compile-mode reduce-overhead]] --out bench.json
     python -m sphereard.benchmark --preset fmnist-xs --batch-size 32 --steps 5 --sampler-steps 4
     python -m sphereard.benchmark --preset fmnist-s --compare reference --batch-size 32 --threads 2
 
@@ -18,13 +18,16 @@ counted dense, i.e. causal masking is not discounted; elementwise ops are not co
 reference is a square matmul in the same dtype measured in the same run, so `*_mfu` is achieved /
 measured-matmul FLOP/s. Throughputs use the median time of the timed training steps (each synced)
 and of `--sample-repeats` sampling calls: robust to a shared, noisy CPU. With --compile, training
-compiles `model.loss` and sampling compiles the diffusion head's velocity (the AR loop stays eager);
-warm-up steps absorb the compilation.
+compiles `model.loss` and sampling compiles the fast sampler's per-step velocity
+(`fast_sampler.HeadPlan.velocity`, the code every integration step runs; the AR loop, the modulation
+tables and the transformer stay eager), with `--compile-mode` (`reduce-overhead` = CUDA graphs on a
+GPU); warm-up steps and one untimed sampling call absorb the compilation.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -35,7 +38,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from sphereard.ar import GENERATOR_PRESETS, count_params, create_generator
+from sphereard.ar import GENERATOR_PRESETS, count_params, create_generator, fast_sampler
 from sphereard.ar.task import build_training, train_update
 from sphereard.config import OptimConfig
 from sphereard.errors import UserError
@@ -52,6 +55,7 @@ MATMUL_SIZE = {"cuda": 8192, "cpu": 1024}  # square matmul for the peak referenc
 PEAK_MIN_SECONDS = 0.3  # time the reference matmul for at least this long
 SYNTHETIC_KAPPA = 200.0  # concentration of the synthetic Power Spherical posteriors
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")  # torch.compile's
 _aten = torch.ops.aten
 # torch's FlopCounterMode has no formula for the CPU flash-attention kernels SDPA uses on CPU.
 CPU_SDPA_FLOPS = {
@@ -93,6 +97,23 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 * reps / elapsed
 
 
+def compile_fn(fn, mode: str):
+    """torch.compile(fn) with static shapes in `mode` (one of COMPILE_MODES)."""
+    return torch.compile(fn, mode=mode, dynamic=False)
+
+
+@contextlib.contextmanager
+def compiled_fast_velocity(mode: str):
+    """Within: `fast_sampler.HeadPlan.velocity`, the per-integration-step code of the default sampler,
+    is compiled (`compile_fn`); restored on exit, so the process's other samplers stay eager."""
+    eager = fast_sampler.HeadPlan.velocity
+    fast_sampler.HeadPlan.velocity = compile_fn(eager, mode)
+    try:
+        yield
+    finally:
+        fast_sampler.HeadPlan.velocity = eager
+
+
 def synthetic_posterior(batch: int, num_tokens: int, d: int, device, generator) -> torch.Tensor:
     """Cached-style spherical posterior params (B, L, d + 1) = [unit mu | kappa]."""
     mu = project_to_sphere(torch.randn(batch, num_tokens, d, device=device, generator=generator), 1.0)
@@ -110,7 +131,7 @@ def bench_training(args, model, device: torch.device, precision: str) -> dict:
     params = synthetic_posterior(B, arch.num_tokens, arch.token_dim, device, g)
     labels = torch.randint(0, arch.num_classes, (B,), device=device, generator=g)
     radius = math.sqrt(arch.token_dim)
-    forward = torch.compile(model.loss) if args.compile else model.loss
+    forward = compile_fn(model.loss, args.compile_mode) if args.compile else model.loss
 
     def step(i: int, fwd=forward):
         return train_update(model, fwd, opt, sched, ema, params, labels, i, "spherical", radius, ctx)
@@ -140,10 +161,10 @@ def bench_sampling(args, model, device: torch.device, precision: str) -> dict:
             return model.sample(labels, **kwargs)
 
     flops = count_flops(sample)  # eager, doubles as a warm-up
-    if args.compile:
-        model.head.velocity = torch.compile(model.head.velocity)
-        sample()  # compiles
-    seconds = statistics.median(timed(sample, device) for _ in range(args.sample_repeats))
+    with compiled_fast_velocity(args.compile_mode) if args.compile else contextlib.nullcontext():
+        if args.compile:
+            sample()  # compiles (and, with CUDA graphs, records)
+        seconds = statistics.median(timed(sample, device) for _ in range(args.sample_repeats))
     return {"sample_batch": B, "sampler_steps": args.sampler_steps, "cfg": args.cfg, "sample_s_median": seconds,
             "sample_images_per_s": B / seconds, "sample_tokens_per_s": B * arch.num_tokens / seconds,
             "sample_flops_per_batch": flops, "sample_flop_per_s": flops / seconds}
@@ -167,7 +188,8 @@ def run_benchmark(args) -> dict:
     with torch.device(device):
         model = create_generator(args.preset)
     result = {"preset": args.preset, "params": count_params(model), "num_tokens": model.arch.num_tokens, "device": name,
-              "precision": precision, "compile": args.compile, "torch": torch.__version__}
+              "precision": precision, "compile": args.compile_mode if args.compile else False,
+              "torch": torch.__version__}
     result.update(bench_training(args, model, device, precision))
     result.update(bench_sampling(args, model, device, precision))
     # Measured after the model timings, so its large buffers cannot perturb them.
@@ -183,7 +205,7 @@ def _flop_rate(x: float) -> str:
 
 def format_table(r: dict) -> str:
     rows = [("preset", f"{r['preset']} ({r['params'] / 1e6:.2f}M params, {r['num_tokens']} tokens)"),
-            ("device", f"{r['device']}, {r['precision']}{', compiled' if r['compile'] else ''}"),
+            ("device", f"{r['device']}, {r['precision']}" + (f", compiled ({r['compile']})" if r["compile"] else "")),
             ("matmul peak", _flop_rate(r['matmul_peak_flop_per_s'])),
             ("train", f"{r['train_tokens_per_s']:.4g} tokens/s, {r['train_steps_per_s']:.3g} steps/s "
                       f"(batch {r['train_batch']})"),
@@ -207,7 +229,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sampler-steps", type=int, default=100, help="Euler-Maruyama steps per token (paper: 100)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"), help="auto: bf16 on CUDA")
-    p.add_argument("--compile", action="store_true", help="torch.compile the loss and the head's velocity")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the training loss and the fast sampler's per-step velocity")
+    p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                   help="torch.compile mode with --compile (reduce-overhead: CUDA graphs on a GPU; "
+                        "default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--compare", choices=("reference",), default=None,
@@ -222,6 +248,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
+    if args.compile_mode != "default" and not args.compile:
+        p.error("--compile-mode applies with --compile only")
     if args.setting and not args.compare:
         p.error("--setting applies to --compare only (without it: --sample-batch-size, --sampler-steps, --cfg)")
     for text in args.setting or ():

@@ -164,6 +164,38 @@ def test_benchmark_on_cpu_reports_positive_throughput(tmp_path):
     assert result["num_tokens"] == 64 and result["device"].startswith("cpu")
 
 
+def test_benchmark_compile_reaches_the_loss_and_the_fast_samplers_step(monkeypatch):
+    """--compile must wrap what runs: the training loss and `fast_sampler.HeadPlan.velocity` (the default
+    sampler never calls `head.velocity`), in --compile-mode, and restore the sampler afterwards."""
+    import sphereard.benchmark as bench
+    from sphereard.ar import fast_sampler
+
+    calls: dict[str, int] = {}
+
+    def spy_compile(fn, mode):  # stands in for torch.compile: counts the calls of what it was given
+        name = fn.__name__
+
+        def wrapped(*args, **kwargs):
+            calls[(name, mode)] = calls.get((name, mode), 0) + 1
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(bench, "compile_fn", spy_compile)
+    eager = fast_sampler.HeadPlan.velocity
+    args = parse_args(["--preset", "fmnist-xs", "--batch-size", "2", "--steps", "1", "--warmup", "1",
+                       "--sampler-steps", "2", "--sample-batch-size", "2", "--cfg", "2.0", "--device", "cpu",
+                       "--precision", "fp32", "--compile", "--compile-mode", "max-autotune-no-cudagraphs"])
+    result = run_benchmark(args)
+    mode = "max-autotune-no-cudagraphs"
+    assert calls[("loss", mode)] == 2, "warm-up + timed training steps go through the compiled loss"
+    # (1 compiling + 1 timed sampling call) x 64 tokens x (2 EM steps + the final step); CFG: one call a step
+    assert calls[("velocity", mode)] == 2 * 64 * 3
+    assert fast_sampler.HeadPlan.velocity is eager and result["compile"] == mode
+    with pytest.raises(SystemExit):
+        parse_args(["--compile-mode", "reduce-overhead"])  # without --compile
+
+
 # ------------------------------------------------------------------ end to end (slow)
 
 SMOKE_SPEEDUPS = {  # on top of the smoke profile: fewer steps, in-process Ray Train
