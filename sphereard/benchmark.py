@@ -107,7 +107,12 @@ def compiled_fast_velocity(mode: str):
     """Within: `fast_sampler.HeadPlan.velocity`, the per-integration-step code of the default sampler,
     is compiled (`compile_fn`); restored on exit, so the process's other samplers stay eager."""
     eager = fast_sampler.HeadPlan.velocity
-    fast_sampler.HeadPlan.velocity = compile_fn(eager, mode)
+    compiled = compile_fn(eager, mode)
+    if "cudagraphs" not in mode and mode != "default":  # reduce-overhead, max-autotune: CUDA graphs on a GPU
+        # a graph's output buffer is rewritten by its next replay, and Heun keeps v across two calls
+        fast_sampler.HeadPlan.velocity = lambda self, h, mods: compiled(self, h, mods).clone()
+    else:
+        fast_sampler.HeadPlan.velocity = compiled
     try:
         yield
     finally:
