@@ -56,6 +56,7 @@ PEAK_MIN_SECONDS = 0.3  # time the reference matmul for at least this long
 SYNTHETIC_KAPPA = 200.0  # concentration of the synthetic Power Spherical posteriors
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")  # torch.compile's
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # the COMPILE_MODES that capture CUDA graphs on a GPU
 _aten = torch.ops.aten
 # torch's FlopCounterMode has no formula for the CPU flash-attention kernels SDPA uses on CPU.
 CPU_SDPA_FLOPS = {
@@ -108,9 +109,8 @@ def compiled_fast_velocity(mode: str):
     is compiled (`compile_fn`); restored on exit, so the process's other samplers stay eager."""
     eager = fast_sampler.HeadPlan.velocity
     compiled = compile_fn(eager, mode)
-    if "cudagraphs" not in mode and mode != "default":  # reduce-overhead, max-autotune: CUDA graphs on a GPU
-        # a graph's output buffer is rewritten by its next replay, and Heun keeps v across two calls
-        fast_sampler.HeadPlan.velocity = lambda self, h, mods: compiled(self, h, mods).clone()
+    if mode in CUDAGRAPH_MODES:  # a graph's output is rewritten by its next replay; Heun keeps v across two calls
+        fast_sampler.HeadPlan.velocity = lambda *args: compiled(*args).clone()
     else:
         fast_sampler.HeadPlan.velocity = compiled
     try:

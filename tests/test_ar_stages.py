@@ -196,6 +196,21 @@ def test_benchmark_compile_reaches_the_loss_and_the_fast_samplers_step(monkeypat
         parse_args(["--compile-mode", "reduce-overhead"])  # without --compile
 
 
+@pytest.mark.parametrize("mode", ["default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"])
+def test_cuda_graph_modes_hand_out_a_copy_of_the_step_output(monkeypatch, mode):
+    """A CUDA graph rewrites its output buffer at the next replay: in the graph modes the compiled step's
+    output is cloned (Heun keeps v across two calls), in the others it is passed through."""
+    import sphereard.benchmark as bench
+    from sphereard.ar import fast_sampler
+
+    buffer = torch.ones(3)
+    monkeypatch.setattr(bench, "compile_fn", lambda fn, mode: lambda *args: buffer)  # a graph's static output
+    with bench.compiled_fast_velocity(mode):
+        v = fast_sampler.HeadPlan.velocity(None, None, None)
+    assert torch.equal(v, buffer)
+    assert (v.data_ptr() != buffer.data_ptr()) == (mode in bench.CUDAGRAPH_MODES)
+
+
 # ------------------------------------------------------------------ end to end (slow)
 
 SMOKE_SPEEDUPS = {  # on top of the smoke profile: fewer steps, in-process Ray Train
