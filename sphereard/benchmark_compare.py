@@ -16,7 +16,8 @@ is the preset with every weight perturbed (`sampling_model`): a fresh one predic
 Training: the reference step (`ar.task.train_update` with eager `model.loss`, the optimizer of
 `build_training`) against the fast step (the same update with `torch.compile(model.loss)` and
 `AdamW(fused=True)`), two copies of one initialisation, alternating steps after warm-up (which
-absorbs compilation); median step times.
+absorbs compilation); median step times. `ceiling_ratio`: as for sampling, the reference's step time over
+one step's matmul FLOPs (forward and backward, counted on the reference step) at the measured peak.
 
 Memory: peak resident memory of one sampling call / of the training steps above the model's own
 (Linux VmHWM reset through /proc/self/clear_refs, in a fresh process per measurement, since CPU
@@ -166,18 +167,22 @@ def training_run(impl: str, args, device, cfg: OptimConfig, total: int):
     return step, arch
 
 
-def compare_training(args, device) -> dict:
-    total = args.warmup + 2 * args.steps + 2
+def compare_training(args, device, peak: float) -> dict:
+    from sphereard.benchmark import count_flops
+
+    total = args.warmup + 2 * args.steps + 3
     cfg = OptimConfig(warmup_steps=0)  # throughput does not depend on the lr
     steps = {}
     for impl in ("reference", "fast"):
         steps[impl], arch = training_run(impl, args, device, cfg, total)
     for _ in range(args.warmup):  # absorbs compilation
         steps["reference"](), steps["fast"]()
+    flops = count_flops(steps["reference"])  # forward + backward matmuls of one step (the fast one does the same math)
     times = alternate(steps, args.steps, device)
     ref, fast = statistics.median(times["reference"]), statistics.median(times["fast"])
     pairs = [r / f for r, f in zip(times["reference"], times["fast"], strict=True)]
-    return {"pair_ratio_min": min(pairs), "pair_ratio_max": max(pairs),
+    return {"pair_ratio_min": min(pairs), "pair_ratio_max": max(pairs), "step_flops": flops,
+            "ceiling_ratio": ref / (flops / peak),
             "batch": args.batch_size, "reference_step_s": ref, "fast_step_s": fast, "ratio": ref / fast,
             "reference_tokens_per_s": args.batch_size * arch.num_tokens / ref,
             "fast_tokens_per_s": args.batch_size * arch.num_tokens / fast, "times": times}
@@ -260,7 +265,7 @@ def run_compare(args, device: torch.device, precision: str) -> dict:
               "sampling": [compare_sampling(model, s, args, device, autocast, peak) for s in settings]}
     del model
     args.precision_resolved = precision
-    result["training"] = compare_training(args, device)
+    result["training"] = compare_training(args, device, peak)
     if args.memory:
         base = {"preset": args.preset, "seed": args.seed, "device": str(device), "precision": precision}
         for row, s in zip(result["sampling"], settings, strict=True):
@@ -286,6 +291,6 @@ def format_compare(r: dict) -> str:
     t = r["training"]
     mem = f"{t['peak_mib']:.0f} MiB" if t.get("peak_mib") is not None else "-"
     lines.append(f"training step, batch {t['batch']:<29} {t['reference_step_s']:8.3f} s {t['fast_step_s']:7.3f} s "
-                 f"{t['ratio']:6.2f}x ({t['pair_ratio_min']:.2f}-{t['pair_ratio_max']:.2f})  (compiled loss + fused "
-                 f"AdamW; peak {mem} above the weights)")
+                 f"{t['ratio']:6.2f}x ({t['pair_ratio_min']:.2f}-{t['pair_ratio_max']:.2f})  "
+                 f"{t['ceiling_ratio']:5.2f}x  (compiled loss + fused AdamW; peak {mem} above the weights)")
     return "\n".join(lines)

@@ -237,7 +237,11 @@ def test_benchmark_compare_prints_both_paths_and_the_ratio(capsys, tmp_path):
     assert row["ratio"] == pytest.approx(row["reference_s"] / row["fast_s"])
     assert len(row["times"]["reference"]) == len(row["times"]["fast"]) == 2
     assert row["max_abs_diff"] < TOL and row["fast_flops"] > 0
-    assert result["training"]["ratio"] > 0 and len(result["training"]["times"]["fast"]) == 2
+    train = result["training"]
+    assert train["ratio"] > 0 and len(train["times"]["fast"]) == 2
+    # the ceiling divides the reference's step time by its matmul FLOPs at the measured peak
+    assert train["step_flops"] > 0 and train["ceiling_ratio"] == pytest.approx(
+        train["reference_step_s"] * result["matmul_peak_flop_per_s"] / train["step_flops"])
 
 
 def test_benchmark_rejects_a_bad_setting(capsys):
